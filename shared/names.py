@@ -1,0 +1,123 @@
+"""Every name on the wire, in one place: exchanges, queues, routing keys, streams,
+consumer groups, Kafka topics, Nameko service and event names.
+
+rabbitmq/definitions.json declares the same topology; a unit test keeps them equal.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+from kombu import Exchange, Queue
+
+# --- Nameko service names (also the RPC proxy names: n.rpc.risk.status()) ---
+BRAIN: Final = "brain"
+RISK: Final = "risk"
+EXECUTE: Final = "execute"
+NOTIFY: Final = "notify"
+SERVICES: Final = (BRAIN, RISK, EXECUTE, NOTIFY)
+
+# --- RabbitMQ exchanges ---
+ANALYSIS_EXCHANGE: Final = "phoenix95.analysis"  # direct
+SIGNALS_EXCHANGE: Final = "trading.signals"  # topic
+RISK_EXCHANGE: Final = "risk.management"  # direct
+DEAD_LETTER_EXCHANGE: Final = "phoenix95.dlx"  # direct, key = source queue name
+
+# --- RabbitMQ queues and their routing keys ---
+SIGNAL_QUEUE: Final = "signal_processing"
+SIGNAL_KEY: Final = "signal.process"
+TRADE_QUEUE: Final = "trade_execution"
+TRADE_KEY: Final = "trade.execute"
+RISK_ALERT_QUEUE: Final = "risk_alerts"
+RISK_ALERT_KEY: Final = "risk.alert"
+DLQ_SUFFIX: Final = ".dlq"
+
+# queue -> (exchange, exchange type, routing key)
+QUEUE_BINDINGS: Final = {
+    SIGNAL_QUEUE: (SIGNALS_EXCHANGE, "topic", SIGNAL_KEY),
+    TRADE_QUEUE: (SIGNALS_EXCHANGE, "topic", TRADE_KEY),
+    RISK_ALERT_QUEUE: (RISK_EXCHANGE, "direct", RISK_ALERT_KEY),
+}
+EXCHANGE_TYPES: Final = {
+    ANALYSIS_EXCHANGE: "direct",
+    SIGNALS_EXCHANGE: "topic",
+    RISK_EXCHANGE: "direct",
+    DEAD_LETTER_EXCHANGE: "direct",
+}
+
+
+def queue_arguments(queue: str) -> dict[str, str]:
+    """Arguments every work queue is declared with (must match definitions.json)."""
+    return {"x-dead-letter-exchange": DEAD_LETTER_EXCHANGE, "x-dead-letter-routing-key": queue}
+
+
+def kombu_exchange(name: str) -> Exchange:
+    return Exchange(name, type=EXCHANGE_TYPES[name], durable=True)
+
+
+def kombu_queue(queue: str) -> Queue:
+    exchange, _, key = QUEUE_BINDINGS[queue]
+    return Queue(
+        queue,
+        exchange=kombu_exchange(exchange),
+        routing_key=key,
+        durable=True,
+        queue_arguments=queue_arguments(queue),
+    )
+
+
+def kombu_dead_letter_queue(queue: str) -> Queue:
+    return Queue(
+        queue + DLQ_SUFFIX,
+        exchange=kombu_exchange(DEAD_LETTER_EXCHANGE),
+        routing_key=queue,
+        durable=True,
+    )
+
+
+# --- Redis Streams and their consumer groups ---
+MARKET_STREAM: Final = "market:stream"
+SIGNAL_STREAM: Final = "signal:stream"
+TRADE_STREAM: Final = "trade:stream"
+RISK_STREAM: Final = "risk:stream"
+ALERT_OUTBOX_STREAM: Final = "notify:outbox"
+STREAMS: Final = (MARKET_STREAM, SIGNAL_STREAM, TRADE_STREAM, RISK_STREAM)
+
+BRAIN_GROUP: Final = "brain_processors"
+RISK_GROUP: Final = "risk_processors"
+EXECUTION_GROUP: Final = "execution_processors"
+TELEGRAM_GROUP: Final = "telegram_senders"
+# stream -> the consumer groups created on it
+STREAM_GROUPS: Final = {
+    MARKET_STREAM: (BRAIN_GROUP, RISK_GROUP),
+    SIGNAL_STREAM: (BRAIN_GROUP,),
+    TRADE_STREAM: (EXECUTION_GROUP, RISK_GROUP),
+    RISK_STREAM: (RISK_GROUP,),
+    ALERT_OUTBOX_STREAM: (TELEGRAM_GROUP,),
+}
+
+# --- Kafka topics (name -> partitions) ---
+SIGNALS_TOPIC: Final = "phoenix95_signals"
+TRADING_TOPIC: Final = "trading_events"
+RISK_TOPIC: Final = "risk_events"
+TOPIC_PARTITIONS: Final = {SIGNALS_TOPIC: 3, TRADING_TOPIC: 3, RISK_TOPIC: 2}
+
+# Telemetry: Redis stream <-> Kafka topic carrying the same records
+TELEMETRY_TOPIC_OF: Final = {
+    SIGNAL_STREAM: SIGNALS_TOPIC,
+    TRADE_STREAM: TRADING_TOPIC,
+    RISK_STREAM: RISK_TOPIC,
+}
+
+# --- Nameko events (source service, event type) ---
+EVT_SIGNAL_ACCEPTED: Final = "signal_accepted"
+EVT_SIGNAL_REJECTED: Final = "signal_rejected"
+EVT_TRADE_OPENED: Final = "trade_opened"
+EVT_TRADE_FAILED: Final = "trade_failed"
+EVT_POSITION_CLOSED: Final = "position_closed"
+EVT_RISK_STATE_CHANGED: Final = "risk_state_changed"
+
+# --- Redis keys ---
+IDEMPOTENCY_KEY_PREFIX: Final = "phoenix95:idem:"
+SYMBOL_LOCK_PREFIX: Final = "phoenix95:lock:"
+RATE_LIMIT_PREFIX: Final = "phoenix95:rate:"

@@ -1,0 +1,317 @@
+"""Typed, frozen settings: config.yaml, overridden by ``PHOENIX__<SECTION>__<KEY>``.
+
+Precedence (highest first): process environment, the git-ignored ``.env`` file,
+``config.yaml`` (path in ``PHOENIX_CONFIG``, default: the repository's), field defaults.
+Settings are validated once, at the edge of each process; a bad value raises
+:class:`ConfigError` whose message is one line naming the key, the value and what is
+allowed, before anything connects anywhere.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from urllib.parse import quote
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    YamlConfigSettingsSource,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+ENV_PREFIX = "PHOENIX__"
+CONFIG_ENV = "PHOENIX_CONFIG"
+DOTENV_ENV = "PHOENIX_DOTENV"
+
+Fraction = Annotated[float, Field(gt=0.0, le=1.0)]
+Port = Annotated[int, Field(ge=1, le=65535)]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class TradingSettings(_Section):
+    allowed_symbols: tuple[str, ...] = ("BTCUSDT", "ETHUSDT", "BNBUSDT", "ADAUSDT", "DOGEUSDT")
+    min_confidence: Annotated[float, Field(ge=0.0, le=1.0)] = 0.25
+    max_position_size: Fraction = 0.15
+    kelly_fraction: Fraction = 0.20
+    max_open_positions: Annotated[int, Field(ge=1, le=100)] = 5
+    allow_same_symbol_position: bool = False
+
+    @field_validator("allowed_symbols")
+    @classmethod
+    def _upper_symbols(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if not value:
+            raise ValueError("at least one symbol is required")
+        return tuple(s.strip().upper() for s in value)
+
+
+class LeverageSettings(_Section):
+    leverage: Annotated[int, Field(ge=1, le=125)] = 20
+    margin_mode: Literal["ISOLATED"] = "ISOLATED"
+    stop_loss_percent: Annotated[float, Field(gt=0.0, lt=0.5)] = 0.02
+    take_profit_percent: Annotated[float, Field(gt=0.0, lt=5.0)] = 0.02
+    liquidation_buffer: Annotated[float, Field(ge=0.0, le=10.0)] = 0.1
+
+
+class Phoenix95Settings(_Section):
+    threshold: Annotated[float, Field(ge=0.0, le=1.0)] = 0.45
+    execute_threshold: Annotated[float, Field(ge=0.0, le=1.0)] = 0.85
+    multiplier: Annotated[float, Field(gt=0.0, le=10.0)] = 1.3
+    weight: Annotated[float, Field(ge=0.0, le=1.0)] = 0.95
+    analysis_timeout: Annotated[float, Field(gt=0.0, le=600.0)] = 30.0
+    cache_duration: Annotated[float, Field(ge=0.0, le=86400.0)] = 120.0
+
+
+class SecuritySettings(_Section):
+    webhook_secret: SecretStr = SecretStr("")
+    api_keys: tuple[SecretStr, ...] = ()
+    rate_limit_per_minute: Annotated[int, Field(ge=1, le=100000)] = 120
+    max_alert_age_seconds: Annotated[int, Field(ge=1, le=86400)] = 300
+
+    def api_key_values(self) -> frozenset[str]:
+        return frozenset(k.get_secret_value() for k in self.api_keys)
+
+
+class TelegramSettings(_Section):
+    token: SecretStr = SecretStr("")
+    chat_id: str = ""
+    api_base_url: str = "https://api.telegram.org/bot"
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.token.get_secret_value() and self.chat_id)
+
+
+class ExchangeSettings(_Section):
+    mode: Literal["paper", "demo", "live"] = "paper"
+    api_key: SecretStr = SecretStr("")
+    api_secret: SecretStr = SecretStr("")
+    timeout_ms: Annotated[int, Field(ge=100, le=120000)] = 10000
+
+
+class PaperExchangeSettings(_Section):
+    host: str = "127.0.0.1"
+    port: Port = 8110
+    starting_balance: Annotated[float, Field(gt=0.0)] = 10000.0
+    taker_fee: Annotated[float, Field(ge=0.0, lt=0.01)] = 0.0005
+    maker_fee: Annotated[float, Field(ge=0.0, lt=0.01)] = 0.0002
+    seed: int = 95
+    tick_interval_ms: Annotated[int, Field(ge=10, le=60000)] = 500
+    volatility_annual: Annotated[float, Field(gt=0.0, le=10.0)] = 0.6
+
+    @property
+    def base_url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+
+class MessageQueueSettings(_Section):
+    host: str = "127.0.0.1"
+    port: Port = 5672
+    username: str = "phoenix95"
+    password: SecretStr = SecretStr("")
+    virtual_host: str = "/trading"
+    connection_timeout: Annotated[float, Field(gt=0.0)] = 30.0
+    heartbeat: Annotated[int, Field(ge=0)] = 300
+    publisher_confirms: bool = True
+    mandatory: bool = True
+    retries: Annotated[int, Field(ge=0, le=100)] = 3
+    retry_delay: Annotated[float, Field(ge=0.0)] = 5.0
+    max_workers: Annotated[int, Field(ge=1, le=1000)] = 10
+
+    @property
+    def amqp_uri(self) -> str:
+        user = quote(self.username, safe="")
+        password = quote(self.password.get_secret_value(), safe="")
+        vhost = quote(self.virtual_host, safe="")
+        return f"amqp://{user}:{password}@{self.host}:{self.port}/{vhost}"
+
+
+class RedisStreamsSettings(_Section):
+    url: str = "redis://127.0.0.1:6379/0"
+    maxlen: Annotated[int, Field(ge=100)] = 10000
+    block_ms: Annotated[int, Field(ge=1)] = 1000
+    consumers_per_group: Annotated[int, Field(ge=1, le=64)] = 2
+
+
+class KafkaSettings(_Section):
+    bootstrap_servers: str = "127.0.0.1:9092"
+    acks: Literal["all", "1", "0", "-1"] = "all"
+    retries: Annotated[int, Field(ge=0)] = 3
+    batch_size: Annotated[int, Field(ge=1)] = 16384
+    linger_ms: Annotated[int, Field(ge=0)] = 10
+    consumer_group: str = "phoenix95_processors"
+    delivery_timeout_s: Annotated[float, Field(gt=0.0)] = 5.0
+
+    @field_validator("acks", mode="before")
+    @classmethod
+    def _acks_as_str(cls, value: Any) -> Any:
+        return str(value)
+
+
+class HighAvailabilitySettings(_Section):
+    health_check_interval: int = 30
+    health_check_timeout: int = 5
+    max_fails: int = 3
+    fail_timeout: int = 30
+    consul_ttl: int = 30
+    circuit_breaker_failures: Annotated[int, Field(ge=1)] = 5
+    circuit_breaker_recovery: Annotated[float, Field(gt=0.0)] = 60.0
+    prometheus_port: Port = 9090
+    grafana_port: Port = 3000
+    alertmanager_port: Port = 9093
+
+
+class DatabaseSettings(_Section):
+    url: str = "sqlite:///var/phoenix95.db"
+
+    def resolved_url(self) -> str:
+        """Anchor a relative SQLite path at the repository root, not the cwd."""
+        prefix = "sqlite:///"
+        if self.url.startswith(prefix) and not self.url.startswith(prefix + "/"):
+            path = self.url[len(prefix):]
+            if path and path != ":memory:":
+                return prefix + str(ROOT / path)
+        return self.url
+
+
+class ServicesSettings(_Section):
+    host: str = "127.0.0.1"
+    brain_port: Port = 8100
+    risk_port: Port = 8101
+    execute_port: Port = 8102
+    notify_port: Port = 8103
+    dashboard_port: Port = 8501
+    run_dir: str = ".run"
+
+    def port_of(self, service: str) -> int:
+        return int(getattr(self, f"{service}_port"))
+
+    def url_of(self, service: str) -> str:
+        return f"http://{self.host}:{self.port_of(service)}"
+
+    def run_path(self) -> Path:
+        path = Path(self.run_dir)
+        return path if path.is_absolute() else ROOT / path
+
+
+class Settings(BaseSettings):
+    """The whole validated configuration of one Phoenix 95 process."""
+
+    model_config = SettingsConfigDict(
+        frozen=True,
+        extra="ignore",
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter="__",
+        case_sensitive=False,
+    )
+
+    trading: TradingSettings = TradingSettings()
+    leverage: LeverageSettings = LeverageSettings()
+    phoenix_95: Phoenix95Settings = Phoenix95Settings()
+    security: SecuritySettings = SecuritySettings()
+    telegram: TelegramSettings = TelegramSettings()
+    exchange: ExchangeSettings = ExchangeSettings()
+    paper_exchange: PaperExchangeSettings = PaperExchangeSettings()
+    message_queue: MessageQueueSettings = MessageQueueSettings()
+    redis_streams: RedisStreamsSettings = RedisStreamsSettings()
+    kafka: KafkaSettings = KafkaSettings()
+    high_availability: HighAvailabilitySettings = HighAvailabilitySettings()
+    database: DatabaseSettings = DatabaseSettings()
+    services: ServicesSettings = ServicesSettings()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        yaml_path = Path(os.environ.get(CONFIG_ENV, str(ROOT / "config.yaml")))
+        return (
+            init_settings,
+            env_settings,
+            dotenv_settings,
+            YamlConfigSettingsSource(settings_cls, yaml_file=yaml_path),
+        )
+
+    @model_validator(mode="after")
+    def _secrets_present(self) -> Settings:
+        required = {
+            "security.webhook_secret": self.security.webhook_secret.get_secret_value(),
+            "security.api_keys": ",".join(self.security.api_key_values()),
+            "message_queue.password": self.message_queue.password.get_secret_value(),
+            "exchange.api_key": self.exchange.api_key.get_secret_value(),
+            "exchange.api_secret": self.exchange.api_secret.get_secret_value(),
+        }
+        for key, value in required.items():
+            if not value:
+                hint = "run scripts/up once to generate .env" if self.exchange.mode == "paper" else (
+                    f"required in {self.exchange.mode} mode"
+                )
+                raise ValueError(f"{key} is empty; set {env_name(key)} ({hint})")
+        if self.exchange.mode != "paper" and len(self.security.webhook_secret) < 16:
+            raise ValueError(
+                "security.webhook_secret must be at least 16 characters outside paper mode"
+            )
+        return self
+
+
+class ConfigError(RuntimeError):
+    """A configuration value is invalid; the message is one line for the operator."""
+
+
+def env_name(dotted_key: str) -> str:
+    return ENV_PREFIX + dotted_key.replace(".", "__").upper()
+
+
+def _describe(error: ValidationError) -> str:
+    first = error.errors()[0]
+    loc = ".".join(str(p) for p in first["loc"] if not str(p).isdigit())
+    message = first["msg"].removeprefix("Value error, ")
+    if not loc:
+        return f"config error: {message}"
+    value = first.get("input")
+    shown = "<secret>" if any(s in loc for s in ("secret", "password", "token", "key")) else value
+    return f"config error: {loc}={shown!r} ({env_name(loc)}): {message}"
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Read and validate the configuration; raise :class:`ConfigError` on a bad value."""
+    dotenv = os.environ.get(DOTENV_ENV, str(ROOT / ".env"))
+    try:
+        return Settings(_env_file=dotenv if Path(dotenv).is_file() else None, **overrides)  # type: ignore[call-arg]
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc)) from None
+
+
+@functools.lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings, validated on first use."""
+    return load_settings()
+
+
+def settings_or_exit() -> Settings:
+    """Validate the configuration at process start; print one line and exit 2 if bad."""
+    try:
+        return get_settings()
+    except ConfigError as exc:
+        print(str(exc), file=sys.stderr)
+        raise SystemExit(2) from None
