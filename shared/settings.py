@@ -263,8 +263,10 @@ class Settings(BaseSettings):
         }
         for key, value in required.items():
             if not value:
-                hint = "run scripts/up once to generate .env" if self.exchange.mode == "paper" else (
-                    f"required in {self.exchange.mode} mode"
+                hint = (
+                    "run scripts/up once to generate .env"
+                    if self.exchange.mode == "paper"
+                    else f"required in {self.exchange.mode} mode"
                 )
                 raise ValueError(f"{key} is empty; set {env_name(key)} ({hint})")
         if self.exchange.mode != "paper" and len(self.security.webhook_secret) < 16:
@@ -297,7 +299,7 @@ def load_settings(**overrides: Any) -> Settings:
     """Read and validate the configuration; raise :class:`ConfigError` on a bad value."""
     dotenv = os.environ.get(DOTENV_ENV, str(ROOT / ".env"))
     try:
-        return Settings(_env_file=dotenv if Path(dotenv).is_file() else None, **overrides)  # type: ignore[call-arg]
+        return Settings(_env_file=dotenv if Path(dotenv).is_file() else None, **overrides)
     except ValidationError as exc:
         raise ConfigError(_describe(exc)) from None
 

@@ -1,0 +1,134 @@
+"""TradingView alert intake: authenticate, validate, normalise, key for idempotency."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+import uuid
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from shared.models import Signal
+from shared.web import HttpError
+
+_PREFIX = re.compile(r"^[A-Z0-9_]+:")  # BINANCE:BTCUSDT.P
+_SUFFIXES = (".P", "PERP", ".PERP", "_PERP")
+_ACTIONS = {"buy": "LONG", "long": "LONG", "sell": "SHORT", "short": "SHORT", "close": None}
+
+
+def normalise_ticker(raw: str) -> str:
+    """``BINANCE:BTCUSDT.P``, ``BTCUSDTPERP``, ``BTC/USDT``, ``btc/usdt:usdt`` -> ``BTCUSDT``."""
+    ticker = raw.strip().upper()
+    ticker = _PREFIX.sub("", ticker)
+    ticker = ticker.split(":", 1)[0] if "/" in ticker else ticker
+    for suffix in _SUFFIXES:
+        if ticker.endswith(suffix):
+            ticker = ticker[: -len(suffix)]
+            break
+    return ticker.replace("/", "").replace("-", "").replace("_", "")
+
+
+def parse_alert_time(value: Any) -> datetime | None:
+    """TradingView's ``{{timenow}}`` (ISO-8601, UTC) or epoch seconds/milliseconds."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        seconds = value / 1000 if value > 1e11 else value
+        return datetime.fromtimestamp(seconds, tz=UTC)
+    if isinstance(value, str):
+        text = value.strip()
+        if text.isdigit():
+            return parse_alert_time(int(text))
+        parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
+        return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+    raise ValueError("time must be ISO-8601 or epoch seconds/milliseconds")
+
+
+class TradingViewAlert(BaseModel):
+    """The body of a TradingView webhook. Extra template fields are allowed and ignored."""
+
+    model_config = ConfigDict(extra="ignore", str_strip_whitespace=True)
+
+    ticker: str = Field(min_length=1, max_length=64)
+    action: Literal["buy", "sell", "long", "short", "close"]
+    price: Decimal | None = Field(default=None, gt=0)
+    confidence: float = Field(default=0.5, ge=0.0, le=1.0)
+    strategy: str = Field(default="default", max_length=64)
+    interval: str = Field(default="", max_length=16)
+    id: str | None = Field(default=None, max_length=128)
+    time: datetime | None = None
+
+    @field_validator("action", mode="before")
+    @classmethod
+    def _lower_action(cls, value: Any) -> Any:
+        return value.strip().lower() if isinstance(value, str) else value
+
+    @field_validator("time", mode="before")
+    @classmethod
+    def _parse_time(cls, value: Any) -> datetime | None:
+        return parse_alert_time(value)
+
+    @field_validator("price", mode="before")
+    @classmethod
+    def _price_not_bool(cls, value: Any) -> Any:
+        if isinstance(value, bool):
+            raise ValueError("price must be a number")
+        return value
+
+
+def check_secret(body: dict[str, Any], expected: str) -> None:
+    given = body.get("secret")
+    if not isinstance(given, str) or not hmac.compare_digest(given.encode(), expected.encode()):
+        raise HttpError(401, "invalid or missing secret")
+
+
+def idempotency_key(alert: TradingViewAlert, symbol: str) -> str:
+    """The alert's ``id`` if present, else a hash of what makes an alert unique."""
+    if alert.id:
+        return f"id:{alert.id}"
+    basis = "|".join(
+        [symbol, alert.action, alert.interval, alert.strategy,
+         alert.time.isoformat() if alert.time else ""]
+    )
+    return "h:" + hashlib.sha256(basis.encode()).hexdigest()[:32]
+
+
+def _describe(exc: ValidationError) -> tuple[str, str, int]:
+    """(field, message, status): a missing field is a malformed body (400), a bad value 422."""
+    err = exc.errors()[0]
+    field = ".".join(str(p) for p in err["loc"]) or "body"
+    return field, f"{field}: {err['msg']}", 400 if err["type"] == "missing" else 422
+
+
+def parse_alert(
+    body: dict[str, Any], secret: str, allowed_symbols: tuple[str, ...],
+    now: datetime | None = None,
+) -> Signal:
+    """Authenticate and validate a webhook body; raise :class:`HttpError` naming the problem."""
+    check_secret(body, secret)
+    try:
+        alert = TradingViewAlert.model_validate({k: v for k, v in body.items() if k != "secret"})
+    except ValidationError as exc:
+        field, message, status = _describe(exc)
+        raise HttpError(status, message, field=field) from None
+    symbol = normalise_ticker(alert.ticker)
+    if symbol not in allowed_symbols:
+        raise HttpError(422, f"ticker: symbol {symbol} is not traded "
+                        f"(allowed: {', '.join(allowed_symbols)})", field="ticker")
+    return Signal(
+        signal_id=uuid.uuid4().hex,
+        idempotency_key=idempotency_key(alert, symbol),
+        symbol=symbol,
+        action=alert.action,
+        side=_ACTIONS[alert.action],
+        price=alert.price,
+        confidence=alert.confidence,
+        strategy=alert.strategy,
+        interval=alert.interval,
+        alert_time=alert.time,
+        received_at=now or datetime.now(UTC),
+    )

@@ -1,0 +1,219 @@
+"""Execute - Trade Execution (HTTP 8102): queue-driven, idempotent, scales out."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from decimal import Decimal
+from typing import Any
+
+from nameko.events import EventDispatcher
+from nameko.rpc import RpcProxy, rpc
+from nameko.web.handlers import http
+from prometheus_client import Counter, Histogram
+from werkzeug.wrappers import Request, Response
+
+from nameko_services.execute.dependencies import Engine
+from nameko_services.execute.engine import ExecutionEngine, LockBusy, Outcome
+from shared.consumer import Retryable, durable_consume
+from shared.market import ExchangeUnavailable
+from shared.models import CloseRequest, TradeIntent
+from shared.money import bracket_prices
+from shared.nameko_deps import Bus, BusError, Config, MessageBus, Telemetry
+from shared.names import (
+    EVT_POSITION_CLOSED,
+    EVT_TRADE_FAILED,
+    EVT_TRADE_OPENED,
+    EXECUTE,
+    RISK,
+    SIGNALS_EXCHANGE,
+    TRADE_KEY,
+    TRADE_QUEUE,
+    TRADE_STREAM,
+    kombu_queue,
+)
+from shared.records import Record
+from shared.settings import Settings, settings_or_exit
+from shared.telemetry import TelemetryWriter
+from shared.web import HttpError, api, metrics_response, read_json_object, require_api_key
+
+settings_or_exit()
+
+ORDERS = Counter("phoenix95_orders_total", "Trade intents executed, by result", ["result"])
+EXECUTION_SECONDS = Histogram("phoenix95_execution_seconds",
+                              "Intent received to position protected (entry + SL + TP)")
+
+
+class ExecuteService:
+    name = EXECUTE
+
+    config: Settings = Config()
+    engine: ExecutionEngine = Engine()
+    bus: MessageBus = Bus()
+    telemetry: TelemetryWriter = Telemetry()
+    dispatch = EventDispatcher()
+    risk = RpcProxy(RISK)
+
+    # --- queue ---
+    @durable_consume(kombu_queue(TRADE_QUEUE))
+    def execute_trade(self, body: dict[str, Any]) -> None:
+        started = time.perf_counter()
+        try:
+            if body.get("type") == "close_request":
+                request = CloseRequest.model_validate(body)
+                self._closed(self.engine.close(request.symbol, request.reason))
+                return
+            outcome = self.engine.open(TradeIntent.model_validate(body))
+        except (LockBusy, ExchangeUnavailable) as exc:
+            raise Retryable(str(exc)) from exc
+        EXECUTION_SECONDS.observe(time.perf_counter() - started)
+        ORDERS.labels(outcome.status).inc()
+        self._report(outcome)
+
+    # --- RPC ---
+    @rpc
+    def positions(self) -> list[dict[str, Any]]:
+        return [dict(p) for p in self.engine.positions()]
+
+    @rpc
+    def close(self, symbol: str) -> dict[str, Any]:
+        outcome = self.engine.close(symbol.upper(), "manual")
+        self._closed(outcome)
+        return {"status": outcome.status, "symbol": outcome.symbol, **outcome.details}
+
+    @rpc
+    def close_all(self) -> list[dict[str, Any]]:
+        return [self.close(p["symbol"]) for p in self.engine.positions()]
+
+    @rpc
+    def trades(self, limit: int = 50) -> list[dict[str, Any]]:
+        rows = self.engine.store.trades(max(1, min(int(limit), 1000)))
+        return [{
+            "signal_id": r.signal_id, "symbol": r.symbol, "side": r.side,
+            "quantity": str(r.quantity), "entry_price": str(r.entry_price),
+            "exit_price": str(r.exit_price) if r.exit_price is not None else None,
+            "realized_pnl": str(r.realized_pnl) if r.realized_pnl is not None else None,
+            "status": r.status, "close_reason": r.close_reason,
+            "opened_at": r.opened_at.isoformat(),
+            "closed_at": r.closed_at.isoformat() if r.closed_at else None,
+        } for r in rows]
+
+    # --- HTTP ---
+    @http("POST", "/trade")
+    @api
+    def trade_http(self, request: Request) -> tuple[int, Any]:
+        """Manual trade: checked by risk, then queued like any signal's intent."""
+        require_api_key(request, self.config.security.api_key_values())
+        body = read_json_object(request)
+        intent = self._manual_intent(body)
+        decision = self.risk.check(intent.wire())
+        if not decision["approved"]:
+            return 422, {"error": "rejected by risk", "reasons": decision["reasons"],
+                         "checks": decision["checks"]}
+        try:
+            self.bus.publish(SIGNALS_EXCHANGE, TRADE_KEY, intent,
+                             declare=[kombu_queue(TRADE_QUEUE)])
+        except BusError as exc:
+            raise HttpError(503, "trade queue unavailable, retry later") from exc
+        return 202, {"status": "queued", "signal_id": intent.signal_id,
+                     "liquidation_price": decision["liquidation_price"]}
+
+    @http("GET", "/positions")
+    @api
+    def positions_http(self, request: Request) -> tuple[int, Any]:
+        require_api_key(request, self.config.security.api_key_values())
+        return 200, self.positions()
+
+    @http("POST", "/close")
+    @api
+    def close_http(self, request: Request) -> tuple[int, Any]:
+        require_api_key(request, self.config.security.api_key_values())
+        body = read_json_object(request)
+        if body.get("all") is True or str(body.get("symbol", "")).upper() == "ALL":
+            return 200, self.close_all()
+        symbol = str(body.get("symbol", "")).upper()
+        if symbol not in self.config.trading.allowed_symbols:
+            raise HttpError(422, "symbol: give an allowed symbol or \"all\": true",
+                            field="symbol")
+        return 200, self.close(symbol)
+
+    @http("GET", "/health")
+    @api
+    def health(self, request: Request) -> tuple[int, Any]:
+        problems = self.telemetry.health()
+        breaker = self.engine.gw.breaker.current_state
+        if breaker == "open":
+            problems["exchange"] = "circuit open"
+        return 200, {"status": "degraded" if problems else "ok", "service": EXECUTE,
+                     "checks": problems}
+
+    @http("GET", "/metrics")
+    def metrics(self, request: Request) -> Response:
+        return metrics_response()
+
+    # --- helpers ---
+    def _manual_intent(self, body: dict[str, Any]) -> TradeIntent:
+        symbol = str(body.get("symbol", "")).upper()
+        side = str(body.get("side", "")).upper()
+        if symbol not in self.config.trading.allowed_symbols:
+            raise HttpError(422, f"symbol: {symbol or 'missing'} is not traded", field="symbol")
+        if side not in ("LONG", "SHORT"):
+            raise HttpError(422, "side: must be LONG or SHORT", field="side")
+        try:
+            quantity = Decimal(str(body["quantity"]))
+        except Exception:  # noqa: BLE001 - any unparsable quantity is the caller's error
+            raise HttpError(422, "quantity: a positive number is required",
+                            field="quantity") from None
+        if quantity <= 0:
+            raise HttpError(422, "quantity: a positive number is required", field="quantity")
+        lev = self.config.leverage
+        gw = self.engine.gw
+        price, _ = gw.last_price(symbol)
+        stop, take = bracket_prices(side, price, Decimal(str(lev.stop_loss_percent)),  # type: ignore[arg-type]
+                                    Decimal(str(lev.take_profit_percent)), gw.tick_size(symbol))
+        key = str(body.get("id") or uuid.uuid4().hex)
+        return TradeIntent(
+            signal_id=uuid.uuid4().hex, idempotency_key=f"manual:{key}", symbol=symbol,
+            side=side, quantity=gw.amount_to_precision(symbol, quantity),
+            reference_price=price, leverage=lev.leverage, margin_mode=lev.margin_mode,
+            stop_loss=stop, take_profit=take, margin=quantity * price / lev.leverage,
+            strategy="manual")
+
+    def _report(self, outcome: Outcome) -> None:
+        d = outcome.details
+        if outcome.status in ("opened", "duplicate"):
+            self.telemetry.emit(TRADE_STREAM, Record("entry_filled", {
+                "symbol": outcome.symbol, "side": d.get("side"), "quantity": d.get("quantity"),
+                "entry_price": d.get("entry_price"), "leverage": d.get("leverage"),
+                "margin": d.get("margin"), "status": outcome.status}, outcome.signal_id))
+            if outcome.status == "duplicate":
+                return
+            self.telemetry.emit(TRADE_STREAM, Record("brackets_placed", {
+                "symbol": outcome.symbol, "stop_loss": d.get("stop_loss"),
+                "take_profit": d.get("take_profit"), "sl_client_id": d.get("sl_client_id"),
+                "tp_client_id": d.get("tp_client_id"),
+                "stop_loss_armed": d.get("stop_loss_armed"),
+                "take_profit_armed": d.get("take_profit_armed"),
+                "liquidation_price": d.get("liquidation_price")}, outcome.signal_id))
+            self.dispatch(EVT_TRADE_OPENED, {
+                "type": "trade_opened", "signal_id": outcome.signal_id,
+                "symbol": outcome.symbol, "side": d["side"], "quantity": d["quantity"],
+                "entry_price": d["entry_price"], "stop_loss": d["stop_loss"],
+                "take_profit": d["take_profit"], "liquidation_price": d["liquidation_price"],
+                "margin": d["margin"], "leverage": d["leverage"]})
+        else:
+            self.telemetry.emit(TRADE_STREAM, Record("trade_failed", {
+                "symbol": outcome.symbol, "reason": outcome.reason}, outcome.signal_id))
+            self.dispatch(EVT_TRADE_FAILED, {"type": "trade_failed",
+                                             "signal_id": outcome.signal_id,
+                                             "symbol": outcome.symbol, "reason": outcome.reason})
+
+    def _closed(self, outcome: Outcome) -> None:
+        if outcome.status != "closed":
+            return
+        d = outcome.details
+        payload = {"symbol": outcome.symbol, "reason": outcome.reason,
+                   "exit_price": d.get("exit_price"), "realized_pnl": d.get("realized_pnl")}
+        self.telemetry.emit(TRADE_STREAM, Record("position_closed", payload, outcome.signal_id))
+        self.dispatch(EVT_POSITION_CLOSED, {"type": "position_closed",
+                                            "signal_id": outcome.signal_id, **payload})

@@ -1,0 +1,99 @@
+"""Execution's durable book: orders (recorded before they are sent) and positions."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from decimal import Decimal
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import sessionmaker
+
+from shared.db import OrderRow, PositionRow, utcnow
+
+
+@dataclass(frozen=True)
+class OrderRecord:
+    client_order_id: str
+    signal_id: str
+    symbol: str
+    kind: str
+    side: str
+    order_type: str
+    quantity: Decimal
+    trigger_price: Decimal | None = None
+
+
+class TradeStore:
+    def __init__(self, sessions: sessionmaker) -> None:
+        self._sessions = sessions
+
+    def order(self, client_order_id: str) -> OrderRow | None:
+        with self._sessions() as s:
+            return s.scalar(select(OrderRow).where(OrderRow.client_order_id == client_order_id))
+
+    def record_pending(self, rec: OrderRecord) -> OrderRow:
+        """Insert the order before sending it; an existing row (a redelivery) is returned."""
+        try:
+            with self._sessions.begin() as s:
+                row = OrderRow(
+                    client_order_id=rec.client_order_id, signal_id=rec.signal_id,
+                    symbol=rec.symbol, kind=rec.kind, side=rec.side, order_type=rec.order_type,
+                    quantity=rec.quantity, trigger_price=rec.trigger_price, status="pending",
+                )
+                s.add(row)
+            return row
+        except IntegrityError:
+            existing = self.order(rec.client_order_id)
+            assert existing is not None
+            return existing
+
+    def update_order(self, client_order_id: str, *, status: str,
+                     exchange_id: str | None = None, avg_price: Decimal | None = None,
+                     quantity: Decimal | None = None, error: str | None = None) -> None:
+        with self._sessions.begin() as s:
+            row = s.scalar(select(OrderRow).where(OrderRow.client_order_id == client_order_id))
+            if row is None:
+                return
+            row.status = status
+            if exchange_id is not None:
+                row.exchange_id = exchange_id
+            if avg_price is not None:
+                row.avg_price = avg_price
+            if quantity is not None:
+                row.quantity = quantity
+            if error is not None:
+                row.error = error[:2000]
+
+    def open_position(self, row: PositionRow) -> PositionRow:
+        with self._sessions.begin() as s:
+            existing = s.scalar(select(PositionRow).where(
+                PositionRow.signal_id == row.signal_id, PositionRow.symbol == row.symbol))
+            if existing is not None:
+                return existing
+            s.add(row)
+        return row
+
+    def open_positions(self) -> list[PositionRow]:
+        with self._sessions() as s:
+            return list(s.scalars(select(PositionRow).where(PositionRow.status == "open")))
+
+    def position_for_signal(self, signal_id: str) -> PositionRow | None:
+        with self._sessions() as s:
+            return s.scalar(select(PositionRow).where(PositionRow.signal_id == signal_id))
+
+    def close_position(self, symbol: str, *, exit_price: Decimal | None,
+                       realized_pnl: Decimal | None, reason: str) -> PositionRow | None:
+        with self._sessions.begin() as s:
+            row = s.scalar(select(PositionRow).where(
+                PositionRow.symbol == symbol, PositionRow.status == "open"))
+            if row is None:
+                return None
+            row.status, row.exit_price, row.realized_pnl = "closed", exit_price, realized_pnl
+            row.close_reason, row.closed_at = reason, utcnow()
+            return row
+
+    def trades(self, limit: int) -> list[PositionRow]:
+        with self._sessions() as s:
+            return list(s.scalars(
+                select(PositionRow).order_by(PositionRow.id.desc()).limit(limit)))

@@ -1,0 +1,135 @@
+"""Risk engine: the three-stage pre-trade check, as a pure function of its inputs.
+
+Every denial carries a stable reason code; every number computed is returned in
+``checks`` so a trader can see why.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from decimal import Decimal
+
+from shared.models import RiskDecision, TradeIntent, TradingState
+from shared.money import Bracket, liquidation_price
+from shared.settings import Settings
+
+MAX_PRICE_AGE_MS = 60_000
+PRICE_BAND = Decimal("0.05")  # alert price must be within 5% of the market
+
+
+@dataclass(frozen=True)
+class OpenPosition:
+    symbol: str
+    side: str
+    margin: Decimal
+    notional: Decimal
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """What risk knows of the world when it checks one intent."""
+
+    state: TradingState
+    equity: Decimal
+    available: Decimal
+    positions: Sequence[OpenPosition]
+    last_price: Decimal
+    price_age_ms: int
+    min_quantity: Decimal
+    min_notional: Decimal
+    brackets: Sequence[Bracket]
+    reserved_margin: Decimal = Decimal(0)
+    extra: dict[str, str] = field(default_factory=dict)
+
+
+class RiskEngine:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+
+    def check(self, intent: TradeIntent, snap: Snapshot) -> RiskDecision:
+        reasons: list[str] = []
+        checks: dict[str, object] = {}
+        self._order_sanity(intent, snap, reasons, checks)
+        self._account(intent, snap, reasons, checks)
+        liq = self._market(intent, snap, reasons, checks)
+        if snap.state != "ACTIVE":
+            reasons.insert(0, f"TRADING_{snap.state}")
+        return RiskDecision(signal_id=intent.signal_id, approved=not reasons,
+                            reasons=tuple(reasons), checks=_jsonable(checks),
+                            liquidation_price=liq)
+
+    def _order_sanity(self, it: TradeIntent, snap: Snapshot, reasons: list[str],
+                      checks: dict[str, object]) -> None:
+        s = self.settings
+        if it.symbol not in s.trading.allowed_symbols:
+            reasons.append("SYMBOL_NOT_ALLOWED")
+        if it.leverage > s.leverage.leverage:
+            reasons.append("LEVERAGE_EXCEEDED")
+        if it.margin_mode.upper() != "ISOLATED":
+            reasons.append("MARGIN_MODE_NOT_ISOLATED")
+        notional = it.quantity * it.reference_price
+        checks.update(notional=notional, min_notional=snap.min_notional,
+                      min_quantity=snap.min_quantity)
+        if it.quantity < snap.min_quantity:
+            reasons.append("QUANTITY_BELOW_MINIMUM")
+        if notional < snap.min_notional:
+            reasons.append("NOTIONAL_BELOW_MINIMUM")
+        long = it.side == "LONG"
+        if it.stop_loss is None or (it.stop_loss >= it.reference_price if long
+                                    else it.stop_loss <= it.reference_price):
+            reasons.append("STOP_LOSS_MISSING_OR_WRONG_SIDE")
+        if it.take_profit is None or (it.take_profit <= it.reference_price if long
+                                      else it.take_profit >= it.reference_price):
+            reasons.append("TAKE_PROFIT_MISSING_OR_WRONG_SIDE")
+
+    def _account(self, it: TradeIntent, snap: Snapshot, reasons: list[str],
+                 checks: dict[str, object]) -> None:
+        t = self.settings.trading
+        margin = it.quantity * it.reference_price / it.leverage
+        cap = snap.equity * Decimal(str(t.max_position_size))
+        free = snap.available - snap.reserved_margin
+        checks.update(margin=margin, equity=snap.equity, available=snap.available,
+                      reserved_margin=snap.reserved_margin, max_margin=cap,
+                      open_positions=len(snap.positions))
+        if margin > free:
+            reasons.append("INSUFFICIENT_MARGIN")
+        # a cent of tolerance: the size was computed from the same equity a moment ago
+        if margin > cap + Decimal("0.01"):
+            reasons.append("POSITION_SIZE_EXCEEDED")
+        if len(snap.positions) >= t.max_open_positions:
+            reasons.append("MAX_OPEN_POSITIONS")
+        if not t.allow_same_symbol_position and any(p.symbol == it.symbol
+                                                    for p in snap.positions):
+            reasons.append("POSITION_ALREADY_OPEN")
+
+    def _market(self, it: TradeIntent, snap: Snapshot, reasons: list[str],
+                checks: dict[str, object]) -> Decimal | None:
+        lev = self.settings.leverage
+        checks.update(last_price=snap.last_price, price_age_ms=snap.price_age_ms)
+        if snap.price_age_ms > MAX_PRICE_AGE_MS:
+            reasons.append("STALE_MARKET_DATA")
+        if it.alert_price is not None and snap.last_price > 0:
+            deviation = abs(it.alert_price - snap.last_price) / snap.last_price
+            checks["alert_price_deviation"] = deviation
+            if deviation > PRICE_BAND:
+                reasons.append("PRICE_OUT_OF_BAND")
+        if it.quantity <= 0 or it.stop_loss is None:
+            return None
+        liq = liquidation_price(it.side, it.reference_price, it.quantity, it.leverage,
+                                snap.brackets)
+        stop_distance = abs(it.reference_price - it.stop_loss)
+        buffer = stop_distance * Decimal(str(lev.liquidation_buffer))
+        if it.side == "LONG":
+            room = it.stop_loss - liq
+        else:
+            room = liq - it.stop_loss
+        checks.update(liquidation_price=liq, stop_distance=stop_distance,
+                      liquidation_room=room, required_room=buffer)
+        if room < buffer:
+            reasons.append("LIQUIDATION_BEFORE_STOP")
+        return liq.quantize(Decimal("0.00000001"))
+
+
+def _jsonable(checks: dict[str, object]) -> dict[str, object]:
+    return {k: (str(v) if isinstance(v, Decimal) else v) for k, v in checks.items()}

@@ -1,0 +1,161 @@
+"""Exchange gateway: the one way services talk to Binance (or the paper exchange).
+
+Wraps the ccxt client with a circuit breaker (``high_availability`` settings: 5 failures,
+60 s), small caches for reference data, and Decimal conversion at the edge. Business
+errors from the exchange (``ccxt.ExchangeError``: bad order, insufficient margin) do
+not trip the breaker; network errors and exchange outages do.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from decimal import Decimal
+from typing import Any, TypeVar
+
+import ccxt
+import pybreaker
+from prometheus_client import Gauge
+
+from shared.exchange import make_exchange
+from shared.money import DEFAULT_BRACKETS, Bracket
+from shared.settings import Settings
+
+T = TypeVar("T")
+
+BREAKER_STATE = Gauge(
+    "phoenix95_circuit_breaker_open", "1 when the exchange circuit breaker is open", ["name"]
+)
+
+
+class ExchangeUnavailable(RuntimeError):
+    """The exchange could not be reached (network, outage, or circuit open)."""
+
+
+class _BreakerGauge(pybreaker.CircuitBreakerListener):
+    def state_change(self, cb: pybreaker.CircuitBreaker, old: Any, new: Any) -> None:
+        BREAKER_STATE.labels(cb.name).set(1 if new.name == "open" else 0)
+
+
+def _is_business_error(exc: BaseException) -> bool:
+    """Exchange answered and refused: the exchange is healthy, don't trip the breaker."""
+    return isinstance(exc, ccxt.ExchangeError) and not isinstance(exc, ccxt.ExchangeNotAvailable)
+
+
+def to_decimal(value: Any) -> Decimal:
+    return Decimal(str(value)) if value is not None else Decimal(0)
+
+
+class ExchangeGateway:
+    def __init__(self, settings: Settings, client: ccxt.binanceusdm | None = None,
+                 *, name: str = "exchange") -> None:
+        self.settings = settings
+        self.client = client or make_exchange(settings)
+        ha = settings.high_availability
+        self.breaker = pybreaker.CircuitBreaker(
+            fail_max=ha.circuit_breaker_failures,
+            reset_timeout=ha.circuit_breaker_recovery,
+            exclude=[_is_business_error],
+            listeners=[_BreakerGauge()],
+            name=name,
+        )
+        self._cache: dict[str, tuple[float, Any]] = {}
+        self._lock = threading.Lock()
+        self._markets_loaded = False
+
+    # --- plumbing ---
+    def call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        try:
+            return self.breaker.call(fn, *args, **kwargs)
+        except pybreaker.CircuitBreakerError as exc:
+            raise ExchangeUnavailable(f"circuit open: {exc}") from exc
+        except (ccxt.NetworkError, ccxt.ExchangeNotAvailable) as exc:
+            raise ExchangeUnavailable(str(exc)) from exc
+
+    def _cached(self, key: str, ttl: float, load: Callable[[], T]) -> T:
+        now = time.monotonic()
+        hit = self._cache.get(key)
+        if hit is not None and now - hit[0] < ttl:
+            return hit[1]
+        value = load()
+        with self._lock:
+            self._cache[key] = (now, value)
+        return value
+
+    def invalidate(self, prefix: str = "") -> None:
+        with self._lock:
+            for key in [k for k in self._cache if k.startswith(prefix)]:
+                del self._cache[key]
+
+    def ensure_markets(self) -> None:
+        if not self._markets_loaded:
+            self.call(self.client.load_markets)
+            self._markets_loaded = True
+
+    def market(self, symbol: str) -> dict[str, Any]:
+        self.ensure_markets()
+        return self.client.market(symbol)
+
+    # --- reference data ---
+    def tick_size(self, symbol: str) -> Decimal:
+        return to_decimal(self.market(symbol)["precision"]["price"])
+
+    def step_size(self, symbol: str) -> Decimal:
+        return to_decimal(self.market(symbol)["precision"]["amount"])
+
+    def min_quantity(self, symbol: str) -> Decimal:
+        return to_decimal(self.market(symbol)["limits"]["amount"]["min"])
+
+    def min_notional(self, symbol: str) -> Decimal:
+        return to_decimal(self.market(symbol)["limits"]["cost"]["min"])
+
+    def amount_to_precision(self, symbol: str, quantity: Decimal) -> Decimal:
+        self.ensure_markets()
+        return Decimal(self.client.amount_to_precision(symbol, float(quantity)))
+
+    def brackets(self, symbol: str) -> tuple[Bracket, ...]:
+        """Leverage brackets from the exchange (cached 1 h); built-in table as fallback."""
+
+        def load() -> tuple[Bracket, ...]:
+            try:
+                raw = self.call(self.client.fapiPrivateGetLeverageBracket, {"symbol": symbol})
+            except (ExchangeUnavailable, ccxt.ExchangeError):
+                return DEFAULT_BRACKETS[symbol]
+            rows = raw[0]["brackets"] if isinstance(raw, list) else raw["brackets"]
+            return tuple(
+                Bracket(int(r["bracket"]), int(r["initialLeverage"]),
+                        to_decimal(r["notionalFloor"]), to_decimal(r["notionalCap"]),
+                        to_decimal(r["maintMarginRatio"]), to_decimal(r["cum"]))
+                for r in rows
+            )
+
+        return self._cached(f"brackets:{symbol}", 3600.0, load)
+
+    # --- market data ---
+    def last_price(self, symbol: str) -> tuple[Decimal, int]:
+        """(last price, exchange timestamp in ms)."""
+        ticker = self.call(self.client.fetch_ticker, symbol)
+        return to_decimal(ticker["last"]), int(ticker.get("timestamp") or 0)
+
+    def ohlcv(self, symbol: str, timeframe: str, limit: int, ttl: float) -> list[list[float]]:
+        return self._cached(
+            f"ohlcv:{symbol}:{timeframe}:{limit}", ttl,
+            lambda: self.call(self.client.fetch_ohlcv, symbol, timeframe, None, limit),
+        )
+
+    # --- account ---
+    def equity(self, ttl: float = 2.0) -> tuple[Decimal, Decimal]:
+        """(total margin balance, available balance) in USDT."""
+
+        def load() -> tuple[Decimal, Decimal]:
+            bal = self.call(self.client.fetch_balance)
+            usdt = bal.get("USDT", {})
+            return to_decimal(usdt.get("total")), to_decimal(usdt.get("free"))
+
+        return self._cached("equity", ttl, load)
+
+    def positions(self) -> list[dict[str, Any]]:
+        self.ensure_markets()
+        rows = self.call(self.client.fetch_positions)
+        return [p for p in rows if to_decimal(p.get("contracts")) != 0]

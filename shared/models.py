@@ -1,0 +1,160 @@
+"""Typed messages that cross service boundaries (AMQP bodies, RPC payloads, events).
+
+Every message carries a ``type`` literal so a consumer can tell them apart and a
+schema change is visible in one file.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from decimal import Decimal
+from typing import Any, Literal, TypedDict
+
+from pydantic import BaseModel, ConfigDict, Field
+
+Side = Literal["LONG", "SHORT"]
+Action = Literal["buy", "sell", "long", "short", "close"]
+TradingState = Literal["ACTIVE", "REDUCING", "HALTED"]
+
+
+class _Message(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    def wire(self) -> dict[str, Any]:
+        """JSON-safe dict for AMQP/RPC (Decimals as strings, datetimes ISO)."""
+        return self.model_dump(mode="json")
+
+
+class Signal(_Message):
+    """A TradingView alert that passed intake: authenticated, validated, normalised."""
+
+    type: Literal["signal"] = "signal"
+    signal_id: str
+    idempotency_key: str
+    symbol: str
+    action: Action
+    side: Side | None  # None for "close"
+    price: Decimal | None = None
+    confidence: float = Field(ge=0.0, le=1.0)
+    strategy: str = "default"
+    interval: str = ""
+    alert_time: datetime | None = None
+    received_at: datetime
+
+
+class Analysis(_Message):
+    """Brain's verdict on a signal: the Phoenix 95 score, the three gates, the size."""
+
+    type: Literal["analysis"] = "analysis"
+    signal_id: str
+    symbol: str
+    side: Side | None
+    model_probability: float
+    phoenix_score: float
+    final_confidence: float
+    margin_fraction: float
+    decision: Literal["approved", "rejected"]
+    reasons: tuple[str, ...] = ()
+    features: dict[str, float] = Field(default_factory=dict)
+
+
+class TradeIntent(_Message):
+    """A fully specified order request: what risk checks and execute carries out."""
+
+    type: Literal["trade_intent"] = "trade_intent"
+    signal_id: str
+    idempotency_key: str
+    symbol: str
+    side: Side
+    quantity: Decimal = Field(gt=0)
+    reference_price: Decimal = Field(gt=0)
+    alert_price: Decimal | None = None
+    leverage: int
+    margin_mode: str = "ISOLATED"
+    stop_loss: Decimal | None
+    take_profit: Decimal | None
+    margin: Decimal
+    strategy: str = "default"
+
+
+class RiskDecision(_Message):
+    type: Literal["risk_decision"] = "risk_decision"
+    signal_id: str
+    approved: bool
+    reasons: tuple[str, ...] = ()
+    checks: dict[str, Any] = Field(default_factory=dict)
+    liquidation_price: Decimal | None = None
+
+
+class CloseRequest(_Message):
+    type: Literal["close_request"] = "close_request"
+    signal_id: str
+    idempotency_key: str
+    symbol: str
+    reason: str = "signal"
+
+
+class RiskAlert(_Message):
+    type: Literal["risk_alert"] = "risk_alert"
+    level: Literal["info", "warning", "critical"]
+    code: str
+    text: str
+    symbol: str | None = None
+    signal_id: str = ""
+
+
+# --- Nameko event payloads (dispatched by execute/risk/brain, handled by notify) ---
+
+
+class TradeOpenedEvent(TypedDict):
+    type: Literal["trade_opened"]
+    signal_id: str
+    symbol: str
+    side: str
+    quantity: str
+    entry_price: str
+    stop_loss: str
+    take_profit: str
+    liquidation_price: str
+    margin: str
+    leverage: int
+
+
+class TradeFailedEvent(TypedDict):
+    type: Literal["trade_failed"]
+    signal_id: str
+    symbol: str
+    reason: str
+
+
+class SignalRejectedEvent(TypedDict):
+    type: Literal["signal_rejected"]
+    signal_id: str
+    symbol: str
+    reasons: list[str]
+
+
+class PositionClosedEvent(TypedDict):
+    type: Literal["position_closed"]
+    signal_id: str
+    symbol: str
+    reason: str
+    exit_price: str
+    realized_pnl: str
+
+
+class PositionView(TypedDict):
+    """One open position as ``execute.positions()`` returns it."""
+
+    symbol: str
+    side: str
+    quantity: str
+    entry_price: str
+    mark_price: str
+    unrealized_pnl: str
+    leverage: int
+    margin: str
+    liquidation_price: str
+    stop_loss: str | None
+    take_profit: str | None
+    signal_id: str
