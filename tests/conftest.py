@@ -1,0 +1,39 @@
+"""Test pyramid (see each folder's conftest for its rules).
+
+* ``tests/unit``: plain engines and Nameko services through ``worker_factory``; anything
+  that crosses a service boundary (bus, exchange, another service) is a fake.
+* ``tests/integration``: one part against the real brokers and the real paper exchange
+  (RabbitMQ, Redis, Kafka-compatible Tansu, PostgreSQL), with names unique to each test.
+* ``tests/e2e``: the running system (``scripts/test`` starts it) through HTTP, RPC and ccxt.
+
+No test monkey-patches eventlet: the services run as real ``nameko run`` processes, and
+the standalone RPC proxy works unpatched.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+import pytest
+
+TEST_SECRETS = {
+    "PHOENIX__SECURITY__WEBHOOK_SECRET": "unit-test-webhook-secret",
+    "PHOENIX__SECURITY__API_KEYS": '["unit-test-api-key"]',
+    "PHOENIX__MESSAGE_QUEUE__PASSWORD": "unit-test-password",
+    "PHOENIX__EXCHANGE__API_KEY": "unit-test-exchange-key",
+    "PHOENIX__EXCHANGE__API_SECRET": "unit-test-exchange-secret",
+}
+
+
+@pytest.fixture
+def secrets_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, str]]:
+    """Secrets for a settings object, only where the environment has none."""
+    from shared.settings import get_settings
+
+    for key, value in TEST_SECRETS.items():
+        if not os.environ.get(key):
+            monkeypatch.setenv(key, value)
+    get_settings.cache_clear()
+    yield {k: os.environ[k] for k in TEST_SECRETS}
+    get_settings.cache_clear()
