@@ -15,7 +15,8 @@ SIGNALS_REJECTED = Counter(
     "phoenix95_signals_rejected_total", "Signals rejected after intake, by reason", ["reason"]
 )
 INTAKE_SECONDS = Histogram(
-    "phoenix95_intake_seconds", "Webhook receipt to 202 (queued durably)", buckets=LATENCY_BUCKETS
+    "phoenix95_webhook_latency_seconds", "Webhook receipt to 202 (queued durably)",
+    buckets=LATENCY_BUCKETS,
 )
 ANALYSIS_SECONDS = Histogram(
     "phoenix95_analysis_seconds", "Phoenix 95 analysis and sizing time", buckets=LATENCY_BUCKETS

@@ -8,6 +8,7 @@ from typing import Any
 
 from nameko.events import EventDispatcher
 from nameko.rpc import rpc
+from nameko.timer import timer
 from nameko.web.handlers import http
 from prometheus_client import Counter, Gauge, Histogram
 from pydantic import ValidationError
@@ -39,6 +40,13 @@ CHECKS = Counter("phoenix95_risk_checks_total", "Pre-trade checks by result", ["
 DENIALS = Counter("phoenix95_risk_denials_total", "Pre-trade denials by reason", ["reason"])
 CHECK_SECONDS = Histogram("phoenix95_risk_check_seconds", "Pre-trade check latency")
 STATE = Gauge("phoenix95_trading_state", "1 for the current trading state", ["state"])
+HALTED = Gauge("phoenix95_trading_halted", "1 while trading is HALTED")
+
+
+def _export_state(state: str) -> None:
+    for name in STATES:
+        STATE.labels(name).set(1 if name == state else 0)
+    HALTED.set(1 if state == "HALTED" else 0)
 
 
 class RiskService:
@@ -86,8 +94,7 @@ class RiskService:
             "take_profit_percent": s.leverage.take_profit_percent,
             "liquidation_buffer": s.leverage.liquidation_buffer,
         }
-        for state in STATES:
-            STATE.labels(state).set(1 if state == status["state"] else 0)
+        _export_state(status["state"])
         return status
 
     @rpc
@@ -95,6 +102,7 @@ class RiskService:
         """ACTIVE / REDUCING (closes only) / HALTED (nothing new); durable."""
         state = state.upper()
         previous, _ = self.book.state.set(state, reason)  # type: ignore[arg-type]
+        _export_state(state)
         if previous != state:
             payload = {"type": "risk_state_changed", "previous": previous, "state": state,
                        "reason": reason}
@@ -119,6 +127,11 @@ class RiskService:
                           int(leverage), brackets,
                           Decimal(str(wallet_balance)) if wallet_balance is not None else None)
         return str(price.quantize(Decimal("0.00000001")))
+
+    @timer(interval=5)
+    def export_state(self) -> None:
+        """Keep the state gauges current for Prometheus even when nobody asks."""
+        _export_state(self.book.state.get()[0])
 
     # --- HTTP ---
     @http("POST", "/check")

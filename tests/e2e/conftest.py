@@ -1,0 +1,75 @@
+"""End-to-end fixtures: the system ``scripts/test`` (or ``scripts/up``) started.
+
+The settings come from the same environment the system was started with, so the
+tests find its ports, vhost, Redis database and Kafka cluster. Without a running
+system these tests skip locally and fail in CI (``CI=true``).
+"""
+
+from __future__ import annotations
+
+import os
+import urllib.request
+from collections.abc import Iterator
+from typing import Any
+
+import ccxt
+import pytest
+import redis
+
+from shared.exchange import make_exchange
+from shared.settings import Settings, get_settings
+
+
+def _healthy(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=3) as resp:
+            return resp.status == 200
+    except OSError:
+        return False
+
+
+@pytest.fixture(scope="session")
+def settings() -> Settings:
+    get_settings.cache_clear()
+    try:
+        s = get_settings()
+    except Exception as exc:  # noqa: BLE001 - report why the system cannot be found
+        pytest.fail(f"settings for the running system are invalid: {exc}")
+    urls = [s.services.url_of(n) + "/health" for n in ("brain", "risk", "execute", "notify")]
+    if s.exchange.mode == "paper":
+        urls.append(s.paper_exchange.base_url + "/health")
+    down = [u for u in urls if not _healthy(u)]
+    if down:
+        message = f"the system is not running (no answer from {', '.join(down)}); " \
+                  "run scripts/test, or scripts/up first"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    return s
+
+
+@pytest.fixture(scope="session")
+def exchange(settings: Settings) -> ccxt.binanceusdm:
+    client = make_exchange(settings)
+    client.load_markets()
+    return client
+
+
+@pytest.fixture(scope="session")
+def streams(settings: Settings) -> Iterator[redis.Redis]:
+    client = redis.Redis.from_url(settings.redis_streams.url, decode_responses=True)
+    yield client
+    client.close()
+
+
+@pytest.fixture(scope="session")
+def rpc(settings: Settings) -> Iterator[Any]:
+    from nameko.standalone.rpc import ClusterRpcProxy
+
+    with ClusterRpcProxy({"AMQP_URI": settings.message_queue.amqp_uri}, timeout=30) as proxy:
+        yield proxy
+
+
+@pytest.fixture(scope="session")
+def api_key(settings: Settings) -> str:
+    return sorted(settings.security.api_key_values())[0]
