@@ -28,12 +28,18 @@ TEST_SECRETS = {
 
 @pytest.fixture
 def secrets_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, str]]:
-    """Secrets for a settings object, only where the environment has none."""
+    """A clean configuration: config.yaml and test secrets only.
+
+    Every ``PHOENIX*`` variable of the calling environment (scripts/test exports the
+    test system's) and the developer's ``.env`` are hidden, so unit tests see defaults.
+    """
     from shared.settings import get_settings
 
+    for key in [k for k in os.environ if k.startswith("PHOENIX")]:
+        monkeypatch.delenv(key)
+    monkeypatch.setenv("PHOENIX_DOTENV", os.devnull + ".absent")
     for key, value in TEST_SECRETS.items():
-        if not os.environ.get(key):
-            monkeypatch.setenv(key, value)
+        monkeypatch.setenv(key, value)
     get_settings.cache_clear()
     yield {k: os.environ[k] for k in TEST_SECRETS}
     get_settings.cache_clear()

@@ -67,7 +67,8 @@ class GatewayMarketView:
         return self._gw.last_price(symbol)[0]
 
     def equity(self) -> Decimal:
-        return self._gw.equity()[0]
+        # fresh, not cached: a size from a stale balance would overshoot risk's cap
+        return self._gw.equity(ttl=0.0)[0]
 
     def tick_size(self, symbol: str) -> Decimal:
         return self._gw.tick_size(symbol)

@@ -180,7 +180,7 @@ def test_two_instances_racing_on_one_intent_open_one_position(engine, paper, dat
 class _StopsRefused(ccxt.binanceusdm):  # type: ignore[misc]
     """The exchange refuses the stop-loss (e.g. -2021 after a gap)."""
 
-    def create_order(self, symbol, type, side, amount, price=None, params=None):  # noqa: A002
+    def create_order(self, symbol, type, side, amount, price=None, params=None):
         if type == "STOP_MARKET":
             raise ccxt.OrderImmediatelyFillable("Order would immediately trigger.")
         return super().create_order(symbol, type, side, amount, price, params or {})

@@ -1,0 +1,1 @@
+"""Phoenix 95 Streamlit dashboard: ``app`` (layout), ``data`` (reads), ``charts`` (figures)."""

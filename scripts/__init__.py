@@ -1,0 +1,1 @@
+"""Operator scripts: ``up``, ``down``, ``status`` and ``test`` (Python, so Windows works too)."""

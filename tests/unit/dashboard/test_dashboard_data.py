@@ -1,0 +1,303 @@
+"""Dashboard data layer: candle building, the signal join, position fallback, health."""
+
+from __future__ import annotations
+
+import http.server
+import threading
+from collections.abc import Iterator
+
+import pandas as pd
+import pytest
+
+from dashboard import data
+from dashboard.data import StreamEntry
+from shared.records import Record
+
+T0 = 1_700_000_040_000  # a minute boundary (ms)
+
+
+def entry(n: int, kind: str, payload: dict[str, object], signal_id: str = "",
+          ts: int | None = None) -> StreamEntry:
+    stamp = T0 + n * 1000 if ts is None else ts
+    return StreamEntry(f"{stamp}-{n}", Record(kind, dict(payload), signal_id, stamp))
+
+
+def kline(n: int, symbol: str, open_time: int, o: float, h: float, low: float, c: float,
+          v: float = 1.0) -> StreamEntry:
+    return entry(n, "kline", {"symbol": symbol, "interval": "1m", "open_time": open_time,
+                              "open": o, "high": h, "low": low, "close": c, "volume": v})
+
+
+def tick(n: int, symbol: str, price: float, ts: int) -> StreamEntry:
+    return entry(n, "tick", {"symbol": symbol, "price": price, "mark_price": price}, ts=ts)
+
+
+# --------------------------------------------------------------------------- candles
+
+
+def test_klines_latest_update_of_a_candle_wins_and_symbols_are_separated() -> None:
+    entries = [
+        kline(1, "BTCUSDT", T0, 100, 101, 99, 100.5),
+        kline(2, "ETHUSDT", T0, 10, 11, 9, 10.5),
+        kline(3, "BTCUSDT", T0, 100, 103, 98, 102.0, v=5),  # same candle, updated
+        kline(4, "BTCUSDT", T0 + 60_000, 102, 104, 101, 103.0),
+    ]
+    frame = data.build_candles(entries, "btcusdt")
+    assert list(frame.columns) == data.CANDLE_COLUMNS
+    assert len(frame) == 2
+    first = frame.iloc[0]
+    assert (first["open"], first["high"], first["low"], first["close"], first["volume"]) == (
+        100, 103, 98, 102.0, 5)
+    assert frame["time"].iloc[0] == pd.Timestamp(T0, unit="ms", tz="UTC")
+    assert frame["time"].is_monotonic_increasing
+    assert data.build_candles(entries, "ETHUSDT")["close"].tolist() == [10.5]
+
+
+def test_ticks_build_candles_where_no_kline_covers_the_minute() -> None:
+    entries = [
+        tick(1, "BTCUSDT", 100.0, T0 + 1_000),
+        tick(2, "BTCUSDT", 105.0, T0 + 20_000),
+        tick(3, "BTCUSDT", 95.0, T0 + 40_000),
+        tick(4, "BTCUSDT", 97.0, T0 + 59_999),
+        tick(5, "BTCUSDT", 98.0, T0 + 60_000),  # next minute
+        kline(6, "BTCUSDT", T0 + 120_000, 1, 2, 0.5, 1.5),
+        tick(7, "BTCUSDT", 300.0, T0 + 121_000),  # covered by the kline: ignored for OHLC
+    ]
+    frame = data.build_candles(entries, "BTCUSDT")
+    assert frame[["open", "high", "low", "close"]].values.tolist() == [
+        [100.0, 105.0, 95.0, 97.0],
+        [98.0, 98.0, 98.0, 98.0],
+        [1.0, 2.0, 0.5, 1.5],
+    ]
+
+
+def test_candle_book_keeps_history_bounded_and_tracks_prices() -> None:
+    book = data.CandleBook(max_candles=3)
+    book.ingest([kline(i, "BTCUSDT", T0 + i * 60_000, i, i, i, i) for i in range(5)])
+    book.ingest([tick(9, "ETHUSDT", 42.0, T0)])
+    assert book.candles("BTCUSDT")["close"].tolist() == [2, 3, 4]
+    assert book.symbols() == ["BTCUSDT", "ETHUSDT"]
+    assert book.prices()["ETHUSDT"] == 42.0
+    assert book.last_id == f"{T0}-9"
+    assert book.candles("XRPUSDT").empty
+
+
+def test_malformed_market_records_are_skipped() -> None:
+    entries = [
+        entry(1, "kline", {"symbol": "BTCUSDT", "open_time": T0, "open": "x"}),
+        entry(2, "tick", {"symbol": "BTCUSDT"}),
+        entry(3, "tick", {"price": 1.0}),
+    ]
+    assert data.build_candles(entries, "BTCUSDT").empty
+    assert data.latest_prices(entries) == {}
+    assert data.market_symbols(entries) == ["BTCUSDT"]
+
+
+# --------------------------------------------------------------------------- signals
+
+
+def _signal_records() -> tuple[list[StreamEntry], list[StreamEntry], list[StreamEntry]]:
+    signals = [
+        entry(1, "signal_accepted", {"symbol": "BTCUSDT", "action": "buy", "side": "long",
+                                     "price": 100.0, "confidence": 0.8, "strategy": "s",
+                                     "interval": "1m", "idempotency_key": "k1"}, "sig-1"),
+        entry(2, "signal_scored", {"symbol": "BTCUSDT", "side": "long", "phoenix_score": 0.9,
+                                   "final_confidence": 0.93, "decision": "approved",
+                                   "reasons": [], "margin_fraction": 0.1}, "sig-1"),
+        entry(3, "signal_accepted", {"symbol": "ETHUSDT", "action": "sell", "side": "short",
+                                     "price": 10.0}, "sig-2"),
+        entry(4, "signal_scored", {"symbol": "ETHUSDT", "side": "short", "phoenix_score": 0.3,
+                                   "final_confidence": 0.4, "decision": "rejected",
+                                   "reasons": ["PHOENIX_BELOW_THRESHOLD", "LOW_CONF"]},
+              "sig-2"),
+        entry(5, "signal_rejected", {"reason": "bad_secret", "detail": "wrong webhook secret"},
+              ""),
+        entry(6, "signal_accepted", {"symbol": "ADAUSDT", "action": "buy", "side": "long",
+                                     "price": 0.5}, "sig-3"),
+        entry(7, "signal_scored", {"symbol": "ADAUSDT", "phoenix_score": 0.95,
+                                   "final_confidence": 0.99, "decision": "approved",
+                                   "reasons": []}, "sig-3"),
+    ]
+    risk = [
+        entry(8, "risk_check", {"symbol": "BTCUSDT", "side": "long", "approved": True,
+                                "reasons": [], "liquidation_price": 95.5, "checks": {}},
+              "sig-1"),
+        entry(9, "risk_check", {"symbol": "ADAUSDT", "side": "long", "approved": False,
+                                "reasons": ["MAX_POSITIONS"], "checks": {}}, "sig-3"),
+        entry(10, "risk_check", {"symbol": "X", "approved": True}, "unknown-signal"),
+    ]
+    trades = [
+        entry(11, "entry_filled", {"symbol": "BTCUSDT", "side": "long", "quantity": 2.0,
+                                   "entry_price": 100.2, "leverage": 20, "margin": 10.0},
+              "sig-1"),
+    ]
+    return signals, risk, trades
+
+
+def test_join_signals_merges_every_stage_by_signal_id() -> None:
+    frame = data.join_signals(*_signal_records())
+    assert list(frame.columns) == data.SIGNAL_COLUMNS
+    assert len(frame) == 4  # three signals + one rejected webhook without id
+    assert frame["time"].is_monotonic_decreasing  # newest first
+    rows = {r["signal_id"] or "anon": r for r in frame.to_dict("records")}
+
+    btc = rows["sig-1"]
+    assert (btc["symbol"], btc["action"], btc["side"], btc["price"]) == (
+        "BTCUSDT", "buy", "long", 100.0)
+    assert (btc["phoenix_score"], btc["final_confidence"], btc["decision"]) == (
+        0.9, 0.93, "approved")
+    assert btc["risk"] == "approved"
+    assert btc["status"] == "filled @ 100.2"
+    assert btc["time"] == pd.Timestamp(T0 + 1000, unit="ms", tz="UTC")  # first record
+
+    eth = rows["sig-2"]
+    assert eth["decision"] == "rejected"
+    assert eth["reasons"] == "PHOENIX_BELOW_THRESHOLD, LOW_CONF"
+    assert eth["status"] == "scored: rejected"
+    assert eth["risk"] == ""
+
+    ada = rows["sig-3"]
+    assert ada["risk"] == "rejected: MAX_POSITIONS"
+    assert ada["status"] == "risk rejected"
+
+    anon = rows["anon"]
+    assert anon["decision"] == "rejected"
+    assert anon["reasons"] == "bad_secret: wrong webhook secret"
+    assert anon["symbol"] is None
+
+
+def test_join_signals_trade_failure_and_out_of_order_records() -> None:
+    signals = [
+        # scored arrives (with an earlier ts) after accepted in stream order
+        entry(5, "signal_accepted", {"symbol": "BNBUSDT", "action": "buy", "side": "long",
+                                     "price": 300.0}, "sig-9"),
+        entry(4, "signal_scored", {"phoenix_score": 0.8, "final_confidence": 0.9,
+                                   "decision": "approved", "reasons": []}, "sig-9"),
+    ]
+    trades = [entry(6, "trade_failed", {"symbol": "BNBUSDT", "reason": "insufficient margin"},
+                    "sig-9")]
+    frame = data.join_signals(signals, [], trades)
+    assert len(frame) == 1
+    row = frame.iloc[0]
+    assert row["symbol"] == "BNBUSDT"
+    assert row["status"] == "failed: insufficient margin"
+    assert row["time"] == pd.Timestamp(T0 + 4000, unit="ms", tz="UTC")
+
+
+def test_join_signals_empty() -> None:
+    frame = data.join_signals([], [], [])
+    assert frame.empty and list(frame.columns) == data.SIGNAL_COLUMNS
+
+
+# --------------------------------------------------------------------------- trades
+
+
+def test_positions_fallback_from_trade_records() -> None:
+    trades = [
+        entry(1, "entry_filled", {"symbol": "BTCUSDT", "side": "long", "quantity": 2.0,
+                                  "entry_price": 100.0, "leverage": 20, "margin": 10.0}, "s1"),
+        entry(2, "brackets_placed", {"symbol": "BTCUSDT", "stop_loss": 98.0,
+                                     "take_profit": 102.0, "liquidation_price": 95.5}, "s1"),
+        entry(3, "entry_filled", {"symbol": "ETHUSDT", "side": "short", "quantity": 1.0,
+                                  "entry_price": 10.0}, "s2"),
+        entry(4, "position_closed", {"symbol": "ETHUSDT", "reason": "take_profit",
+                                     "realized_pnl": 0.2}, ""),
+        entry(5, "trade_failed", {"symbol": "ADAUSDT", "reason": "x"}, "s3"),
+    ]
+    positions = data.positions_from_trades(trades, marks={"BTCUSDT": 101.0})
+    assert len(positions) == 1
+    pos = positions[0]
+    assert (pos.symbol, pos.side, pos.quantity, pos.entry_price) == ("BTCUSDT", "long", 2.0,
+                                                                     100.0)
+    assert (pos.stop_loss, pos.take_profit, pos.liquidation_price) == (98.0, 102.0, 95.5)
+    assert pos.mark_price == 101.0
+    assert pos.unrealized_pnl == pytest.approx(2.0)
+    frame = data.positions_frame(positions)
+    assert list(frame.columns) == data.POSITION_COLUMNS and len(frame) == 1
+
+
+def test_short_fallback_pnl_sign_and_fills() -> None:
+    trades = [entry(1, "entry_filled", {"symbol": "ETHUSDT", "side": "short", "quantity": 3.0,
+                                        "entry_price": 10.0}, "s2")]
+    (pos,) = data.positions_from_trades(trades, marks={"ETHUSDT": 9.0})
+    assert pos.unrealized_pnl == pytest.approx(3.0)
+    fills = data.fills_from_trades(trades, "ethusdt")
+    assert [(f.kind, f.side, f.price, f.quantity) for f in fills] == [
+        ("entry", "short", 10.0, 3.0)]
+    assert data.fills_from_trades(trades, "BTCUSDT") == []
+
+
+def test_trade_events_newest_first_with_details() -> None:
+    trades = [
+        entry(1, "entry_filled", {"symbol": "btcusdt", "side": "long", "quantity": 2,
+                                  "entry_price": 100, "leverage": 20, "margin": 10}, "s1"),
+        entry(2, "position_closed", {"symbol": "BTCUSDT", "reason": "stop_loss",
+                                     "realized_pnl": -4.0}, "s1"),
+    ]
+    frame = data.trade_events_frame(trades)
+    assert frame["type"].tolist() == ["position_closed", "entry_filled"]
+    assert frame["symbol"].tolist() == ["BTCUSDT", "BTCUSDT"]
+    assert frame["detail"].iloc[0] == "stop_loss pnl -4.0"
+    assert "long 2 @ 100" in frame["detail"].iloc[1]
+
+
+# --------------------------------------------------------------------------- health / rpc
+
+
+@pytest.fixture()
+def health_server() -> Iterator[str]:
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            ok = self.path == "/health"
+            body = b'{"status": "ok"}' if ok else b"nope"
+            self.send_response(200 if ok else 503)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+def test_check_health_up_down_and_error(health_server: str) -> None:
+    results = data.check_health({
+        "brain": f"{health_server}/health",
+        "risk": f"{health_server}/broken",
+        "execute": "http://127.0.0.1:9/health",
+    }, timeout=1.0)
+    by = {h.service: h for h in results}
+    assert by["brain"].ok and by["brain"].status == "ok" and by["brain"].latency_ms is not None
+    assert not by["risk"].ok and by["risk"].status == "HTTP 503"
+    assert not by["execute"].ok and by["execute"].status.startswith("down")
+    assert data.health_urls("h", {"brain": 1}) == {"brain": "http://h:1/health"}
+
+
+def test_rpc_poller_serves_the_latest_snapshot() -> None:
+    calls: list[tuple[str, float]] = []
+
+    def fake(uri: str, timeout: float) -> data.RpcSnapshot:
+        calls.append((uri, timeout))
+        return data.RpcSnapshot(positions=[], risk_status={"state": "normal"},
+                                fetched_at=float(len(calls)))
+
+    poller = data.RpcPoller("amqp://x", timeout=0.5, interval=60, fetch=fake)
+    try:
+        snap = poller.latest(wait=5)
+        assert snap is not None and snap.risk_status == {"state": "normal"}
+        assert calls == [("amqp://x", 0.5)]
+    finally:
+        poller.stop()
+
+
+def test_fetch_rpc_snapshot_reports_unreachable_broker() -> None:
+    snap = data.fetch_rpc_snapshot("amqp://u:p@127.0.0.1:9/%2Ftrading", timeout=1.0)
+    assert snap.positions is None and snap.risk_status is None
+    assert snap.positions_error and snap.positions_error.startswith("RPC unreachable")
+    assert snap.risk_error == snap.positions_error
