@@ -193,6 +193,20 @@ def clean_slate(env: Mapping[str, str]) -> None:
                      f"warning: delete_vhost {vhost} failed: {out.strip()}")
 
 
+def install_validators(env: Mapping[str, str]) -> None:
+    """Deployment-file validators (docker compose, promtool, amtool, nginx, k8s schemas).
+
+    tests/unit/test_deploy_files.py fails in CI without them; locally it skips.
+    """
+    lib.section("validators")
+    script = lib.ROOT / "compose" / "validators.sh"
+    if os.name == "nt" or shutil.which("sh") is None:
+        lib.info("skipping compose/validators.sh (needs a POSIX shell)")
+        return
+    if _run(["sh", str(script), sys.executable], env, timeout=900) != 0:
+        lib.warn("compose/validators.sh failed: deployment-file tests will say what is missing")
+
+
 def lint(env: Mapping[str, str]) -> list[str]:
     failures: list[str] = []
     lib.section("ruff")
@@ -241,6 +255,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     started = time.monotonic()
     env = isolated_environment(os.environ)
     lib.prepare_run_dir(lib.ROOT / TEST_RUN_DIR)
+    install_validators(env)
     failures = [] if args.no_lint else lint(env)
 
     code = 1
