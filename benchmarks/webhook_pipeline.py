@@ -65,7 +65,7 @@ def alert(settings: Settings, ticker: str, confidence: float) -> dict[str, Any]:
             "time": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")}
 
 
-def wait_record(r: redis.Redis, signal_id: str, kind: str, since_id: str,
+def wait_record(r: Any, signal_id: str, kind: str, since_id: str,
                 timeout: float = 10.0) -> Record | None:
     """The ``kind`` record of this signal on trade:stream; None if it failed or timed out."""
     deadline = time.monotonic() + timeout
@@ -88,7 +88,8 @@ def wait_record(r: redis.Redis, signal_id: str, kind: str, since_id: str,
 def sequential(settings: Settings, n: int) -> dict[str, Any]:
     from nameko.standalone.rpc import ClusterRpcProxy
 
-    r = redis.Redis.from_url(settings.redis_streams.url, decode_responses=True)
+    # decoded responses: typed loosely, redis-py's stubs assume bytes
+    r: Any = redis.Redis.from_url(settings.redis_streams.url, decode_responses=True)
     url = settings.services.url_of("brain") + "/webhook"
     intake, filled, protected, failures = [], [], [], 0
     with ClusterRpcProxy({"AMQP_URI": settings.message_queue.amqp_uri}, timeout=30) as rpc:

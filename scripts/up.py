@@ -132,14 +132,15 @@ def prepare_database(settings: Settings) -> None:
 
 
 def curl_example(settings: Settings, env_file: Path) -> str:
-    """A ready-to-paste TradingView-style alert; the secret travels in the JSON body."""
+    """The README's TradingView-style alert; the secret travels in the JSON body."""
     webhook = f"{settings.services.url_of(names.BRAIN)}/webhook"
     key = "PHOENIX__SECURITY__WEBHOOK_SECRET"
     return (
         f"SECRET=\"${{{key}:-$(sed -n 's/^{key}=//p' '{env_file}')}}\"\n"
-        f"curl -sS -X POST {webhook} -H 'Content-Type: application/json' \\\n"
-        "  -d '{\"secret\": \"'\"$SECRET\"'\", \"ticker\": \"BTCUSDT\", \"action\": \"buy\", "
-        "\"price\": 65000, \"confidence\": 0.9, \"strategy\": \"demo\"}'"
+        f"curl -sS -X POST {webhook} -H 'Content-Type: text/plain' \\\n"
+        "  -d '{\"secret\":\"'\"$SECRET\"'\",\"ticker\":\"BINANCE:BTCUSDT.P\",\"action\":\"buy\","
+        "\"price\":60000.5,\"confidence\":0.8,\"strategy\":\"ema-cross\",\"interval\":\"15\","
+        "\"id\":\"readme-'\"$(date +%s)\"'\",\"time\":\"'\"$(date -u +%Y-%m-%dT%H:%M:%SZ)\"'\"}'"
     )
 
 

@@ -269,6 +269,12 @@ class Settings(BaseSettings):
                     else f"required in {self.exchange.mode} mode"
                 )
                 raise ValueError(f"{key} is empty; set {env_name(key)} ({hint})")
+        placeholders = {"change-me", "changeme", "change_me"}
+        if self.exchange.mode != "paper":
+            for key, value in required.items():
+                if any(v.strip().lower() in placeholders for v in value.split(",")):
+                    raise ValueError(f"{key} is still the .env.example placeholder; "
+                                     f"set {env_name(key)} ({self.exchange.mode} mode)")
         if self.exchange.mode != "paper" and len(self.security.webhook_secret) < 16:
             raise ValueError(
                 "security.webhook_secret must be at least 16 characters outside paper mode"

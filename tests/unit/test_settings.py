@@ -88,3 +88,11 @@ def test_secrets_never_appear_in_repr(secrets_env):
 
 def test_amqp_uri_quotes_the_vhost(secrets_env):
     assert load_settings().message_queue.amqp_uri.endswith("@127.0.0.1:5672/%2Ftrading")
+
+
+def test_demo_mode_refuses_the_example_placeholder_secrets(secrets_env, monkeypatch):
+    monkeypatch.setenv("PHOENIX__EXCHANGE__MODE", "demo")
+    monkeypatch.setenv("PHOENIX__EXCHANGE__API_SECRET", "change-me")
+
+    with pytest.raises(ConfigError, match="exchange.api_secret is still the .env.example"):
+        load_settings()
