@@ -86,20 +86,20 @@ class BrainEngine:
         final = min(1.0, score * p95.multiplier)
         reasons: list[str] = []
         if signal.side is None:
-            reasons.append("NOT_AN_ENTRY")
+            reasons.append("not_an_entry")
         if signal.confidence < s.trading.min_confidence:
-            reasons.append("CONFIDENCE_BELOW_MIN")
+            reasons.append("confidence_below_min")
         if score < p95.threshold:
-            reasons.append("PHOENIX_SCORE_BELOW_THRESHOLD")
+            reasons.append("phoenix_score_below_threshold")
         if final < p95.execute_threshold:
-            reasons.append("FINAL_CONFIDENCE_BELOW_EXECUTE_THRESHOLD")
+            reasons.append("final_confidence_below_execute_threshold")
         lev = s.leverage
         margin_fraction = kelly_margin_fraction(
             prob, lev.stop_loss_percent, lev.take_profit_percent, lev.leverage,
             s.trading.kelly_fraction, s.trading.max_position_size,
         )
         if margin_fraction <= 0:
-            reasons.append("KELLY_NO_EDGE")
+            reasons.append("no_edge")
         return Analysis(
             signal_id=signal.signal_id,
             symbol=signal.symbol,
@@ -122,7 +122,7 @@ class BrainEngine:
         raw_qty = margin * lev.leverage / price
         quantity = self.market.amount_to_precision(signal.symbol, raw_qty)
         if quantity <= 0:
-            raise SizingError("QUANTITY_BELOW_STEP")
+            raise SizingError("below_min_notional")
         stop, take = bracket_prices(
             signal.side, price, Decimal(str(lev.stop_loss_percent)),
             Decimal(str(lev.take_profit_percent)), self.market.tick_size(signal.symbol),

@@ -54,7 +54,7 @@ class RiskEngine:
         self._account(intent, snap, reasons, checks)
         liq = self._market(intent, snap, reasons, checks)
         if snap.state != "ACTIVE":
-            reasons.insert(0, f"TRADING_{snap.state}")
+            reasons.insert(0, snap.state.lower())  # "halted" | "reducing"
         return RiskDecision(signal_id=intent.signal_id, approved=not reasons,
                             reasons=tuple(reasons), checks=_jsonable(checks),
                             liquidation_price=liq)
@@ -63,25 +63,25 @@ class RiskEngine:
                       checks: dict[str, object]) -> None:
         s = self.settings
         if it.symbol not in s.trading.allowed_symbols:
-            reasons.append("SYMBOL_NOT_ALLOWED")
+            reasons.append("symbol_not_allowed")
         if it.leverage > s.leverage.leverage:
-            reasons.append("LEVERAGE_EXCEEDED")
+            reasons.append("leverage_exceeded")
         if it.margin_mode.upper() != "ISOLATED":
-            reasons.append("MARGIN_MODE_NOT_ISOLATED")
+            reasons.append("margin_mode_not_isolated")
         notional = it.quantity * it.reference_price
         checks.update(notional=notional, min_notional=snap.min_notional,
                       min_quantity=snap.min_quantity)
         if it.quantity < snap.min_quantity:
-            reasons.append("QUANTITY_BELOW_MINIMUM")
+            reasons.append("quantity_below_minimum")
         if notional < snap.min_notional:
-            reasons.append("NOTIONAL_BELOW_MINIMUM")
+            reasons.append("below_min_notional")
         long = it.side == "LONG"
         if it.stop_loss is None or (it.stop_loss >= it.reference_price if long
                                     else it.stop_loss <= it.reference_price):
-            reasons.append("STOP_LOSS_MISSING_OR_WRONG_SIDE")
+            reasons.append("stop_loss_missing_or_wrong_side")
         if it.take_profit is None or (it.take_profit <= it.reference_price if long
                                       else it.take_profit >= it.reference_price):
-            reasons.append("TAKE_PROFIT_MISSING_OR_WRONG_SIDE")
+            reasons.append("take_profit_missing_or_wrong_side")
 
     def _account(self, it: TradeIntent, snap: Snapshot, reasons: list[str],
                  checks: dict[str, object]) -> None:
@@ -93,27 +93,27 @@ class RiskEngine:
                       reserved_margin=snap.reserved_margin, max_margin=cap,
                       open_positions=len(snap.positions))
         if margin > free:
-            reasons.append("INSUFFICIENT_MARGIN")
+            reasons.append("insufficient_margin")
         # a cent of tolerance: the size was computed from the same equity a moment ago
         if margin > cap + Decimal("0.01"):
-            reasons.append("POSITION_SIZE_EXCEEDED")
+            reasons.append("position_size_exceeded")
         if len(snap.positions) >= t.max_open_positions:
-            reasons.append("MAX_OPEN_POSITIONS")
+            reasons.append("max_open_positions")
         if not t.allow_same_symbol_position and any(p.symbol == it.symbol
                                                     for p in snap.positions):
-            reasons.append("POSITION_ALREADY_OPEN")
+            reasons.append("position_already_open")
 
     def _market(self, it: TradeIntent, snap: Snapshot, reasons: list[str],
                 checks: dict[str, object]) -> Decimal | None:
         lev = self.settings.leverage
         checks.update(last_price=snap.last_price, price_age_ms=snap.price_age_ms)
         if snap.price_age_ms > MAX_PRICE_AGE_MS:
-            reasons.append("STALE_MARKET_DATA")
+            reasons.append("stale_market_data")
         if it.alert_price is not None and snap.last_price > 0:
             deviation = abs(it.alert_price - snap.last_price) / snap.last_price
             checks["alert_price_deviation"] = deviation
             if deviation > PRICE_BAND:
-                reasons.append("PRICE_OUT_OF_BAND")
+                reasons.append("price_out_of_band")
         if it.quantity <= 0 or it.stop_loss is None:
             return None
         liq = liquidation_price(it.side, it.reference_price, it.quantity, it.leverage,
@@ -127,7 +127,7 @@ class RiskEngine:
         checks.update(liquidation_price=liq, stop_distance=stop_distance,
                       liquidation_room=room, required_room=buffer)
         if room < buffer:
-            reasons.append("LIQUIDATION_BEFORE_STOP")
+            reasons.append("liquidation_before_stop")
         return liq.quantize(Decimal("0.00000001"))
 
 

@@ -68,7 +68,7 @@ class RiskService:
             snap = self.book.snapshot(parsed.symbol)
         except ExchangeUnavailable as exc:
             decision: dict[str, Any] = {"type": "risk_decision", "signal_id": parsed.signal_id,
-                        "approved": False, "reasons": ["EXCHANGE_UNAVAILABLE"],
+                        "approved": False, "reasons": ["exchange_unavailable"],
                         "checks": {"error": str(exc)}, "liquidation_price": None}
         else:
             decision = RiskEngine(self.config).check(parsed, snap).wire()

@@ -193,7 +193,7 @@ def test_weak_signal_is_scored_and_rejected_with_reasons(settings, streams, exch
                                                          body["signal_id"])
                                if r.type == "signal_scored"])
     assert scored[0].data["decision"] == "rejected"
-    assert "FINAL_CONFIDENCE_BELOW_EXECUTE_THRESHOLD" in scored[0].data["reasons"]
+    assert "final_confidence_below_execute_threshold" in scored[0].data["reasons"]
     assert not [p for p in exchange.fetch_positions(["ADA/USDT:USDT"]) if p["contracts"]]
 
 
@@ -212,7 +212,7 @@ def test_rpc_surface_works_as_from_nameko_shell(settings, rpc, streams):
     assert queued["status"] == "queued"
     assert streams.xrange("notify:outbox", min=queued["id"], max=queued["id"])
     assert Decimal(liq).quantize(Decimal("0.01")) == Decimal("57228.92")
-    assert not decision["approved"] and "LEVERAGE_EXCEEDED" in decision["reasons"]
+    assert not decision["approved"] and "leverage_exceeded" in decision["reasons"]
     assert isinstance(rpc.execute.positions(), list)
 
 

@@ -62,9 +62,9 @@ def test_each_gate_has_its_own_reason_code(settings):
     weak = engine.analyze(_signal(0.2))
     middling = engine.analyze(_signal(0.6))
 
-    assert weak.reasons[:3] == ("CONFIDENCE_BELOW_MIN", "PHOENIX_SCORE_BELOW_THRESHOLD",
-                                "FINAL_CONFIDENCE_BELOW_EXECUTE_THRESHOLD")
-    assert middling.reasons == ("FINAL_CONFIDENCE_BELOW_EXECUTE_THRESHOLD",)
+    assert weak.reasons[:3] == ("confidence_below_min", "phoenix_score_below_threshold",
+                                "final_confidence_below_execute_threshold")
+    assert middling.reasons == ("final_confidence_below_execute_threshold",)
 
 
 def test_trend_agreement_raises_the_probability_of_a_long_and_lowers_a_short(settings):
@@ -94,5 +94,5 @@ def test_size_that_rounds_to_nothing_is_refused_not_rounded_up(settings):
     engine = BrainEngine(settings, FakeMarket(FLAT, equity="0.5"))
     signal = _signal(0.8)
 
-    with pytest.raises(SizingError, match="QUANTITY_BELOW_STEP"):
+    with pytest.raises(SizingError, match="below_min_notional"):
         engine.intent(signal, engine.analyze(signal))

@@ -42,24 +42,24 @@ def test_sane_intent_is_approved_with_every_number_shown(engine):
 
 
 @pytest.mark.parametrize("over,snap,code", [
-    ({"symbol": "XRPUSDT"}, {}, "SYMBOL_NOT_ALLOWED"),
-    ({"leverage": 50}, {}, "LEVERAGE_EXCEEDED"),
-    ({"margin_mode": "CROSSED"}, {}, "MARGIN_MODE_NOT_ISOLATED"),
-    ({"quantity": D("0.0001")}, {}, "QUANTITY_BELOW_MINIMUM"),
-    ({"quantity": D("0.001")}, {}, "NOTIONAL_BELOW_MINIMUM"),
-    ({"stop_loss": D(61000)}, {}, "STOP_LOSS_MISSING_OR_WRONG_SIDE"),
-    ({"stop_loss": None}, {}, "STOP_LOSS_MISSING_OR_WRONG_SIDE"),
-    ({"take_profit": D(59000)}, {}, "TAKE_PROFIT_MISSING_OR_WRONG_SIDE"),
-    ({}, {"available": D(1000)}, "INSUFFICIENT_MARGIN"),
-    ({"quantity": D("0.6")}, {}, "POSITION_SIZE_EXCEEDED"),
+    ({"symbol": "XRPUSDT"}, {}, "symbol_not_allowed"),
+    ({"leverage": 50}, {}, "leverage_exceeded"),
+    ({"margin_mode": "CROSSED"}, {}, "margin_mode_not_isolated"),
+    ({"quantity": D("0.0001")}, {}, "quantity_below_minimum"),
+    ({"quantity": D("0.001")}, {}, "below_min_notional"),
+    ({"stop_loss": D(61000)}, {}, "stop_loss_missing_or_wrong_side"),
+    ({"stop_loss": None}, {}, "stop_loss_missing_or_wrong_side"),
+    ({"take_profit": D(59000)}, {}, "take_profit_missing_or_wrong_side"),
+    ({}, {"available": D(1000)}, "insufficient_margin"),
+    ({"quantity": D("0.6")}, {}, "position_size_exceeded"),
     ({}, {"positions": [OpenPosition("BTCUSDT", "LONG", D(10), D(200))]},
-     "POSITION_ALREADY_OPEN"),
+     "position_already_open"),
     ({}, {"positions": [OpenPosition(f"S{i}", "LONG", D(1), D(20)) for i in range(5)]},
-     "MAX_OPEN_POSITIONS"),
-    ({}, {"price_age_ms": 120_000}, "STALE_MARKET_DATA"),
-    ({"alert_price": D(70000)}, {}, "PRICE_OUT_OF_BAND"),
-    ({}, {"state": "HALTED"}, "TRADING_HALTED"),
-    ({}, {"state": "REDUCING"}, "TRADING_REDUCING"),
+     "max_open_positions"),
+    ({}, {"price_age_ms": 120_000}, "stale_market_data"),
+    ({"alert_price": D(70000)}, {}, "price_out_of_band"),
+    ({}, {"state": "HALTED"}, "halted"),
+    ({}, {"state": "REDUCING"}, "reducing"),
 ])
 def test_each_violation_is_denied_with_its_stable_code(engine, over, snap, code):
     decision = engine.check(_intent(**over), _snap(**snap))
@@ -72,7 +72,7 @@ def test_stop_too_close_to_liquidation_is_denied(engine):
     # a 4.5 % stop at 20x sits almost on the liquidation price (~4.6 % away)
     decision = engine.check(_intent(stop_loss=D(57300)), _snap())
 
-    assert "LIQUIDATION_BEFORE_STOP" in decision.reasons
+    assert "liquidation_before_stop" in decision.reasons
     assert D(decision.checks["liquidation_room"]) < D(decision.checks["required_room"])
 
 
