@@ -127,3 +127,47 @@ def price_chart(
         yaxis_title="price",
     )
     return fig
+
+
+def equity_chart(curve: pd.DataFrame, height: int = 360) -> go.Figure:
+    """Realised equity (top) and drawdown from the running peak (bottom)."""
+    from plotly.subplots import make_subplots
+
+    fig = make_subplots(rows=2, cols=1, shared_xaxes=True, row_heights=[0.7, 0.3],
+                        vertical_spacing=0.05)
+    times = list(curve["time"]) if not curve.empty else []
+    fig.add_trace(go.Scatter(x=times, y=list(curve["equity"]) if times else [],
+                             mode="lines+markers", name="equity", line={"color": "#1f77b4"}),
+                  row=1, col=1)
+    fig.add_trace(go.Scatter(x=times, y=list(curve["drawdown_pct"]) if times else [],
+                             mode="lines", fill="tozeroy", name="drawdown %",
+                             line={"color": "#d62728"}), row=2, col=1)
+    fig.update_layout(title="Equity and drawdown" if times else "Equity: no closed trades yet",
+                      height=height, margin={"l": 10, "r": 10, "t": 40, "b": 10},
+                      showlegend=False, uirevision="equity")
+    fig.update_yaxes(title_text="USDT", row=1, col=1)
+    fig.update_yaxes(title_text="DD %", row=2, col=1)
+    return fig
+
+
+def daily_pnl_chart(pnl: float, limit: float | None, height: int = 220) -> go.Figure:
+    """Today's realised PnL as a bar against the daily loss limit (a line at -limit)."""
+    colour = "#2ca02c" if pnl >= 0 else "#d62728"
+    fig = go.Figure(go.Bar(x=["today"], y=[pnl], marker_color=colour, name="daily PnL",
+                           text=[f"{pnl:,.2f}"], textposition="auto"))
+    if limit:
+        fig.add_hline(y=-abs(limit), line={"color": "#7f0000", "dash": "dash"},
+                      annotation_text=f"loss limit -{abs(limit):,.2f}")
+    fig.update_layout(title="Daily PnL vs limit (USDT)", height=height,
+                      margin={"l": 10, "r": 10, "t": 40, "b": 10}, uirevision="daily")
+    return fig
+
+
+def latency_histogram(seconds: Sequence[float], height: int = 260) -> go.Figure:
+    """Signal-to-fill pipeline latency, in milliseconds."""
+    fig = go.Figure(go.Histogram(x=[s * 1000 for s in seconds], nbinsx=30,
+                                 marker_color="#9467bd", name="signal -> fill"))
+    fig.update_layout(title=f"Pipeline latency, signal -> fill (n={len(seconds)})",
+                      xaxis_title="ms", yaxis_title="signals", height=height,
+                      margin={"l": 10, "r": 10, "t": 40, "b": 10}, uirevision="latency")
+    return fig

@@ -20,12 +20,13 @@ import pandas as pd
 import redis
 
 from shared import names
+from shared.lag import Lag
 from shared.records import Record
 
 CANDLE_COLUMNS = ["time", "open", "high", "low", "close", "volume"]
 SIGNAL_COLUMNS = [
     "time", "signal_id", "symbol", "action", "side", "price", "phoenix_score",
-    "final_confidence", "decision", "reasons", "risk", "status",
+    "final_confidence", "decision", "reasons", "risk", "status", "orders",
 ]
 TRADE_EVENT_COLUMNS = ["time", "type", "symbol", "signal_id", "detail"]
 POSITION_COLUMNS = [
@@ -264,7 +265,7 @@ def _reasons(value: Any) -> str:
 def _new_signal_row(entry: StreamEntry) -> dict[str, Any]:
     row: dict[str, Any] = {c: None for c in SIGNAL_COLUMNS}
     row.update(time=entry.time, signal_id=entry.record.signal_id, reasons="", risk="",
-               status="")
+               status="", orders="")
     return row
 
 
@@ -300,7 +301,17 @@ def _apply_risk(row: dict[str, Any], data: dict[str, Any]) -> None:
         row["status"] = "risk approved" if approved else "risk rejected"
 
 
+def _add_orders(row: dict[str, Any], ids: Iterable[Any]) -> None:
+    known = [o for o in str(row["orders"]).split(", ") if o]
+    for order in ids:
+        if order and str(order) not in known:
+            known.append(str(order))
+    row["orders"] = ", ".join(known)
+
+
 def _apply_trade(row: dict[str, Any], kind: str, data: dict[str, Any]) -> None:
+    _add_orders(row, (data.get(k) for k in ("client_order_id", "order_id", "sl_client_id",
+                                            "tp_client_id")))
     if kind == "entry_filled":
         price = _num(data.get("entry_price"))
         row["status"] = f"filled @ {price:g}" if price is not None else "filled"
@@ -562,6 +573,8 @@ class RpcSnapshot:
     risk_status: dict[str, Any] | None = None
     risk_error: str | None = None
     fetched_at: float = 0.0
+    trades: list[dict[str, Any]] | None = None
+    trades_error: str | None = None
 
     @property
     def age_s(self) -> float:
@@ -584,6 +597,8 @@ def fetch_rpc_snapshot(amqp_uri: str, timeout: float) -> RpcSnapshot:
     risk_status: dict[str, Any] | None = None
     pos_err: str | None = None
     risk_err: str | None = None
+    trades: list[dict[str, Any]] | None = None
+    trades_err: str | None = None
     try:
         with ClusterRpcProxy({"AMQP_URI": amqp_uri}, timeout=timeout) as rpc:
             try:
@@ -596,11 +611,17 @@ def fetch_rpc_snapshot(amqp_uri: str, timeout: float) -> RpcSnapshot:
                 risk_status = dict(status) if isinstance(status, dict) else {"status": status}
             except Exception as exc:  # noqa: BLE001 - shown on the page
                 risk_err = _describe_error(exc)
+            try:
+                trades = [dict(t) for t in rpc.execute.trades(200) or []]
+            except Exception as exc:  # noqa: BLE001 - shown on the page
+                trades_err = _describe_error(exc)
     except Exception as exc:  # noqa: BLE001 - broker unreachable etc.
         message = "RPC unreachable: " + _describe_error(exc)
         pos_err = pos_err or message
         risk_err = risk_err or message
-    return RpcSnapshot(positions, pos_err, risk_status, risk_err, time.time())
+        trades_err = trades_err or message
+    return RpcSnapshot(positions, pos_err, risk_status, risk_err, time.time(), trades,
+                       trades_err)
 
 
 class RpcPoller:
@@ -666,3 +687,157 @@ def read_dashboard(reader: StreamReader, event_count: int = 500) -> Dashboard:
         )
     except redis.RedisError as exc:
         return Dashboard(error=f"Redis unavailable: {_describe_error(exc)}")
+
+
+# --------------------------------------------------------------------------- lag
+
+
+class LagPoller:
+    """Consumer lag of every queue, stream group and topic, probed in one daemon thread."""
+
+    def __init__(self, probe: Callable[[], list[Lag]], interval: float = 10.0) -> None:
+        self._probe = probe
+        self._interval = interval
+        self._lock = threading.Lock()
+        self._rows: list[Lag] = []
+        self._at = 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="dashboard-lag", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                rows = self._probe()
+            except Exception as exc:  # noqa: BLE001 - a probe bug must not kill the thread
+                rows = [Lag("probe", "all", "-", None, error=_describe_error(exc))]
+            with self._lock:
+                self._rows, self._at = rows, time.time()
+            self._stop.wait(self._interval)
+
+    def latest(self) -> tuple[list[Lag], float]:
+        with self._lock:
+            return list(self._rows), self._at
+
+    def stop(self) -> None:
+        self._stop.set()
+
+
+def lag_frame(rows: Sequence[Lag]) -> pd.DataFrame:
+    return pd.DataFrame(
+        [{"broker": r.broker, "source": r.source, "group": r.group, "lag": r.messages,
+          "pending": r.pending, "consumers": r.consumers, "error": r.error or ""}
+         for r in rows],
+        columns=["broker", "source", "group", "lag", "pending", "consumers", "error"])
+
+
+def broker_rows(rows: Sequence[Lag]) -> list[ServiceHealth]:
+    """Broker health from the lag probes: up if any probe of that broker answered."""
+    status: dict[str, ServiceHealth] = {}
+    for r in rows:
+        if r.error is None:
+            status[r.broker] = ServiceHealth(r.broker, "", True, "ok")
+        elif r.broker not in status:
+            status[r.broker] = ServiceHealth(r.broker, "", False, r.error)
+    return [status[b] for b in sorted(status)]
+
+
+# --------------------------------------------------------------------------- trades, PnL
+
+CLOSED_COLUMNS = ["closed_at", "symbol", "side", "quantity", "entry_price", "exit_price",
+                  "realized_pnl", "close_reason", "signal_id"]
+
+
+def closed_trades_frame(trades: Sequence[dict[str, Any]]) -> pd.DataFrame:
+    """Closed trades (``execute.trades()``), newest first, numbers as floats."""
+    rows = []
+    for t in trades:
+        if not t.get("closed_at") and t.get("realized_pnl") in (None, ""):
+            continue
+        rows.append({
+            "closed_at": pd.to_datetime(t.get("closed_at"), utc=True, errors="coerce"),
+            "symbol": t.get("symbol"), "side": t.get("side"),
+            "quantity": _num(t.get("quantity")), "entry_price": _num(t.get("entry_price")),
+            "exit_price": _num(t.get("exit_price")), "realized_pnl": _num(t.get("realized_pnl")),
+            "close_reason": t.get("close_reason"), "signal_id": t.get("signal_id"),
+        })
+    frame = pd.DataFrame(rows, columns=CLOSED_COLUMNS)
+    if frame.empty:
+        return frame
+    return frame.sort_values("closed_at", ascending=False, kind="stable").reset_index(drop=True)
+
+
+def equity_curve(closed: pd.DataFrame, equity_now: float | None,
+                 unrealized_now: float = 0.0) -> pd.DataFrame:
+    """Realised equity after each closed trade and its drawdown from the running peak.
+
+    Anchored at the current realised equity (``equity_now - unrealized_now``) and walked
+    back through the realised PnL, so the curve ends where the account is now.
+    """
+    columns = ["time", "equity", "drawdown", "drawdown_pct"]
+    if closed.empty or equity_now is None:
+        return pd.DataFrame(columns=columns)
+    ordered = closed.dropna(subset=["closed_at"]).sort_values("closed_at", kind="stable")
+    pnl = ordered["realized_pnl"].fillna(0.0)
+    end = equity_now - unrealized_now
+    start = end - float(pnl.sum())
+    equity = start + pnl.cumsum()
+    times = list(ordered["closed_at"])
+    first_time = times[0] - pd.Timedelta(seconds=1) if times else pd.Timestamp.now(tz="UTC")
+    frame = pd.DataFrame({"time": [first_time, *times],
+                          "equity": [start, *equity.tolist()]})
+    peak = frame["equity"].cummax()
+    frame["drawdown"] = frame["equity"] - peak
+    frame["drawdown_pct"] = (frame["drawdown"] / peak.where(peak != 0)).fillna(0.0) * 100
+    return frame
+
+
+def daily_pnl(closed: pd.DataFrame, day: pd.Timestamp | None = None) -> float:
+    day = day or pd.Timestamp.now(tz="UTC")
+    if closed.empty:
+        return 0.0
+    today = closed[closed["closed_at"].dt.date == day.date()]
+    return float(today["realized_pnl"].fillna(0.0).sum())
+
+
+def pipeline_latencies(signal_entries: Iterable[StreamEntry],
+                       trade_entries: Iterable[StreamEntry]) -> list[float]:
+    """Seconds from a signal's first record to its ``entry_filled``, per filled signal."""
+    first: dict[str, pd.Timestamp] = {}
+    for e in signal_entries:
+        sid = e.record.signal_id
+        if sid and (sid not in first or e.time < first[sid]):
+            first[sid] = e.time
+    out = []
+    for e in trade_entries:
+        sid = e.record.signal_id
+        if e.record.type == "entry_filled" and sid in first:
+            seconds = (e.time - first[sid]).total_seconds()
+            if seconds >= 0:
+                out.append(seconds)
+    return out
+
+
+def liquidation_distance_pct(position: Position) -> float | None:
+    ref = position.mark_price or position.entry_price
+    if not ref or not position.liquidation_price:
+        return None
+    return abs(ref - position.liquidation_price) / ref * 100
+
+
+# --------------------------------------------------------------------------- controls
+
+
+def send_control(url: str, api_key: str, body: dict[str, Any],
+                 timeout: float = 10.0) -> tuple[bool, str]:
+    """POST a state-changing request with ``X-API-Key``; (ok, message) for the page."""
+    request = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST",
+                                     headers={"Content-Type": "application/json",
+                                              "X-API-Key": api_key})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as resp:
+            return True, resp.read(4000).decode(errors="replace")
+    except urllib.error.HTTPError as exc:
+        return False, f"HTTP {exc.code}: {exc.read(1000).decode(errors='replace')}"
+    except (OSError, ValueError) as exc:
+        return False, f"unreachable: {getattr(exc, 'reason', exc)}"

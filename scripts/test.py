@@ -52,6 +52,7 @@ TEST_ENV: dict[str, str] = {
     "PHOENIX__REDIS_STREAMS__URL": TEST_REDIS_URL,
     "PHOENIX__KAFKA__BOOTSTRAP_SERVERS": "127.0.0.1:19092",
     "PHOENIX__DATABASE__URL": f"sqlite:///{TEST_RUN_DIR}/phoenix95.db",
+    "PHOENIX__PAPER_EXCHANGE__STATE_PATH": f"{TEST_RUN_DIR}/paper_exchange.db",
     "PHOENIX_DOTENV": f"{TEST_RUN_DIR}/.env.test",
     "PHOENIX__PAPER_EXCHANGE__TICK_INTERVAL_MS": "200",
     "PHOENIX__EXCHANGE__MODE": "paper",
@@ -179,7 +180,8 @@ def clean_slate(env: Mapping[str, str]) -> None:
         lib.info(f"redis: flushed test db {url}")
     except redis.RedisError as exc:
         lib.warn(f"redis: could not flush {url}: {exc} (up will try to start Redis)")
-    for db_file in (lib.ROOT / TEST_RUN_DIR).glob("phoenix95.db*"):
+    for db_file in [*(lib.ROOT / TEST_RUN_DIR).glob("phoenix95.db*"),
+                    *(lib.ROOT / TEST_RUN_DIR).glob("paper_exchange.db*")]:
         db_file.unlink()
         lib.info(f"sqlite: removed {db_file.relative_to(lib.ROOT)}")
     vhost = env["PHOENIX__MESSAGE_QUEUE__VIRTUAL_HOST"]
@@ -205,6 +207,25 @@ def install_validators(env: Mapping[str, str]) -> None:
         return
     if _run(["sh", str(script), sys.executable], env, timeout=900) != 0:
         lib.warn("compose/validators.sh failed: deployment-file tests will say what is missing")
+
+
+def install_chromium(env: Mapping[str, str]) -> None:
+    """Debian's chromium for the dashboard screenshot e2e test (best effort, root only)."""
+    if shutil.which("chromium") or shutil.which("chromium-browser"):
+        return
+    if os.name == "nt" or not hasattr(os, "geteuid") or os.geteuid() != 0 \
+            or shutil.which("apt-get") is None:
+        lib.info("chromium missing and not installable here: the screenshot test will skip "
+                 "(or fail in CI)")
+        return
+    lib.section("chromium")
+    apt_env = {**env, "DEBIAN_FRONTEND": "noninteractive"}
+    if _run(["apt-get", "install", "-y", "--no-install-recommends", "chromium"], apt_env,
+            timeout=900) != 0:
+        _run(["apt-get", "update"], apt_env, timeout=600)
+        if _run(["apt-get", "install", "-y", "--no-install-recommends", "chromium"], apt_env,
+                timeout=900) != 0:
+            lib.warn("could not install chromium: the dashboard screenshot test will fail")
 
 
 def lint(env: Mapping[str, str]) -> list[str]:
@@ -256,6 +277,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     env = isolated_environment(os.environ)
     lib.prepare_run_dir(lib.ROOT / TEST_RUN_DIR)
     install_validators(env)
+    install_chromium(env)
     failures = [] if args.no_lint else lint(env)
 
     code = 1

@@ -17,6 +17,8 @@ from sqlalchemy import (
     Text,
     create_engine,
     event,
+    inspect,
+    text,
 )
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
@@ -53,6 +55,7 @@ class OrderRow(Base):
     status: Mapped[str] = mapped_column(String(16), default="pending")
     exchange_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    fee: Mapped[Decimal | None] = mapped_column(PRICE, nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), default=utcnow, onupdate=utcnow
@@ -78,6 +81,7 @@ class PositionRow(Base):
     status: Mapped[str] = mapped_column(String(16), default="open", index=True)
     exit_price: Mapped[Decimal | None] = mapped_column(PRICE, nullable=True)
     realized_pnl: Mapped[Decimal | None] = mapped_column(PRICE, nullable=True)
+    fees: Mapped[Decimal | None] = mapped_column(PRICE, nullable=True)
     close_reason: Mapped[str | None] = mapped_column(String(32), nullable=True)
     opened_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     closed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
@@ -116,10 +120,14 @@ def make_engine(settings: Settings) -> Engine:
 
 
 def _create_schema(engine: Engine) -> None:
-    """Create missing tables; two services starting together may race on it."""
+    """Create missing tables and add missing nullable columns (forward-only migration).
+
+    Two services starting together may race on it, hence the retries.
+    """
     for attempt in range(3):
         try:
             Base.metadata.create_all(engine)
+            _add_missing_columns(engine)
             return
         except (OperationalError, ProgrammingError, IntegrityError):
             # the other process created a table between our check and our CREATE
@@ -130,3 +138,18 @@ def _create_schema(engine: Engine) -> None:
 
 def make_sessionmaker(settings: Settings) -> sessionmaker:
     return sessionmaker(make_engine(settings), expire_on_commit=False)
+
+
+def _add_missing_columns(engine: Engine) -> None:
+    """Columns added to a model after a database was created are added in place."""
+    inspector = inspect(engine)
+    for table in Base.metadata.sorted_tables:
+        present = {c["name"] for c in inspector.get_columns(table.name)}
+        for column in table.columns:
+            if column.name in present:
+                continue
+            if not column.nullable:
+                raise RuntimeError(f"cannot add NOT NULL column {table.name}.{column.name}")
+            ddl = column.type.compile(dialect=engine.dialect)
+            with engine.begin() as conn:
+                conn.execute(text(f'ALTER TABLE {table.name} ADD COLUMN {column.name} {ddl}'))

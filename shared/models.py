@@ -56,6 +56,9 @@ class Analysis(_Message):
     decision: Literal["approved", "rejected"]
     reasons: tuple[str, ...] = ()
     features: dict[str, float] = Field(default_factory=dict)
+    model_version: str = ""
+    gates: dict[str, Any] = Field(default_factory=dict)
+    sizing: dict[str, Any] = Field(default_factory=dict)
 
 
 class TradeIntent(_Message):

@@ -116,8 +116,17 @@ EVT_TRADE_OPENED: Final = "trade_opened"
 EVT_TRADE_FAILED: Final = "trade_failed"
 EVT_POSITION_CLOSED: Final = "position_closed"
 EVT_RISK_STATE_CHANGED: Final = "risk_state_changed"
+EVT_RECONCILIATION: Final = "reconciliation"
 
 # --- Redis keys ---
 IDEMPOTENCY_KEY_PREFIX: Final = "phoenix95:idem:"
 SYMBOL_LOCK_PREFIX: Final = "phoenix95:lock:"
 RATE_LIMIT_PREFIX: Final = "phoenix95:rate:"
+TELEGRAM_OFFSET_KEY: Final = "phoenix95:telegram:offset"  # last confirmed getUpdates id
+TELEGRAM_CONFIRM_PREFIX: Final = "phoenix95:telegram:confirm:"  # pending confirmations
+NOTIFY_SUMMARY_PREFIX: Final = "phoenix95:notify:summary:"  # daily summary sent, per date
+TRADING_STATE_KEY: Final = "phoenix95:trading_state"  # ACTIVE | REDUCING | HALTED (risk mirrors)
+RISK_RESERVATIONS_KEY: Final = "phoenix95:risk:reservations"  # hash signal_id -> reservation
+RISK_ORDER_RATE_KEY: Final = "phoenix95:risk:orders"  # zset of approved intents by time
+RISK_WARNINGS_KEY: Final = "phoenix95:risk:warnings"  # hash symbol:kind -> level last sent
+RISK_THROTTLE_PREFIX: Final = "phoenix95:risk:throttle:"  # per-position metrics throttle

@@ -52,6 +52,8 @@ class TradingSettings(_Section):
     kelly_fraction: Fraction = 0.20
     max_open_positions: Annotated[int, Field(ge=1, le=100)] = 5
     allow_same_symbol_position: bool = False
+    sizing: Literal["kelly", "fixed"] = "kelly"
+    fixed_margin_fraction: Fraction = 0.05
 
     @field_validator("allowed_symbols")
     @classmethod
@@ -76,6 +78,9 @@ class Phoenix95Settings(_Section):
     weight: Annotated[float, Field(ge=0.0, le=1.0)] = 0.95
     analysis_timeout: Annotated[float, Field(gt=0.0, le=600.0)] = 30.0
     cache_duration: Annotated[float, Field(ge=0.0, le=86400.0)] = 120.0
+    model_path: str = ""  # empty: the shipped nameko_services/brain/model/phoenix95_model.json
+    # the alert's confidence, tilted by the market model's edge, is the Beta prior's mean
+    confidence_prior: bool = True
 
 
 class SecuritySettings(_Section):
@@ -83,6 +88,12 @@ class SecuritySettings(_Section):
     api_keys: tuple[SecretStr, ...] = ()
     rate_limit_per_minute: Annotated[int, Field(ge=1, le=100000)] = 120
     max_alert_age_seconds: Annotated[int, Field(ge=1, le=86400)] = 300
+    max_clock_skew_seconds: Annotated[int, Field(ge=0, le=3600)] = 30
+    source_allowlist_enabled: bool = False
+    source_allowlist: tuple[str, ...] = (
+        "52.89.214.238", "34.212.75.30", "54.218.53.128", "52.32.178.7",
+    )
+    trusted_proxies: tuple[str, ...] = ()
 
     def api_key_values(self) -> frozenset[str]:
         return frozenset(k.get_secret_value() for k in self.api_keys)
@@ -92,6 +103,11 @@ class TelegramSettings(_Section):
     token: SecretStr = SecretStr("")
     chat_id: str = ""
     api_base_url: str = "https://api.telegram.org/bot"
+    # quiet: trades, risk alerts, state changes, service health, daily summary;
+    # normal: + rejected signals; verbose: + accepted signals
+    verbosity: Literal["quiet", "normal", "verbose"] = "normal"
+    daily_summary_hour: Annotated[int, Field(ge=-1, le=23)] = 21  # UTC hour; -1 = off
+    command_poll_timeout: Annotated[int, Field(ge=0, le=50)] = 20  # getUpdates long poll, s
 
     @property
     def enabled(self) -> bool:
@@ -103,6 +119,7 @@ class ExchangeSettings(_Section):
     api_key: SecretStr = SecretStr("")
     api_secret: SecretStr = SecretStr("")
     timeout_ms: Annotated[int, Field(ge=100, le=120000)] = 10000
+    reconcile_interval: Annotated[float, Field(ge=1.0, le=3600.0)] = 5.0
 
 
 class PaperExchangeSettings(_Section):
@@ -114,10 +131,27 @@ class PaperExchangeSettings(_Section):
     seed: int = 95
     tick_interval_ms: Annotated[int, Field(ge=10, le=60000)] = 500
     volatility_annual: Annotated[float, Field(gt=0.0, le=10.0)] = 0.6
+    state_path: str = "var/paper_exchange.db"  # SQLite file; "" = in memory only
+    replay_csv: str = ""  # OHLCV CSV to replay; "" = simulate (GBM)
+    max_requests_per_minute: Annotated[int, Field(ge=0)] = 0  # request weight; 0 = off
 
     @property
     def base_url(self) -> str:
         return f"http://{self.host}:{self.port}"
+
+    @staticmethod
+    def _anchored(path: str) -> Path | None:
+        if not path or path == ":memory:":
+            return None
+        candidate = Path(path)
+        return candidate if candidate.is_absolute() else ROOT / candidate
+
+    def resolved_state_path(self) -> Path | None:
+        """The state file anchored at the repository root; None = keep state in memory."""
+        return self._anchored(self.state_path)
+
+    def resolved_replay_csv(self) -> Path | None:
+        return self._anchored(self.replay_csv)
 
 
 class MessageQueueSettings(_Section):
@@ -210,6 +244,25 @@ class ServicesSettings(_Section):
         return path if path.is_absolute() else ROOT / path
 
 
+class RiskSettings(_Section):
+    """Risk's configured caps and live-watch thresholds (fractions of equity or of price)."""
+
+    max_total_exposure: Annotated[float, Field(gt=0.0, le=1000.0)] = 15.0  # notional / equity
+    max_daily_loss: Fraction = 0.10  # realised loss today / equity at the day's start
+    max_drawdown: Fraction = 0.20  # equity below its peak / the peak
+    max_orders_per_minute: Annotated[int, Field(ge=1, le=100000)] = 30  # approved intents
+    max_price_age_ms: Annotated[int, Field(ge=100, le=3_600_000)] = 60_000
+    price_band: Fraction = 0.05  # alert price within this fraction of the market
+    liquidation_warning: Fraction = 0.03  # |mark - liq| / mark below this: warning
+    liquidation_critical: Fraction = 0.015  # ... below this: critical
+    stop_warning: Fraction = 0.005  # |mark - stop| / mark below this: warning
+    reservation_ttl_s: Annotated[float, Field(gt=0.0, le=86400.0)] = 120.0
+    position_cache_s: Annotated[float, Field(ge=0.0, le=60.0)] = 2.0
+    metrics_interval_s: Annotated[float, Field(gt=0.0, le=3600.0)] = 1.0
+    stop_check_interval_s: Annotated[float, Field(gt=0.0, le=3600.0)] = 10.0
+    stop_grace_s: Annotated[float, Field(ge=0.0, le=3600.0)] = 5.0
+
+
 class Settings(BaseSettings):
     """The whole validated configuration of one Phoenix 95 process."""
 
@@ -234,6 +287,7 @@ class Settings(BaseSettings):
     high_availability: HighAvailabilitySettings = HighAvailabilitySettings()
     database: DatabaseSettings = DatabaseSettings()
     services: ServicesSettings = ServicesSettings()
+    risk: RiskSettings = RiskSettings()
 
     @classmethod
     def settings_customise_sources(

@@ -75,8 +75,8 @@ def read_json_object(request: Request, max_bytes: int = MAX_BODY_BYTES) -> dict[
         raise HttpError(400, "empty body: a JSON object is required")
     try:
         body = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise HttpError(400, f"malformed JSON: {exc}") from None
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+        raise HttpError(400, f"malformed JSON: {str(exc)[:200]}") from None
     if not isinstance(body, dict):
         raise HttpError(400, "body must be a JSON object")
     return body

@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import ipaddress
 import re
 import uuid
+from collections.abc import Collection
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from werkzeug.wrappers import Request
 
 from shared.models import Signal
-from shared.web import HttpError
+from shared.web import HttpError, read_json_object
 
 _PREFIX = re.compile(r"^[A-Z0-9_]+:")  # BINANCE:BTCUSDT.P
 _SUFFIXES = (".P", "PERP", ".PERP", "_PERP")
@@ -38,10 +41,13 @@ def parse_alert_time(value: Any) -> datetime | None:
         return None
     if isinstance(value, int | float) and not isinstance(value, bool):
         seconds = value / 1000 if value > 1e11 else value
-        return datetime.fromtimestamp(seconds, tz=UTC)
+        try:
+            return datetime.fromtimestamp(seconds, tz=UTC)
+        except (OverflowError, OSError, ValueError):
+            raise ValueError("time is not a representable epoch timestamp") from None
     if isinstance(value, str):
         text = value.strip()
-        if text.isdigit():
+        if text.isdigit() and len(text) < 20:
             return parse_alert_time(int(text))
         parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
         return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
@@ -80,6 +86,14 @@ class TradingViewAlert(BaseModel):
         return value
 
 
+def read_body(request: Request) -> dict[str, Any]:
+    """The webhook body as a JSON object (any Content-Type), at most 8 KiB."""
+    try:
+        return read_json_object(request)
+    except RecursionError:
+        raise HttpError(400, "malformed JSON: nested too deeply") from None
+
+
 def check_secret(body: dict[str, Any], expected: str) -> None:
     given = body.get("secret")
     if not isinstance(given, str) or not hmac.compare_digest(given.encode(), expected.encode()):
@@ -104,21 +118,74 @@ def _describe(exc: ValidationError) -> tuple[str, str, int]:
     return field, f"{field}: {err['msg']}", 400 if err["type"] == "missing" else 422
 
 
+def check_fresh(alert_time: datetime | None, now: datetime, max_age_s: float,
+                max_skew_s: float) -> None:
+    """An alert older than ``max_age_s`` (a late retry, a replay) or from further in the
+    future than the allowed clock skew is refused with reason ``stale``."""
+    if alert_time is None:
+        return
+    age = (now - alert_time).total_seconds()
+    if age > max_age_s:
+        raise HttpError(422, f"time: alert is {age:.0f}s old (max {max_age_s:.0f}s)",
+                        field="time", reason="stale")
+    if -age > max_skew_s:
+        raise HttpError(422, f"time: alert is {-age:.0f}s in the future "
+                        f"(max clock skew {max_skew_s:.0f}s)", field="time", reason="stale")
+
+
+def client_address(remote_addr: str | None, forwarded_for: str | None,
+                   trusted_proxies: Collection[str]) -> str:
+    """The address the request came from.
+
+    ``X-Forwarded-For`` is believed only when the direct peer is a configured proxy, and
+    then only up to the first hop that is not itself a trusted proxy (read from the
+    right, since a client can prepend anything it likes).
+    """
+    peer = (remote_addr or "").strip() or "unknown"
+    if not forwarded_for or peer not in trusted_proxies:
+        return peer
+    hops = [h.strip() for h in forwarded_for.split(",") if h.strip()]
+    for hop in reversed(hops):
+        if hop not in trusted_proxies:
+            return _valid_ip(hop) or peer
+    return peer
+
+
+def _valid_ip(text: str) -> str | None:
+    try:
+        return str(ipaddress.ip_address(text))
+    except ValueError:
+        return None
+
+
+def check_source(client: str, allowlist: Collection[str]) -> None:
+    """Refuse a source outside TradingView's published webhook addresses (when enabled)."""
+    if client not in allowlist:
+        raise HttpError(403, "source address not allowed", reason="forbidden_source")
+
+
 def parse_alert(
     body: dict[str, Any], secret: str, allowed_symbols: tuple[str, ...],
-    now: datetime | None = None,
+    now: datetime | None = None, *, max_age_s: float | None = None, max_skew_s: float = 0.0,
 ) -> Signal:
-    """Authenticate and validate a webhook body; raise :class:`HttpError` naming the problem."""
+    """Authenticate and validate a webhook body; raise :class:`HttpError` naming the problem.
+
+    ``max_age_s`` enables the freshness check on the alert's ``time`` (the webhook sets
+    it from ``security.max_alert_age_seconds``; RPC and dry-run analysis do not)."""
     check_secret(body, secret)
     try:
         alert = TradingViewAlert.model_validate({k: v for k, v in body.items() if k != "secret"})
     except ValidationError as exc:
         field, message, status = _describe(exc)
         raise HttpError(status, message, field=field) from None
+    now = now or datetime.now(UTC)
+    if max_age_s is not None:
+        check_fresh(alert.time, now, max_age_s, max_skew_s)
     symbol = normalise_ticker(alert.ticker)
     if symbol not in allowed_symbols:
         raise HttpError(422, f"ticker: symbol {symbol} is not traded "
-                        f"(allowed: {', '.join(allowed_symbols)})", field="ticker")
+                        f"(allowed: {', '.join(allowed_symbols)})", field="ticker",
+                        reason="symbol_not_allowed")
     return Signal(
         signal_id=uuid.uuid4().hex,
         idempotency_key=idempotency_key(alert, symbol),
@@ -130,5 +197,5 @@ def parse_alert(
         strategy=alert.strategy,
         interval=alert.interval,
         alert_time=alert.time,
-        received_at=now or datetime.now(UTC),
+        received_at=now,
     )

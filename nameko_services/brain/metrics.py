@@ -22,11 +22,15 @@ ANALYSIS_SECONDS = Histogram(
     "phoenix95_analysis_seconds", "Phoenix 95 analysis and sizing time", buckets=LATENCY_BUCKETS
 )
 
-_REASONS = {400: "malformed", 401: "unauthorized", 413: "too_large", 422: "invalid",
-            429: "rate_limited", 503: "unavailable"}
+_REASONS = {400: "malformed", 401: "unauthorized", 403: "forbidden_source", 413: "too_large",
+            422: "invalid", 429: "rate_limited", 503: "unavailable"}
 
 
 def reason_of(exc: HttpError) -> str:
+    """The stable reason code of an intake rejection (``stale``, ``unauthorized``, ...)."""
+    explicit = exc.extra.get("reason")
+    if isinstance(explicit, str) and explicit:
+        return explicit
     field = exc.extra.get("field")
     base = _REASONS.get(exc.status, str(exc.status))
     return f"{base}_{field}" if field else base

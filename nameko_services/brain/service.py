@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import logging
 import time
+from datetime import UTC, datetime
 from typing import Any
 
 import eventlet
+import redis
 from nameko.events import EventDispatcher
 from nameko.rpc import RpcProxy, rpc
 from nameko.web.handlers import http
@@ -14,8 +16,8 @@ from werkzeug.wrappers import Request, Response
 
 from nameko_services.brain import metrics
 from nameko_services.brain.dependencies import Engine, Gate, IntakeGate
-from nameko_services.brain.engine import BrainEngine, SizingError
-from nameko_services.brain.intake import parse_alert
+from nameko_services.brain.engine import BrainEngine, Decision
+from nameko_services.brain.intake import check_source, client_address, parse_alert, read_body
 from shared.consumer import Retryable, durable_consume
 from shared.market import ExchangeUnavailable
 from shared.models import CloseRequest, RiskDecision, Signal, SignalRejectedEvent
@@ -41,7 +43,6 @@ from shared.web import (
     api,
     json_response,
     metrics_response,
-    read_json_object,
     require_api_key,
 )
 
@@ -64,53 +65,53 @@ class BrainService:
     @http("POST", "/webhook")
     @api
     def webhook(self, request: Request) -> Response | tuple[int, Any]:
+        """TradingView intake: authenticate, validate, de-duplicate, queue durably, 202.
+
+        Cheap checks only (no exchange, no database): the analysis runs in
+        :meth:`process_signal`, behind the durable queue."""
         started = time.perf_counter()
-        client = request.remote_addr or "unknown"
-        wait = self.gate.allow(client)
-        if wait:
-            self._rejected("rate_limited", f"{client} over the per-minute limit")
-            return json_response(429, {"error": "rate limit exceeded", "retry_after": wait},
-                                 headers={"Retry-After": str(wait)})
+        sec = self.config.security
+        client = client_address(request.remote_addr, request.headers.get("X-Forwarded-For"),
+                                sec.trusted_proxies)
         try:
-            body = read_json_object(request)
+            if sec.source_allowlist_enabled:
+                check_source(client, sec.source_allowlist)
+            wait = self.gate.allow(client)
+            if wait:
+                self._rejected("rate_limited", f"{client} over the per-minute limit", client)
+                return json_response(429, {"error": "rate limit exceeded", "retry_after": wait,
+                                           "reason": "rate_limited"},
+                                     headers={"Retry-After": str(wait)})
             signal = parse_alert(
-                body, self.config.security.webhook_secret.get_secret_value(),
+                read_body(request), sec.webhook_secret.get_secret_value(),
                 self.config.trading.allowed_symbols,
+                max_age_s=sec.max_alert_age_seconds, max_skew_s=sec.max_clock_skew_seconds,
             )
+            if signal.side is not None:  # closing alerts pass: closes are always allowed
+                state = self.gate.trading_state()
+                if state != "ACTIVE":
+                    raise HttpError(423, f"trading is {state}: new entries are refused",
+                                    reason=state.lower())
         except HttpError as exc:
-            self._rejected(metrics.reason_of(exc), exc.message)
+            reason = exc.extra.setdefault("reason", metrics.reason_of(exc))
+            self._rejected(reason, exc.message, client)
             raise
-        earlier = self.gate.claim(signal.idempotency_key, signal.signal_id)
-        if earlier is not None:
-            metrics.WEBHOOKS.labels("duplicate", "duplicate").inc()
-            return 200, {"status": "duplicate", "signal_id": earlier}
-        try:
-            self.bus.publish(SIGNALS_EXCHANGE, SIGNAL_KEY, signal,
-                             declare=[kombu_queue(SIGNAL_QUEUE)])
-        except BusError as exc:
-            self.gate.release(signal.idempotency_key, signal.signal_id)
-            log.error("signal %s not queued: %s", signal.signal_id, exc)
-            self._rejected("queue_unavailable", str(exc))
-            raise HttpError(503, "signal queue unavailable, retry later") from exc
-        metrics.WEBHOOKS.labels("accepted", "").inc()
-        metrics.INTAKE_SECONDS.observe(time.perf_counter() - started)
-        self.telemetry.emit(SIGNAL_STREAM, Record("signal_accepted", {
-            "symbol": signal.symbol, "action": signal.action, "side": signal.side,
-            "price": signal.price, "confidence": signal.confidence,
-            "strategy": signal.strategy, "interval": signal.interval,
-            "idempotency_key": signal.idempotency_key,
-        }, signal.signal_id))
-        return 202, {"status": "accepted", "signal_id": signal.signal_id}
+        except redis.RedisError as exc:
+            self._rejected("unavailable", f"intake store: {exc}", client)
+            raise HttpError(503, "intake temporarily unavailable, retry later",
+                            reason="unavailable") from exc
+        return self._enqueue(signal, started)
 
     @http("POST", "/analyze")
     @api
     def analyze_http(self, request: Request) -> tuple[int, Any]:
+        """Dry-run analysis of an alert body (the secret is not needed: X-API-Key is)."""
         require_api_key(request, self.config.security.api_key_values())
-        body = read_json_object(request)
-        body.setdefault("secret", self.config.security.webhook_secret.get_secret_value())
-        signal = parse_alert(body, self.config.security.webhook_secret.get_secret_value(),
+        body = read_body(request)
+        secret = self.config.security.webhook_secret.get_secret_value()
+        signal = parse_alert({**body, "secret": secret}, secret,
                              self.config.trading.allowed_symbols)
-        return 200, self._analyze(signal)
+        return 200, self._dry_run(signal)
 
     @http("GET", "/health")
     @api
@@ -125,14 +126,19 @@ class BrainService:
 
     # --- RPC ---
     @rpc
-    def analyze(self, signal: dict[str, Any]) -> dict[str, Any]:
-        """Score a signal (webhook body without the secret) without trading it."""
-        parsed = parse_alert(
-            {**signal, "secret": self.config.security.webhook_secret.get_secret_value()},
-            self.config.security.webhook_secret.get_secret_value(),
-            self.config.trading.allowed_symbols,
-        )
-        return self._analyze(parsed)
+    def analyze(self, signal: dict[str, Any], dry_run: bool = True) -> dict[str, Any]:
+        """Score a signal (a webhook body without the secret).
+
+        ``dry_run=True`` (default): the same decision the queue consumer would take -
+        features, model version, every gate, the size - without trading it.
+        ``dry_run=False``: queue it like a webhook (idempotent on its ``id``)."""
+        secret = self.config.security.webhook_secret.get_secret_value()
+        parsed = parse_alert({**signal, "secret": secret}, secret,
+                             self.config.trading.allowed_symbols)
+        if dry_run:
+            return self._dry_run(parsed)
+        status, payload = self._enqueue(parsed, time.perf_counter())
+        return {**payload, "http_status": status}
 
     # --- queue ---
     @durable_consume(kombu_queue(SIGNAL_QUEUE))
@@ -145,35 +151,85 @@ class BrainService:
             return
         started = time.perf_counter()
         try:
-            analysis = self.engine.analyze(signal)
-            intent = self.engine.intent(signal, analysis) if analysis.decision == "approved" \
-                else None
+            decision = self._decide(signal)
         except ExchangeUnavailable as exc:
+            # retried 3x, 5 s apart; past analysis_timeout the retry rejects the signal
             raise Retryable(f"market data unavailable: {exc}") from exc
-        except SizingError as exc:
-            analysis = analysis.model_copy(update={"decision": "rejected", "reasons": (str(exc),)})
-            intent = None
         metrics.ANALYSIS_SECONDS.observe(time.perf_counter() - started)
+        analysis = decision.analysis
         self.telemetry.emit(SIGNAL_STREAM, Record("signal_scored", {
-            **analysis.wire(), "type": "signal_scored"}, signal.signal_id))
-        if intent is None:
+            **analysis.wire(), "type": "signal_scored", "strategy": signal.strategy,
+            "idempotency_key": signal.idempotency_key}, signal.signal_id))
+        if decision.intent is None:
             self._signal_rejected(signal, list(analysis.reasons))
             return
-        decision = self._risk_check(intent.wire())
-        if not decision.approved:
-            self._signal_rejected(signal, list(decision.reasons))
+        self._remember_strategy(signal)
+        risk = self._risk_check(decision.intent.wire())
+        if not risk.approved:
+            self._signal_rejected(signal, list(risk.reasons))
             return
-        self._publish_trade(intent)
+        self._publish_trade(decision.intent)
         self.dispatch(EVT_SIGNAL_ACCEPTED, {"type": "signal_accepted",
                                             "signal_id": signal.signal_id,
                                             "symbol": signal.symbol, "side": signal.side})
 
     # --- helpers (not entrypoints) ---
-    def _analyze(self, signal: Signal) -> dict[str, Any]:
+    def _enqueue(self, signal: Signal, started: float) -> tuple[int, dict[str, Any]]:
+        earlier = self.gate.claim(signal.idempotency_key, signal.signal_id)
+        if earlier is not None:
+            metrics.WEBHOOKS.labels("duplicate", "duplicate").inc()
+            return 200, {"status": "duplicate", "signal_id": earlier}
         try:
-            return self.engine.analyze(signal).wire()
+            self.bus.publish(SIGNALS_EXCHANGE, SIGNAL_KEY, signal,
+                             declare=[kombu_queue(SIGNAL_QUEUE)])
+        except BusError as exc:
+            self.gate.release(signal.idempotency_key, signal.signal_id)
+            log.error("signal %s not queued: %s", signal.signal_id, exc)
+            self._rejected("queue_unavailable", str(exc))
+            raise HttpError(503, "signal queue unavailable, retry later",
+                            reason="queue_unavailable") from exc
+        metrics.WEBHOOKS.labels("accepted", "").inc()
+        metrics.INTAKE_SECONDS.observe(time.perf_counter() - started)
+        self.telemetry.emit(SIGNAL_STREAM, Record("signal_accepted", {
+            "symbol": signal.symbol, "action": signal.action, "side": signal.side,
+            "price": signal.price, "confidence": signal.confidence,
+            "strategy": signal.strategy, "interval": signal.interval,
+            "idempotency_key": signal.idempotency_key,
+        }, signal.signal_id))
+        return 202, {"status": "accepted", "signal_id": signal.signal_id}
+
+    def _decide(self, signal: Signal) -> Decision:
+        """Analyse within ``phoenix_95.analysis_timeout`` of the alert's receipt; past it
+        the signal is rejected with ``analysis_timeout`` (never dropped)."""
+        budget = self.config.phoenix_95.analysis_timeout
+        waited = (datetime.now(UTC) - signal.received_at).total_seconds()
+        started = time.perf_counter()
+        decision: Decision | None = None
+        if waited < budget:
+            with eventlet.Timeout(budget - waited, False):
+                decision = self.engine.analyze(signal)
+        if decision is None:
+            elapsed = waited + time.perf_counter() - started
+            return Decision(self.engine.timed_out(signal, elapsed), None)
+        return decision
+
+    def _dry_run(self, signal: Signal) -> dict[str, Any]:
+        try:
+            decision = self._decide(signal)
         except ExchangeUnavailable as exc:
-            raise HttpError(503, f"market data unavailable: {exc}") from exc
+            raise HttpError(503, f"market data unavailable: {exc}",
+                            reason="market_data_unavailable") from exc
+        intent = decision.intent.wire() if decision.intent is not None else None
+        return {**decision.analysis.wire(), "dry_run": True, "intent": intent}
+
+    def _remember_strategy(self, signal: Signal) -> None:
+        """Learning, not trading: a failure here is logged and the trade goes on."""
+        assert signal.side is not None
+        try:
+            self.engine.track.remember(signal.signal_id, signal.strategy, signal.symbol,
+                                       signal.side)
+        except Exception:
+            log.exception("could not record the strategy of %s", signal.signal_id)
 
     def _risk_check(self, intent: dict[str, Any]) -> RiskDecision:
         timeout = self.config.phoenix_95.analysis_timeout
@@ -197,8 +253,8 @@ class BrainService:
                                       "symbol": signal.symbol, "reasons": reasons}
         self.dispatch(EVT_SIGNAL_REJECTED, event)
 
-    def _rejected(self, reason: str, detail: str) -> None:
+    def _rejected(self, reason: str, detail: str, client: str = "") -> None:
         metrics.WEBHOOKS.labels("rejected", reason).inc()
         self.telemetry.emit(SIGNAL_STREAM, Record("signal_rejected",
-                                                  {"reason": reason, "detail": detail}))
-
+                                                  {"reason": reason, "detail": detail,
+                                                   "client": client}))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 import uuid
 from decimal import Decimal
@@ -9,23 +10,29 @@ from typing import Any
 
 from nameko.events import EventDispatcher
 from nameko.rpc import RpcProxy, rpc
+from nameko.timer import timer
 from nameko.web.handlers import http
 from prometheus_client import Counter, Histogram
 from werkzeug.wrappers import Request, Response
 
 from nameko_services.execute.dependencies import Engine
 from nameko_services.execute.engine import ExecutionEngine, LockBusy, Outcome
+from nameko_services.execute.reconcile import Correction, Reconciler
 from shared.consumer import Retryable, durable_consume
 from shared.market import ExchangeUnavailable
-from shared.models import CloseRequest, TradeIntent
+from shared.models import CloseRequest, RiskAlert, TradeIntent
 from shared.money import bracket_prices
 from shared.nameko_deps import Bus, BusError, Config, MessageBus, Telemetry
 from shared.names import (
     EVT_POSITION_CLOSED,
+    EVT_RECONCILIATION,
     EVT_TRADE_FAILED,
     EVT_TRADE_OPENED,
     EXECUTE,
     RISK,
+    RISK_ALERT_KEY,
+    RISK_ALERT_QUEUE,
+    RISK_EXCHANGE,
     SIGNALS_EXCHANGE,
     TRADE_KEY,
     TRADE_QUEUE,
@@ -37,7 +44,8 @@ from shared.settings import Settings, settings_or_exit
 from shared.telemetry import TelemetryWriter
 from shared.web import HttpError, api, metrics_response, read_json_object, require_api_key
 
-settings_or_exit()
+SETTINGS = settings_or_exit()
+log = logging.getLogger(__name__)
 
 ORDERS = Counter("phoenix95_orders_total", "Trade intents executed, by result", ["result"])
 EXECUTION_SECONDS = Histogram("phoenix95_execution_seconds",
@@ -69,6 +77,26 @@ class ExecuteService:
         EXECUTION_SECONDS.observe(time.perf_counter() - started)
         ORDERS.labels(outcome.status).inc()
         self._report(outcome)
+
+    # --- reconciliation ---
+    @timer(interval=SETTINGS.exchange.reconcile_interval, eager=True)
+    def reconcile(self) -> None:
+        """Database vs exchange, every few seconds and at start-up (see reconcile.py)."""
+        try:
+            corrections = Reconciler(self.engine).run()
+        except (LockBusy, ExchangeUnavailable) as exc:
+            log.warning("reconciliation postponed: %s", exc)
+            return
+        for correction in corrections:
+            self._corrected(correction)
+
+    @rpc
+    def rearm(self, symbol: str) -> list[dict[str, Any]]:
+        """Reconcile one symbol now (risk calls this when a stop-loss is missing)."""
+        corrections = Reconciler(self.engine).run_symbol(symbol.upper())
+        for correction in corrections:
+            self._corrected(correction)
+        return [{"kind": c.kind, "symbol": c.symbol, "text": c.text} for c in corrections]
 
     # --- RPC ---
     @rpc
@@ -185,7 +213,8 @@ class ExecuteService:
             self.telemetry.emit(TRADE_STREAM, Record("entry_filled", {
                 "symbol": outcome.symbol, "side": d.get("side"), "quantity": d.get("quantity"),
                 "entry_price": d.get("entry_price"), "leverage": d.get("leverage"),
-                "margin": d.get("margin"), "status": outcome.status}, outcome.signal_id))
+                "margin": d.get("margin"), "status": outcome.status,
+                "filled_at": d.get("filled_at")}, outcome.signal_id))
             if outcome.status == "duplicate":
                 return
             self.telemetry.emit(TRADE_STREAM, Record("brackets_placed", {
@@ -207,6 +236,42 @@ class ExecuteService:
             self.dispatch(EVT_TRADE_FAILED, {"type": "trade_failed",
                                              "signal_id": outcome.signal_id,
                                              "symbol": outcome.symbol, "reason": outcome.reason})
+            if outcome.status == "blocked":
+                self._preflight_failed(outcome)
+
+    def _preflight_failed(self, outcome: Outcome) -> None:
+        """No order was sent; ask risk to stop new entries until someone looks."""
+        try:
+            self.risk.set_state("REDUCING", f"{outcome.symbol}: {outcome.reason}")
+        except Exception:
+            log.exception("could not switch risk to REDUCING")
+        self._alert("critical", "PREFLIGHT_FAILED", outcome.reason, outcome.symbol,
+                    outcome.signal_id)
+
+    def _corrected(self, c: Correction) -> None:
+        self.telemetry.emit(TRADE_STREAM, Record("reconciliation", {
+            "kind": c.kind, "symbol": c.symbol, "text": c.text, **c.details}, c.signal_id))
+        self.dispatch(EVT_RECONCILIATION, {"type": "reconciliation", "kind": c.kind,
+                                           "signal_id": c.signal_id, "symbol": c.symbol,
+                                           "text": c.text})
+        if c.kind in ("booked_close", "emergency_close"):
+            payload = {"symbol": c.symbol, "reason": c.details.get("reason", c.kind),
+                       "exit_price": c.details.get("exit_price"),
+                       "realized_pnl": c.details.get("realized_pnl")}
+            self.telemetry.emit(TRADE_STREAM, Record("position_closed", payload, c.signal_id))
+            self.dispatch(EVT_POSITION_CLOSED, {"type": "position_closed",
+                                                "signal_id": c.signal_id, **payload})
+        if c.kind != "booked_close" or c.level == "critical":
+            self._alert(c.level, f"RECONCILIATION_{c.kind.upper()}", c.text, c.symbol,
+                        c.signal_id)
+
+    def _alert(self, level: str, code: str, text: str, symbol: str, signal_id: str) -> None:
+        try:
+            self.bus.publish(RISK_EXCHANGE, RISK_ALERT_KEY, RiskAlert(
+                level=level, code=code, text=text, symbol=symbol,
+                signal_id=signal_id), declare=[kombu_queue(RISK_ALERT_QUEUE)])
+        except BusError:
+            log.exception("alert not queued: %s %s", code, text)
 
     def _closed(self, outcome: Outcome) -> None:
         if outcome.status != "closed":

@@ -82,15 +82,39 @@ class TradeStore:
         with self._sessions() as s:
             return s.scalar(select(PositionRow).where(PositionRow.signal_id == signal_id))
 
+    def open_position_for(self, symbol: str) -> PositionRow | None:
+        with self._sessions() as s:
+            return s.scalar(select(PositionRow).where(
+                PositionRow.symbol == symbol, PositionRow.status == "open"))
+
+    def order_for(self, signal_id: str, kind: str) -> OrderRow | None:
+        """The latest order of this kind (entry, stop_loss, ...) sent for a signal."""
+        with self._sessions() as s:
+            return s.scalar(select(OrderRow).where(
+                OrderRow.signal_id == signal_id, OrderRow.kind == kind,
+            ).order_by(OrderRow.id.desc()).limit(1))
+
+    def recent_entries(self, symbol: str, limit: int = 5) -> list[OrderRow]:
+        """Latest entry orders of a symbol that have no position row (crash leftovers)."""
+        with self._sessions() as s:
+            booked = select(PositionRow.signal_id).where(PositionRow.symbol == symbol)
+            return list(s.scalars(select(OrderRow).where(
+                OrderRow.symbol == symbol, OrderRow.kind == "entry",
+                OrderRow.status.in_(("pending", "filled")),
+                OrderRow.signal_id.not_in(booked),
+            ).order_by(OrderRow.id.desc()).limit(limit)))
+
     def close_position(self, symbol: str, *, exit_price: Decimal | None,
-                       realized_pnl: Decimal | None, reason: str) -> PositionRow | None:
+                       realized_pnl: Decimal | None, fees: Decimal | None,
+                       reason: str) -> PositionRow | None:
+        """Book the open position of ``symbol`` as closed; ``realized_pnl`` is net of fees."""
         with self._sessions.begin() as s:
             row = s.scalar(select(PositionRow).where(
                 PositionRow.symbol == symbol, PositionRow.status == "open"))
             if row is None:
                 return None
             row.status, row.exit_price, row.realized_pnl = "closed", exit_price, realized_pnl
-            row.close_reason, row.closed_at = reason, utcnow()
+            row.fees, row.close_reason, row.closed_at = fees, reason, utcnow()
             return row
 
     def trades(self, limit: int) -> list[PositionRow]:

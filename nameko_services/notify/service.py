@@ -2,22 +2,39 @@
 
 from __future__ import annotations
 
+import datetime as dtm
 import logging
 from typing import Any
 
+import redis
+from eventlet import tpool
 from nameko.events import event_handler
 from nameko.extensions import DependencyProvider
 from nameko.rpc import rpc
+from nameko.timer import timer
 from nameko.web.handlers import http
 from prometheus_client import Counter
 from werkzeug.utils import redirect
 from werkzeug.wrappers import Request, Response
 
 from nameko_services.notify import messages
+from nameko_services.notify.commands import RpcControl
+from nameko_services.notify.engine import (
+    AlertPolicy,
+    HealthWatch,
+    LagGauges,
+    broker_health,
+    format_daily_summary,
+    http_health,
+    state_key,
+    state_key_from_text,
+    summary_due,
+)
 from nameko_services.notify.outbox import LEVELS, AlertOutbox
+from shared import lag as lag_probe
 from shared.consumer import durable_consume
 from shared.models import RiskAlert
-from shared.nameko_deps import Config
+from shared.nameko_deps import Config, make_redis
 from shared.names import (
     BRAIN,
     EVT_POSITION_CLOSED,
@@ -28,8 +45,10 @@ from shared.names import (
     EVT_TRADE_OPENED,
     EXECUTE,
     NOTIFY,
+    NOTIFY_SUMMARY_PREFIX,
     RISK,
     RISK_ALERT_QUEUE,
+    SERVICES,
     kombu_queue,
 )
 from shared.settings import Settings, get_settings, settings_or_exit
@@ -43,12 +62,19 @@ _LOG_LEVEL = {"info": logging.INFO, "warning": logging.WARNING, "critical": logg
 
 
 class Alerts:
-    """Log every alert and queue it in the durable Telegram outbox."""
+    """Filter (verbosity, duplicates), log every alert and queue it in the durable outbox."""
 
-    def __init__(self, outbox: AlertOutbox) -> None:
+    def __init__(self, outbox: AlertOutbox, policy: AlertPolicy) -> None:
         self._outbox = outbox
+        self.policy = policy
 
-    def send(self, level: str, text: str, source: str, signal_id: str = "") -> str:
+    def send(self, level: str, text: str, source: str, signal_id: str = "",
+             kind: str = "", dedupe_key: str = "") -> str | None:
+        """Queue one alert; None if the policy filtered it out."""
+        if kind and not self.policy.wants(kind):
+            return None
+        if dedupe_key and not self.policy.first_time(dedupe_key):
+            return None
         ALERTS.labels(level, source).inc()
         log.log(_LOG_LEVEL.get(level, logging.INFO), "[alert:%s] %s", level, text)
         # without a Telegram token the log line above is the delivery; the outbox still
@@ -59,10 +85,81 @@ class Alerts:
 class AlertsProvider(DependencyProvider):
     def setup(self) -> None:
         settings = get_settings()
-        self.alerts = Alerts(AlertOutbox.from_settings(settings))
+        self.alerts = Alerts(AlertOutbox.from_settings(settings),
+                             AlertPolicy(settings.telegram.verbosity))
 
     def get_dependency(self, worker_ctx: Any) -> Alerts:
         return self.alerts
+
+
+class Monitor:
+    """Consumer lag, component health and the daily summary (driven by notify's timers)."""
+
+    def __init__(self, settings: Settings, client: redis.Redis) -> None:
+        self.settings = settings
+        self.redis = client
+        self.gauges = LagGauges()
+        self.watch = HealthWatch()
+        self.control = RpcControl(settings.message_queue.amqp_uri, timeout=10.0)
+        self.last_lags: list[lag_probe.Lag] = []
+
+    def refresh_lag(self) -> list[lag_probe.Lag]:
+        s = self.settings
+        lags = lag_probe.rabbitmq_lag(s.message_queue.amqp_uri)
+        lags += lag_probe.redis_lag(self.redis)
+        # librdkafka blocks in C: keep the eventlet hub running
+        lags += tpool.execute(lag_probe.kafka_lag, s.kafka.bootstrap_servers,
+                              s.kafka.consumer_group)
+        self.gauges.publish(lags)
+        self.last_lags = lags
+        return lags
+
+    def health_targets(self) -> dict[str, str]:
+        svc = self.settings.services
+        targets = {name: f"{svc.url_of(name)}/health" for name in SERVICES if name != NOTIFY}
+        if self.settings.exchange.mode == "paper":
+            targets["paper_exchange"] = f"{self.settings.paper_exchange.base_url}/health"
+        return targets
+
+    def check_health(self) -> list[str]:
+        """Observe every component; the texts of the transitions to alert on."""
+        texts = []
+        observations = {name: http_health(url) for name, url in self.health_targets().items()}
+        observations.update(broker_health(self.last_lags))
+        for component, (ok, detail) in observations.items():
+            transition = self.watch.observe(component, ok, detail)
+            if transition is not None:
+                texts.append(transition.text())
+        return texts
+
+    def daily_summary(self, now: dtm.datetime) -> str | None:
+        """The summary text if it is due now and no notify instance sent today's yet."""
+        if not summary_due(now, self.settings.telegram.daily_summary_hour):
+            return None
+        key = f"{NOTIFY_SUMMARY_PREFIX}{now.date().isoformat()}"
+        if not self.redis.set(key, "1", nx=True, ex=2 * 86400):
+            return None
+        errors = []
+        status, trades, positions = None, [], []
+        try:
+            status = self.control.risk_status()
+        except Exception as exc:  # noqa: BLE001 - the summary says what is missing
+            errors.append(f"risk.status: {type(exc).__name__}")
+        try:
+            trades = self.control.trades(500)
+            positions = self.control.positions()
+        except Exception as exc:  # noqa: BLE001
+            errors.append(f"execute: {type(exc).__name__}")
+        return format_daily_summary(now.date(), status, trades, positions, errors)
+
+
+class MonitorProvider(DependencyProvider):
+    def setup(self) -> None:
+        settings = get_settings()
+        self.monitor = Monitor(settings, make_redis(settings))
+
+    def get_dependency(self, worker_ctx: Any) -> Monitor:
+        return self.monitor
 
 
 class NotifyService:
@@ -70,6 +167,7 @@ class NotifyService:
 
     config: Settings = Config()
     alerts: Alerts = AlertsProvider()
+    monitor: Monitor = MonitorProvider()
 
     # --- events from the pipeline ---
     @event_handler(EXECUTE, EVT_TRADE_OPENED)
@@ -86,21 +184,44 @@ class NotifyService:
 
     @event_handler(BRAIN, EVT_SIGNAL_REJECTED)
     def on_signal_rejected(self, event: dict[str, Any]) -> None:
-        self.alerts.send("info", messages.signal_rejected(event), BRAIN, event["signal_id"])
+        self.alerts.send("info", messages.signal_rejected(event), BRAIN, event["signal_id"],
+                         kind=EVT_SIGNAL_REJECTED)
 
     @event_handler(BRAIN, EVT_SIGNAL_ACCEPTED)
     def on_signal_accepted(self, event: dict[str, Any]) -> None:
-        self.alerts.send("info", messages.signal_accepted(event), BRAIN, event["signal_id"])
+        self.alerts.send("info", messages.signal_accepted(event), BRAIN, event["signal_id"],
+                         kind=EVT_SIGNAL_ACCEPTED)
 
     @event_handler(RISK, EVT_RISK_STATE_CHANGED)
     def on_state_changed(self, event: dict[str, Any]) -> None:
         level = "info" if event.get("state") == "ACTIVE" else "critical"
-        self.alerts.send(level, messages.state_changed(event), RISK)
+        self.alerts.send(level, messages.state_changed(event), RISK,
+                         dedupe_key=state_key(event.get("previous"), event.get("state")))
 
     @durable_consume(kombu_queue(RISK_ALERT_QUEUE))
     def on_risk_alert(self, body: dict[str, Any]) -> None:
         alert = RiskAlert.model_validate(body)
-        self.alerts.send(alert.level, f"[{alert.code}] {alert.text}", RISK, alert.signal_id)
+        # a state change is also announced by risk_state_changed: send it once
+        key = state_key_from_text(alert.text) if alert.code.upper() == "STATE_CHANGED" else ""
+        self.alerts.send(alert.level, f"[{alert.code}] {alert.text}", RISK, alert.signal_id,
+                         dedupe_key=key)
+
+    # --- timers ---
+    @timer(interval=5)
+    def refresh_lag(self) -> None:
+        self.monitor.refresh_lag()
+
+    @timer(interval=15)
+    def watch_health(self) -> None:
+        for text in self.monitor.check_health():
+            level = "info" if "back up" in text else "critical"
+            self.alerts.send(level, text, NOTIFY)
+
+    @timer(interval=60)
+    def daily_summary(self) -> None:
+        text = self.monitor.daily_summary(dtm.datetime.now(dtm.UTC))
+        if text:
+            self.alerts.send("info", text, NOTIFY)
 
     # --- RPC ---
     @rpc
@@ -108,7 +229,7 @@ class NotifyService:
         level = level.lower()
         if level not in LEVELS:
             raise ValueError(f"level must be one of {', '.join(LEVELS)}")
-        return {"status": "queued", "id": self.alerts.send(level, message, "manual")}
+        return {"status": "queued", "id": self.alerts.send(level, message, "manual") or ""}
 
     # --- HTTP ---
     @http("POST", "/alert")
@@ -131,7 +252,8 @@ class NotifyService:
     @api
     def health(self, request: Request) -> tuple[int, Any]:
         return 200, {"status": "ok", "service": NOTIFY,
-                     "telegram": "enabled" if self.config.telegram.enabled else "log only"}
+                     "telegram": "enabled" if self.config.telegram.enabled else "log only",
+                     "down": self.monitor.watch.down()}
 
     @http("GET", "/metrics")
     def metrics(self, request: Request) -> Response:

@@ -10,6 +10,12 @@ accepted it in every chat; failures are retried forever with exponential back-of
 (``RetryAfter`` honoured), so nothing is dropped. At most one message per second goes to
 each chat; when a backlog builds, non-critical alerts are merged into digest messages,
 while every critical alert is sent first and on its own.
+
+The same process answers the trader's commands (``/status``, ``/halt``, ...; see
+:mod:`nameko_services.notify.commands`): a second task long-polls ``getUpdates`` (its own
+HTTP connection pool, so polling never delays an alert), keeps the last handled update id
+in Redis (``names.TELEGRAM_OFFSET_KEY``) so a restart neither loses nor repeats commands,
+and calls the services over Nameko RPC in worker threads.
 """
 
 from __future__ import annotations
@@ -33,6 +39,13 @@ import telegram
 from redis.exceptions import RedisError, ResponseError
 from telegram.error import ChatMigrated, InvalidToken, RetryAfter, TelegramError
 
+from nameko_services.notify.commands import (
+    Action,
+    AnswerCallback,
+    CommandEngine,
+    RedisConfirmStore,
+    RpcControl,
+)
 from shared import names
 from shared.records import Record
 from shared.settings import Settings, settings_or_exit
@@ -305,7 +318,7 @@ class TelegramWorker:
             await asyncio.wait_for(self.stop.wait(), timeout=max(seconds, 0.0))
         return self.stop.is_set()
 
-    async def send(self, chat: str, text: str) -> str | None:
+    async def send(self, chat: str, text: str, reply_markup: Any = None) -> str | None:
         """Send one message, retrying until Telegram accepts it.
 
         Returns the chat id it was delivered to (it changes on ChatMigrated), or None if
@@ -316,7 +329,8 @@ class TelegramWorker:
             await self.limiter.wait(chat)
             try:
                 await self.bot.send_message(chat_id=chat, text=text,
-                                            disable_web_page_preview=True)
+                                            disable_web_page_preview=True,
+                                            reply_markup=reply_markup)
                 self.sent_messages += 1
                 return chat
             except RetryAfter as exc:
@@ -380,11 +394,98 @@ class TelegramWorker:
                 delay = min(delay * 2, self.backoff_max)
 
 
+class CommandPoller:
+    """Long-polls ``getUpdates`` and performs what :class:`CommandEngine` decides.
+
+    The offset is saved in Redis after each update is handled, so an update is handled
+    at most once per confirmed offset even across restarts.
+    """
+
+    def __init__(self, worker: TelegramWorker, engine: CommandEngine, *,
+                 poll_timeout: int = 20, offset_key: str = names.TELEGRAM_OFFSET_KEY) -> None:
+        self.worker = worker
+        self.engine = engine
+        self.poll_timeout = poll_timeout
+        self.offset_key = offset_key
+        self.handled = 0
+
+    async def load_offset(self) -> int | None:
+        raw = await self.worker.redis.get(self.offset_key)
+        return int(raw) if raw else None
+
+    async def save_offset(self, offset: int) -> None:
+        await self.worker.redis.set(self.offset_key, offset)
+
+    async def perform(self, action: Action) -> None:
+        bot = self.worker.bot
+        if isinstance(action, AnswerCallback):
+            try:
+                await bot.answer_callback_query(action.callback_id, text=action.text[:200])
+            except TelegramError as exc:  # the button spinner just times out
+                log.warning("answerCallbackQuery failed: %s", exc)
+            return
+        markup = None
+        if action.buttons:
+            markup = telegram.InlineKeyboardMarkup([[
+                telegram.InlineKeyboardButton(label, callback_data=data)
+                for label, data in action.buttons
+            ]])
+        for part in split_text(action.text):
+            if await self.worker.send(action.chat_id, part, reply_markup=markup) is None:
+                return
+
+    async def handle_batch(self, updates: Sequence[Any]) -> int | None:
+        """Handle updates in order; returns the next offset (None if there were none)."""
+        offset = None
+        for update in updates:
+            try:
+                actions = await self.engine.handle(update)
+                for action in actions:
+                    await self.perform(action)
+            except Exception:  # one bad update must not stop the commands
+                log.exception("update %s could not be handled", update.update_id)
+            self.handled += 1
+            offset = update.update_id + 1
+            await self.save_offset(offset)
+        return offset
+
+    async def run(self) -> None:
+        stop = self.worker.stop
+        delay = self.worker.backoff_initial
+        offset: int | None = None
+        loaded = False
+        while not stop.is_set():
+            try:
+                if not loaded:
+                    offset = await self.load_offset()
+                    loaded = True
+                poll = asyncio.ensure_future(self.worker.bot.get_updates(
+                    offset=offset, timeout=self.poll_timeout,
+                    allowed_updates=["message", "callback_query"]))
+                stopping = asyncio.ensure_future(stop.wait())
+                done, _ = await asyncio.wait({poll, stopping},
+                                             return_when=asyncio.FIRST_COMPLETED)
+                if poll not in done:
+                    poll.cancel()
+                    with contextlib.suppress(asyncio.CancelledError, TelegramError):
+                        await poll
+                    break
+                stopping.cancel()
+                updates = poll.result()
+                if updates:
+                    offset = await self.handle_batch(updates) or offset
+                delay = self.worker.backoff_initial
+            except (TelegramError, RedisError) as exc:
+                log.warning("command polling failed (%s); retrying in %.1fs", exc, delay)
+                await self.worker._sleep(delay)
+                delay = min(delay * 2, self.worker.backoff_max)
+
+
 # --------------------------------------------------------------------------- process
 
 
 async def initialize_bot(bot: telegram.Bot, stop: asyncio.Event,
-                         backoff_max: float = 60.0) -> bool:
+                         backoff_max: float = 10.0) -> bool:
     """``getMe`` until it works; InvalidToken is fatal (raised). False if stopped."""
     delay = 1.0
     while not stop.is_set():
@@ -410,14 +511,18 @@ async def run_from_settings(settings: Settings, stop: asyncio.Event | None = Non
     client = aioredis.Redis.from_url(settings.redis_streams.url, socket_connect_timeout=5.0)
     bot = telegram.Bot(settings.telegram.token.get_secret_value(),
                        base_url=settings.telegram.api_base_url)
-    worker = TelegramWorker(client, bot, parse_chat_ids(settings.telegram.chat_id),
-                            block_ms=settings.redis_streams.block_ms, stop=stop)
+    chats = parse_chat_ids(settings.telegram.chat_id)
+    worker = TelegramWorker(client, bot, chats, block_ms=settings.redis_streams.block_ms,
+                            backoff_max=30.0, stop=stop)
+    engine = CommandEngine(RpcControl(settings.message_queue.amqp_uri), chats,
+                           RedisConfirmStore(client))
+    commands = CommandPoller(worker, engine, poll_timeout=settings.telegram.command_poll_timeout)
     try:
         if not await initialize_bot(bot, stop):
             return
-        log.info("telegram worker %s delivering %s to %d chat(s)", worker.consumer,
-                 worker.stream, len(worker.chat_ids))
-        await worker.run()
+        log.info("telegram worker %s delivering %s to %d chat(s), answering commands",
+                 worker.consumer, worker.stream, len(worker.chat_ids))
+        await asyncio.gather(worker.run(), commands.run())
     finally:
         with contextlib.suppress(Exception):
             await bot.shutdown()

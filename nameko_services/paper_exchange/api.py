@@ -20,6 +20,7 @@ from werkzeug.wrappers import Request, Response
 
 from . import views
 from .engine import STOP_TYPES, Engine, now_ms, spec_of
+from .limiter import WeightLimiter, request_weight
 from .market import INTERVAL_MS, SYMBOLS, Market
 from .models import ApiError
 
@@ -86,16 +87,20 @@ Handler = Callable[[Params], JsonBody]
 class PaperApi:
     """Routes ``(method, path)`` to handlers; ``signed`` routes need key + HMAC + timestamp."""
 
-    def __init__(self, engine: Engine, market: Market, api_key: str, api_secret: str) -> None:
+    def __init__(self, engine: Engine, market: Market, api_key: str, api_secret: str,
+                 limiter: WeightLimiter | None = None) -> None:
         self.engine = engine
         self.market = market
+        self.limiter = limiter
+        weight_limit = limiter.limit if limiter is not None else 2400
         self.api_key = api_key
         self.secret = api_secret.encode()
         self.routes: dict[tuple[str, str], tuple[Handler, bool]] = {}
         public: dict[tuple[str, str], Handler] = {
             ("GET", "/fapi/v1/ping"): lambda p: {},
             ("GET", "/fapi/v1/time"): lambda p: {"serverTime": now_ms()},
-            ("GET", "/fapi/v1/exchangeInfo"): lambda p: views.exchange_info(now_ms()),
+            ("GET", "/fapi/v1/exchangeInfo"): lambda p: views.exchange_info(
+                now_ms(), weight_limit),
             ("GET", "/fapi/v1/ticker/24hr"): self.ticker,
             ("GET", "/fapi/v1/klines"): self.klines,
             ("GET", "/fapi/v1/premiumIndex"): self.premium_index,
@@ -124,6 +129,11 @@ class PaperApi:
             ("GET", "/fapi/v2/positionRisk"): self.position_risk,
             ("GET", "/fapi/v1/leverageBracket"): self.leverage_bracket,
             ("GET", "/fapi/v1/userTrades"): self.user_trades,
+            ("GET", "/fapi/v1/symbolConfig"): lambda p: views.symbol_config(
+                engine, p.symbol() if p.opt("symbol") else None),
+            ("GET", "/fapi/v1/forceOrders"): lambda p: views.force_orders(
+                engine, p.symbol() if p.opt("symbol") else None, p.opt("autoCloseType"),
+                p.int("startTime"), p.int("endTime"), min(p.int("limit") or 50, 100)),
         }
         for key, handler in public.items():
             self.routes[key] = (handler, False)
@@ -133,7 +143,9 @@ class PaperApi:
     # --- WSGI ----------------------------------------------------------------------
     def __call__(self, environ: dict[str, Any], start_response: Any) -> Any:
         request = Request(environ)
+        headers: dict[str, str] = {}
         try:
+            self.check_weight(request, headers)
             status, body = self.dispatch(request)
         except ApiError as exc:
             status, body = exc.status, exc.body()
@@ -141,7 +153,8 @@ class PaperApi:
             log.exception("unhandled error on %s %s", request.method, request.path)
             status, body = 500, {"code": -1000, "msg": "An unknown error occurred while "
                                                         "processing the request."}
-        response = Response(json.dumps(body), status=status, mimetype="application/json")
+        response = Response(json.dumps(body), status=status, mimetype="application/json",
+                            headers=headers)
         return response(environ, start_response)
 
     def dispatch(self, request: Request) -> tuple[int, JsonBody]:
@@ -166,6 +179,18 @@ class PaperApi:
         if signed:
             self.check_timestamp(params)
         return 200, handler(params)
+
+    def check_weight(self, request: Request, headers: dict[str, str]) -> None:
+        """Charge the request's weight; past the limit: 429 -1003 with Retry-After."""
+        path = request.path.rstrip("/") or "/"
+        if self.limiter is None or path == "/health" or path.startswith("/paper/"):
+            return
+        params = dict(parse_qsl(request.query_string.decode(), keep_blank_values=True))
+        verdict = self.limiter.charge(request_weight(path, params))
+        headers["X-MBX-USED-WEIGHT-1M"] = str(verdict.used)
+        if not verdict.allowed:
+            headers["Retry-After"] = str(verdict.retry_after_s)
+            raise self.limiter.rejection()
 
     # --- security ------------------------------------------------------------------
     def check_key(self, request: Request) -> None:

@@ -1,31 +1,32 @@
-"""Account, order and position engine: one-way mode, isolated margin, one USDT wallet.
+"""Order and position engine: one-way mode, isolated margin, one USDT wallet.
 
-Every public method takes the engine lock, so HTTP worker threads and the ticker thread
-see a consistent book. The engine reads prices from :class:`Market` (which has its own
+Every public method takes the engine lock (mutations through ``Account.write``, which
+persists what changed), so HTTP worker threads and the ticker thread see a consistent
+book. The engine reads prices from :class:`Market` (which has its own
 lock) but the market never calls back into the engine, so the two locks cannot deadlock.
 """
 
 from __future__ import annotations
 
 import re
-import threading
-import time
 import uuid
 from collections.abc import Callable
 from decimal import ROUND_HALF_UP, Decimal
 
 from shared.money import (
     DEFAULT_BRACKETS,
-    Bracket,
     Side,
     liquidation_price,
     round_to_step,
 )
 
+from .book import LIQUIDATION_PREFIX, Account, max_notional, now_ms, spec_of
 from .market import SYMBOLS, Market, SymbolSpec
 from .models import ZERO, AlgoOrder, ApiError, Order, Position, Trade
+from .store import PaperStore
 
-DEFAULT_LEVERAGE = 20
+__all__ = ["ALGO_TYPES", "STOP_TYPES", "Engine", "max_notional", "now_ms", "spec_of"]
+
 MAX_OPEN_ALGO_ORDERS = 200  # Binance's conditional-order limit across all symbols
 _CLIENT_ID = re.compile(r"^[.A-Z:/a-z0-9_-]{1,36}$")
 STOP_TYPES = frozenset({"STOP", "STOP_MARKET", "TAKE_PROFIT", "TAKE_PROFIT_MARKET",
@@ -33,92 +34,14 @@ STOP_TYPES = frozenset({"STOP", "STOP_MARKET", "TAKE_PROFIT", "TAKE_PROFIT_MARKE
 ALGO_TYPES = frozenset({"STOP_MARKET", "TAKE_PROFIT_MARKET"})
 
 
-def now_ms() -> int:
-    return int(time.time() * 1000)
-
-
-def spec_of(symbol: str) -> SymbolSpec:
-    spec = SYMBOLS.get(symbol)
-    if spec is None:
-        raise ApiError(-1121, "Invalid symbol.")
-    return spec
-
-
-def max_notional(brackets: tuple[Bracket, ...], leverage: int) -> Decimal:
-    """Largest position notional Binance allows at ``leverage`` (the tier table's cap)."""
-    caps = [b.notional_cap for b in brackets if b.initial_leverage >= leverage]
-    return max(caps) if caps else ZERO
-
-
-class Engine:
+class Engine(Account):
     def __init__(self, market: Market, starting_balance: Decimal, taker_fee: Decimal,
-                 slippage: Decimal = ZERO, clock: Callable[[], int] = now_ms) -> None:
+                 slippage: Decimal = ZERO, clock: Callable[[], int] = now_ms,
+                 store: PaperStore | None = None) -> None:
         self.market = market
         self.taker_fee = taker_fee
         self.slippage = slippage
-        self.clock = clock
-        self.lock = threading.RLock()
-        self.starting_balance = starting_balance
-        self.reset()
-
-    def reset(self) -> None:
-        with self.lock:
-            self.wallet = self.starting_balance
-            self.positions: dict[str, Position] = {s: Position(s) for s in SYMBOLS}
-            self.leverage: dict[str, int] = dict.fromkeys(SYMBOLS, DEFAULT_LEVERAGE)
-            # Binance accounts start in CROSSED; only ISOLATED is simulated (see set_margin_type)
-            self.margin_type: dict[str, str] = dict.fromkeys(SYMBOLS, "CROSSED")
-            self.orders: dict[int, Order] = {}
-            self.client_ids: dict[str, int] = {}
-            self.algos: dict[int, AlgoOrder] = {}
-            self.trades: list[Trade] = []
-            self.update_time = self.clock()
-            self._next_id = 1
-
-    def _new_id(self) -> int:
-        self._next_id += 1
-        return self._next_id
-
-    # --- account settings ----------------------------------------------------------
-    def set_leverage(self, symbol: str, leverage: int) -> dict[str, object]:
-        spec_of(symbol)
-        brackets = DEFAULT_BRACKETS[symbol]
-        if not 1 <= leverage <= brackets[0].initial_leverage:
-            raise ApiError(-4028, f"Leverage {leverage} is not valid")
-        with self.lock:
-            pos = self.positions[symbol]
-            if pos.amount and abs(pos.amount) * pos.entry_price > max_notional(brackets, leverage):
-                raise ApiError(-2027, "Exceeded the maximum allowable position at current "
-                                      "leverage.")
-            self.leverage[symbol] = leverage
-        return {"symbol": symbol, "leverage": leverage,
-                "maxNotionalValue": str(int(max_notional(brackets, leverage)))}
-
-    def set_margin_type(self, symbol: str, margin_type: str) -> dict[str, object]:
-        spec_of(symbol)
-        if margin_type not in ("ISOLATED", "CROSSED"):
-            raise ApiError(-1130, "Data sent for parameter 'marginType' is not valid.")
-        with self.lock:
-            if self.margin_type[symbol] == margin_type:
-                raise ApiError(-4046, "No need to change margin type.")
-            if any(a.symbol == symbol and a.status == "NEW" for a in self.algos.values()):
-                raise ApiError(-4047, "Margin type cannot be changed if there exists open "
-                                      "orders.")
-            if self.positions[symbol].amount:
-                raise ApiError(-4048, "Margin type cannot be changed if there exists position.")
-            if margin_type == "CROSSED":
-                # Positions are always margined as isolated; pretending to switch would lie.
-                raise ApiError(-1130, "Data sent for parameter 'marginType' is not valid: "
-                                      "the paper exchange supports ISOLATED only.")
-            self.margin_type[symbol] = margin_type
-        return {"code": 200, "msg": "success"}
-
-    # --- balances ------------------------------------------------------------------
-    def isolated_total(self) -> Decimal:
-        return sum((p.isolated_wallet for p in self.positions.values()), ZERO)
-
-    def available(self) -> Decimal:
-        return self.wallet - self.isolated_total()
+        super().__init__(starting_balance, clock, store)
 
     # --- validation helpers --------------------------------------------------------
     @staticmethod
@@ -153,7 +76,7 @@ class Engine:
         spec = spec_of(symbol)
         if side not in ("BUY", "SELL"):
             raise ApiError(-1130, "Data sent for parameter 'side' is not valid.")
-        with self.lock:
+        with self.write():
             pos = self.positions[symbol]
             if close_position:
                 qty = abs(pos.amount)
@@ -216,15 +139,16 @@ class Engine:
             pos.isolated_wallet += opening * price / self.leverage[order.symbol]
         self.wallet -= fee
         pos.update_time = self.update_time = now
+        self._touch_position(pos.symbol)
         order.status = "FILLED"
         order.executed_qty = order.orig_qty = closing + opening
         order.avg_price = price
         order.cum_quote = price * order.executed_qty
         order.update_time = now
-        self.orders[order.order_id] = order
+        self._touch_order(order)
         self.client_ids.setdefault(order.client_order_id, order.order_id)
-        self.trades.append(Trade(self._new_id(), order.order_id, order.symbol, order.side, price,
-                                 order.executed_qty, fee, realized, now))
+        self._add_trade(Trade(self._new_id(), order.order_id, order.symbol, order.side, price,
+                              order.executed_qty, fee, realized, now))
 
     def find_order(self, symbol: str, order_id: int | None, client_id: str | None) -> Order:
         spec_of(symbol)
@@ -237,7 +161,10 @@ class Engine:
             return order
 
     def cancel_order(self, symbol: str, order_id: int | None, client_id: str | None) -> Order:
-        order = self.find_order(symbol, order_id, client_id)
+        try:
+            order = self.find_order(symbol, order_id, client_id)
+        except ApiError as exc:  # Binance: GET says -2013, DELETE says -2011
+            raise ApiError(-2011, "Unknown order sent.") from exc
         if order.status != "NEW":  # market orders are filled before anyone could cancel
             raise ApiError(-2011, "Unknown order sent.")
         return order  # pragma: no cover - no resting order types are simulated
@@ -265,7 +192,7 @@ class Engine:
                                   "null, or malformed.")
         else:
             self._check_qty(spec, qty)
-        with self.lock:
+        with self.write():
             registry = {a.client_algo_id: a.algo_id for a in self.algos.values()
                         if a.status == "NEW"}
             cid = self._client_id(client_algo_id, registry)
@@ -276,7 +203,7 @@ class Engine:
                              working_type, self.clock())
             if algo.fires_at(self.market.mark_price(symbol)):
                 raise ApiError(-2021, "Order would immediately trigger.")
-            self.algos[algo.algo_id] = algo
+            self._touch_algo(algo)
             return algo
 
     def find_algo(self, algo_id: int | None, client_algo_id: str | None) -> AlgoOrder:
@@ -292,12 +219,16 @@ class Engine:
             return algo
 
     def cancel_algo(self, algo_id: int | None, client_algo_id: str | None) -> AlgoOrder:
-        with self.lock:
-            algo = self.find_algo(algo_id, client_algo_id)
+        with self.write():
+            try:
+                algo = self.find_algo(algo_id, client_algo_id)
+            except ApiError as exc:
+                raise ApiError(-2011, "Unknown order sent.") from exc
             if algo.status != "NEW":
                 raise ApiError(-2011, "Unknown order sent.")
             algo.status = "CANCELED"
             algo.update_time = self.clock()
+            self._touch_algo(algo)
             return algo
 
     def open_algos(self, symbol: str | None) -> list[AlgoOrder]:
@@ -308,7 +239,7 @@ class Engine:
     # --- price events --------------------------------------------------------------
     def on_mark(self, symbol: str, mark: Decimal) -> None:
         """Run triggers, then liquidation: on a gap the path crosses the stop first."""
-        with self.lock:
+        with self.write():
             for algo in self.open_algos(symbol):
                 if algo.fires_at(mark):
                     self._trigger(algo)
@@ -324,10 +255,12 @@ class Engine:
         except ApiError:
             # Binance keeps SL/TP after the position is gone; they expire when they fire.
             algo.status = "EXPIRED"
+            self._touch_algo(algo)
             return
         algo.status = "FINISHED"
         algo.actual_order_id = order.order_id
         algo.actual_price = order.avg_price
+        self._touch_algo(algo)
 
     def liquidation_price(self, symbol: str) -> Decimal | None:
         with self.lock:
@@ -354,15 +287,16 @@ class Engine:
         # Equity left at the liquidation price (the maintenance margin) goes to the
         # insurance fund, booked as the trade's commission: the wallet loses exactly `lost`.
         clearance = lost + realized
-        order = Order(self._new_id(), f"autoclose-{now}", symbol, side, "MARKET", qty, True,
-                      now, status="FILLED", executed_qty=qty, avg_price=liq,
+        order = Order(self._new_id(), f"{LIQUIDATION_PREFIX}{now}", symbol, side, "MARKET",
+                      qty, True, now, status="FILLED", executed_qty=qty, avg_price=liq,
                       cum_quote=liq * qty, update_time=now)
-        self.orders[order.order_id] = order
-        self.trades.append(Trade(self._new_id(), order.order_id, symbol, side, liq, qty,
-                                 clearance, realized, now, liquidation=True))
+        self._touch_order(order)
+        self._add_trade(Trade(self._new_id(), order.order_id, symbol, side, liq, qty,
+                              clearance, realized, now, liquidation=True))
         self.wallet -= lost
         pos.amount = pos.entry_price = pos.isolated_wallet = ZERO
         pos.update_time = self.update_time = now
+        self._touch_position(symbol)
 
     def user_trades(self, symbol: str, start: int | None, end: int | None, limit: int,
                     from_id: int | None) -> list[Trade]:

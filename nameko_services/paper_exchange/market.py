@@ -1,5 +1,9 @@
 """Seeded market simulator: one geometric Brownian motion per symbol, plus 1m candles.
 
+A symbol can instead be replayed from OHLCV candles (see :mod:`.replay`): it then has no
+generated history, its candles keep the file's timestamps, and it advances one sub-tick
+per step instead of following the random walk.
+
 Prices evolve as floats (the simulation is statistical anyway) and are quantised to the
 symbol's tick whenever they leave this module, so every price a client sees is one the
 exchange would accept back.
@@ -16,6 +20,9 @@ from dataclasses import dataclass, replace
 from decimal import ROUND_HALF_UP, Decimal
 
 from shared.money import round_to_step
+
+from .models import Candle
+from .replay import ReplayCursor
 
 MINUTE_MS = 60_000
 YEAR_SECONDS = 365.0 * 24 * 3600
@@ -65,20 +72,6 @@ SYMBOLS: dict[str, SymbolSpec] = {
 
 
 @dataclass(frozen=True)
-class Candle:
-    open_time: int
-    open: float
-    high: float
-    low: float
-    close: float
-    volume: float
-
-    def extend(self, price: float, volume: float) -> Candle:
-        return replace(self, high=max(self.high, price), low=min(self.low, price), close=price,
-                       volume=self.volume + volume)
-
-
-@dataclass(frozen=True)
 class Tick:
     """One symbol's state after a simulator step; ``closed`` is a just-finished 1m candle."""
 
@@ -96,13 +89,15 @@ class _SymbolState:
         self.hold = False
         self.candles: deque[Candle] = deque(maxlen=MAX_CANDLES)
         self.current: Candle | None = None
+        self.replay: ReplayCursor | None = None
 
 
 class Market:
     """Thread-safe simulated prices. ``step()`` is driven by the exchange's ticker thread."""
 
     def __init__(self, seed: int, volatility_annual: float, tick_interval_ms: int,
-                 now_ms: int | None = None) -> None:
+                 now_ms: int | None = None,
+                 replay: dict[str, list[Candle]] | None = None) -> None:
         self._lock = threading.Lock()
         self._sigma = volatility_annual
         self._dt = tick_interval_ms / 1000.0 / YEAR_SECONDS
@@ -111,7 +106,12 @@ class Market:
         for spec in SYMBOLS.values():
             # String seeds hash through SHA-512, so runs are reproducible across processes.
             state = _SymbolState(spec, random.Random(f"{seed}:{spec.symbol}"))
-            self._generate_history(state, start)
+            candles = (replay or {}).get(spec.symbol)
+            if candles:
+                state.replay = ReplayCursor(candles)
+                self._replay_step(state)  # the live candle opens at the file's first open
+            else:
+                self._generate_history(state, start)
             self._states[spec.symbol] = state
 
     # --- history -------------------------------------------------------------------
@@ -147,6 +147,11 @@ class Market:
         ticks: list[Tick] = []
         with self._lock:
             for state in self._states.values():
+                if state.replay is not None:
+                    closed = None if state.hold else self._replay_step(state)
+                    price = self._quantise(state)
+                    ticks.append(Tick(state.spec.symbol, price, price, closed))
+                    continue
                 if not state.hold:
                     state.price *= math.exp(drift + diffusion * state.rng.gauss(0.0, 1.0))
                 volume = state.spec.base_volume * self._dt * YEAR_SECONDS / 60.0
@@ -159,6 +164,25 @@ class Market:
         return ticks
 
     @staticmethod
+    def _replay_step(state: _SymbolState) -> Candle | None:
+        """Next sub-tick of the file; returns the previous candle when a new one opens."""
+        assert state.replay is not None
+        step = state.replay.advance()
+        if step is None:  # end of file: the replay stops, the last close holds
+            return None
+        state.price, candle = step
+        closed = None
+        if state.current is not None and state.current.open_time != candle.open_time:
+            closed = state.current
+            state.candles.append(closed)
+        state.current = candle
+        return closed
+
+    def is_replayed(self, symbol: str) -> bool:
+        with self._lock:
+            return self._states[symbol].replay is not None
+
+    @staticmethod
     def _roll(state: _SymbolState, now: int) -> Candle | None:
         assert state.current is not None
         open_time = now - now % MINUTE_MS
@@ -168,7 +192,8 @@ class Market:
         state.candles.append(closed)
         # Fill silent minutes (e.g. a suspended process) with flat candles so the series
         # has no holes that would confuse indicator code downstream.
-        t = closed.open_time + MINUTE_MS
+        # Beyond the kept history the flat candles would be dropped anyway: skip them.
+        t = max(closed.open_time + MINUTE_MS, open_time - MAX_CANDLES * MINUTE_MS)
         while t < open_time:
             state.candles.append(Candle(t, closed.close, closed.close, closed.close,
                                         closed.close, 0.0))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from decimal import Decimal
 from typing import Any
 
@@ -30,6 +30,20 @@ def num(value: Decimal, places: int | None = None) -> str:
     if places is None and "." in text:
         text = text.rstrip("0").rstrip(".") or "0"
     return text
+
+
+@dataclass(frozen=True)
+class Candle:
+    open_time: int
+    open: float
+    high: float
+    low: float
+    close: float
+    volume: float
+
+    def extend(self, price: float, volume: float) -> Candle:
+        return replace(self, high=max(self.high, price), low=min(self.low, price), close=price,
+                       volume=self.volume + volume)
 
 
 @dataclass

@@ -9,6 +9,7 @@ import logging
 import threading
 import time
 from decimal import Decimal
+from pathlib import Path
 
 from werkzeug.serving import BaseWSGIServer, make_server
 
@@ -18,8 +19,11 @@ from shared.settings import Settings
 
 from .api import PaperApi
 from .engine import Engine
+from .limiter import WeightLimiter
 from .market import SYMBOLS, Market, Tick, quantise
 from .publisher import StreamPublisher
+from .replay import load_csv
+from .store import PaperStore
 
 log = logging.getLogger(__name__)
 DEFAULT_SLIPPAGE = Decimal("0.0001")  # 1 bp against the taker: deterministic, small
@@ -43,16 +47,25 @@ def tick_records(ticks: list[Tick], tick_sizes: dict[str, Decimal]) -> list[Reco
 class PaperExchange:
     def __init__(self, settings: Settings, *, host: str | None = None, port: int | None = None,
                  stream: str = names.MARKET_STREAM, slippage: Decimal = DEFAULT_SLIPPAGE,
-                 publish: bool = True) -> None:
+                 publish: bool = True, state_path: Path | str | None = None) -> None:
+        """``state_path`` overrides ``paper_exchange.state_path`` ("" = in memory only)."""
         cfg = settings.paper_exchange
         self.settings = settings
         self.interval_s = cfg.tick_interval_ms / 1000.0
-        self.market = Market(cfg.seed, cfg.volatility_annual, cfg.tick_interval_ms)
+        replay_path = cfg.resolved_replay_csv()
+        replay = load_csv(replay_path, frozenset(SYMBOLS)) if replay_path else None
+        self.market = Market(cfg.seed, cfg.volatility_annual, cfg.tick_interval_ms,
+                             replay=replay)
+        path = cfg.resolved_state_path() if state_path is None else (
+            Path(state_path) if str(state_path) not in ("", ":memory:") else None)
+        self.store = PaperStore(path) if path is not None else None
         self.engine = Engine(self.market, Decimal(str(cfg.starting_balance)),
-                             Decimal(str(cfg.taker_fee)), slippage)
+                             Decimal(str(cfg.taker_fee)), slippage, store=self.store)
+        limiter = (WeightLimiter(cfg.max_requests_per_minute)
+                   if cfg.max_requests_per_minute else None)
         self.api = PaperApi(self.engine, self.market,
                             settings.exchange.api_key.get_secret_value(),
-                            settings.exchange.api_secret.get_secret_value())
+                            settings.exchange.api_secret.get_secret_value(), limiter=limiter)
         self.publisher = (StreamPublisher(settings.redis_streams.url, stream,
                                           settings.redis_streams.maxlen) if publish else None)
         self._server: BaseWSGIServer = make_server(
@@ -77,16 +90,24 @@ class PaperExchange:
         ]
         for thread in self._threads:
             thread.start()
-        log.info("paper exchange listening on %s", self.base_url)
+        cfg = self.settings.paper_exchange
+        log.info("paper exchange listening on %s; state: %s; market: %s", self.base_url,
+                 self.store.path if self.store is not None else "in memory only",
+                 f"replay of {cfg.resolved_replay_csv()}" if cfg.replay_csv
+                 else f"simulated, seed {cfg.seed}")
 
     def stop(self) -> None:
         self._stop.set()
-        self._server.shutdown()
+        if self._threads:  # shutdown() would wait forever for a loop that never ran
+            self._server.shutdown()
         self._server.server_close()
         for thread in self._threads:
             thread.join(timeout=5)
         if self.publisher is not None:
             self.publisher.close()
+        if self.store is not None:
+            with self.engine.lock:  # no write can be half-way through the connection
+                self.store.close()
         log.info("paper exchange stopped")
 
     def tick_once(self) -> list[Tick]:

@@ -7,15 +7,16 @@ from typing import Any
 
 from shared.money import DEFAULT_BRACKETS, maintenance_margin
 
+from .book import LIQUIDATION_PREFIX, max_notional
 from .engine import Engine, spec_of
-from .market import INTERVAL_MS, SYMBOLS, Candle, Market, quantise
+from .market import INTERVAL_MS, MINUTE_MS, SYMBOLS, Candle, Market, quantise
 from .models import ZERO, Position, num
 
 ORDER_TYPES = ["LIMIT", "MARKET", "STOP", "STOP_MARKET", "TAKE_PROFIT", "TAKE_PROFIT_MARKET",
                "TRAILING_STOP_MARKET"]
 
 
-def exchange_info(server_time: int) -> dict[str, Any]:
+def exchange_info(server_time: int, weight_limit: int = 2400) -> dict[str, Any]:
     symbols = []
     for s in SYMBOLS.values():
         symbols.append({
@@ -45,7 +46,7 @@ def exchange_info(server_time: int) -> dict[str, Any]:
     return {
         "timezone": "UTC", "serverTime": server_time, "futuresType": "U_MARGINED",
         "rateLimits": [{"rateLimitType": "REQUEST_WEIGHT", "interval": "MINUTE",
-                        "intervalNum": 1, "limit": 2400}],
+                        "intervalNum": 1, "limit": weight_limit}],
         "exchangeFilters": [],
         "assets": [{"asset": "USDT", "marginAvailable": True, "autoAssetExchange": "-10000"}],
         "symbols": symbols,
@@ -71,7 +72,10 @@ def klines(market: Market, symbol: str, interval: str, limit: int, start: int | 
 
 def ticker_24hr(market: Market, symbol: str, now: int) -> dict[str, Any]:
     spec = spec_of(symbol)
-    day = [c for c in market.candles_1m(symbol) if c.open_time > now - 86_400_000]
+    candles = market.candles_1m(symbol)
+    # A replayed symbol lives in the file's time: its day ends with its last candle.
+    ref = min(now, candles[-1].open_time + MINUTE_MS)
+    day = [c for c in candles if c.open_time > ref - 86_400_000]
     first, last = day[0], day[-1]
     tick = spec.tick_size
     volume = sum(c.volume for c in day)
@@ -205,3 +209,25 @@ def state(engine: Engine) -> dict[str, Any]:
             "prices": {s: str(engine.market.price(s)) for s in SYMBOLS},
             "held": [s for s in SYMBOLS if engine.market.is_held(s)],
         }
+
+
+def symbol_config(engine: Engine, symbol: str | None) -> list[dict[str, Any]]:
+    """GET /fapi/v1/symbolConfig: margin type and leverage as the account has them."""
+    with engine.lock:
+        return [{"symbol": s, "marginType": engine.margin_type[s], "isAutoAddMargin": "false",
+                 "leverage": engine.leverage[s], "maxNotionalValue": str(int(max_notional(
+                     DEFAULT_BRACKETS[s], engine.leverage[s])))}
+                for s in SYMBOLS if symbol is None or s == symbol]
+
+
+def force_orders(engine: Engine, symbol: str | None, auto_close_type: str | None,
+                 start: int | None, end: int | None, limit: int) -> list[dict[str, Any]]:
+    """GET /fapi/v1/forceOrders: the account's liquidation orders, newest last."""
+    if auto_close_type == "ADL":  # ADL is not simulated
+        return []
+    with engine.lock:
+        rows = [o for o in engine.orders.values()
+                if o.client_order_id.startswith(LIQUIDATION_PREFIX)
+                and (symbol is None or o.symbol == symbol)
+                and (start is None or o.time >= start) and (end is None or o.time <= end)]
+    return [o.to_json(SYMBOLS[o.symbol].price_precision) for o in rows[-limit:]]

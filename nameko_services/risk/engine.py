@@ -14,8 +14,9 @@ from shared.models import RiskDecision, TradeIntent, TradingState
 from shared.money import Bracket, liquidation_price
 from shared.settings import Settings
 
-MAX_PRICE_AGE_MS = 60_000
-PRICE_BAND = Decimal("0.05")  # alert price must be within 5% of the market
+DAILY_LOSS = "daily_loss_limit"
+DRAWDOWN = "max_drawdown"
+BREACH_REASONS = (DAILY_LOSS, DRAWDOWN)  # denials that also halt trading
 
 
 @dataclass(frozen=True)
@@ -40,7 +41,16 @@ class Snapshot:
     min_notional: Decimal
     brackets: Sequence[Bracket]
     reserved_margin: Decimal = Decimal(0)
+    reserved_notional: Decimal = Decimal(0)
+    reserved_count: int = 0
+    reserved_symbols: frozenset[str] = frozenset()
+    daily_loss_ratio: Decimal = Decimal(0)
+    drawdown: Decimal = Decimal(0)
     extra: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def exposure(self) -> Decimal:
+        return sum((p.notional for p in self.positions), Decimal(0))
 
 
 class RiskEngine:
@@ -85,34 +95,49 @@ class RiskEngine:
 
     def _account(self, it: TradeIntent, snap: Snapshot, reasons: list[str],
                  checks: dict[str, object]) -> None:
-        t = self.settings.trading
+        t, r = self.settings.trading, self.settings.risk
         margin = it.quantity * it.reference_price / it.leverage
+        notional = it.quantity * it.reference_price
         cap = snap.equity * Decimal(str(t.max_position_size))
         free = snap.available - snap.reserved_margin
+        exposure = snap.exposure + snap.reserved_notional
+        max_exposure = snap.equity * Decimal(str(r.max_total_exposure))
+        open_count = len(snap.positions) + snap.reserved_count
         checks.update(margin=margin, equity=snap.equity, available=snap.available,
                       reserved_margin=snap.reserved_margin, max_margin=cap,
-                      open_positions=len(snap.positions))
+                      open_positions=len(snap.positions), reserved_positions=snap.reserved_count,
+                      exposure=exposure, max_exposure=max_exposure,
+                      daily_loss_ratio=snap.daily_loss_ratio, max_daily_loss=r.max_daily_loss,
+                      drawdown=snap.drawdown, max_drawdown=r.max_drawdown)
         if margin > free:
             reasons.append("insufficient_margin")
         # a cent of tolerance: the size was computed from the same equity a moment ago
         if margin > cap + Decimal("0.01"):
             reasons.append("position_size_exceeded")
-        if len(snap.positions) >= t.max_open_positions:
+        if open_count >= t.max_open_positions:
             reasons.append("max_open_positions")
-        if not t.allow_same_symbol_position and any(p.symbol == it.symbol
-                                                    for p in snap.positions):
+        if exposure + notional > max_exposure:
+            reasons.append("max_exposure_exceeded")
+        if not t.allow_same_symbol_position and (
+                any(p.symbol == it.symbol for p in snap.positions)
+                or it.symbol in snap.reserved_symbols):
             reasons.append("position_already_open")
+        if snap.daily_loss_ratio >= Decimal(str(r.max_daily_loss)):
+            reasons.append(DAILY_LOSS)
+        if snap.drawdown >= Decimal(str(r.max_drawdown)):
+            reasons.append(DRAWDOWN)
 
     def _market(self, it: TradeIntent, snap: Snapshot, reasons: list[str],
                 checks: dict[str, object]) -> Decimal | None:
-        lev = self.settings.leverage
-        checks.update(last_price=snap.last_price, price_age_ms=snap.price_age_ms)
-        if snap.price_age_ms > MAX_PRICE_AGE_MS:
+        lev, r = self.settings.leverage, self.settings.risk
+        checks.update(last_price=snap.last_price, price_age_ms=snap.price_age_ms,
+                      max_price_age_ms=r.max_price_age_ms)
+        if snap.price_age_ms > r.max_price_age_ms:
             reasons.append("stale_market_data")
         if it.alert_price is not None and snap.last_price > 0:
             deviation = abs(it.alert_price - snap.last_price) / snap.last_price
             checks["alert_price_deviation"] = deviation
-            if deviation > PRICE_BAND:
+            if deviation > Decimal(str(r.price_band)):
                 reasons.append("price_out_of_band")
         if it.quantity <= 0 or it.stop_loss is None:
             return None
@@ -133,3 +158,8 @@ class RiskEngine:
 
 def _jsonable(checks: dict[str, object]) -> dict[str, object]:
     return {k: (str(v) if isinstance(v, Decimal) else v) for k, v in checks.items()}
+
+
+def breaches(reasons: Sequence[str]) -> tuple[str, ...]:
+    """The denials that mean the account itself is past a limit (trading must halt)."""
+    return tuple(r for r in reasons if r in BREACH_REASONS)

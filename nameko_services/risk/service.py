@@ -1,46 +1,78 @@
-"""Risk - Position & Risk Manager (HTTP 8101): the gate nothing trades without."""
+"""Risk - Position & Risk Manager (HTTP 8101): the gate nothing trades without.
+
+Entrypoints only; the logic is in :class:`~nameko_services.risk.dependencies.RiskDesk`.
+
+* ``check``: three-stage pre-trade check plus an atomic reservation in Redis;
+* ``set_state(state, reason)``: ACTIVE / REDUCING / HALTED, durable; execute's pre-flight
+  failure path calls ``set_state("REDUCING", reason)``; HALTED is set automatically when
+  the daily loss or drawdown limit is breached;
+* ``execute.trade_failed`` / ``position_closed`` release a reservation, ``trade_opened``
+  marks it filled (dropped once the exchange shows the position);
+* ``market:stream`` (group ``risk_processors``) drives the live liquidation watch;
+* a 5 s timer mirrors the state, books the daily ledger and checks every stop-loss.
+"""
 
 from __future__ import annotations
 
+import logging
 import time
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-from nameko.events import EventDispatcher
-from nameko.rpc import rpc
+import eventlet
+from nameko.events import EventDispatcher, event_handler
+from nameko.rpc import RpcProxy, rpc
 from nameko.timer import timer
 from nameko.web.handlers import http
 from prometheus_client import Counter, Gauge, Histogram
 from pydantic import ValidationError
 from werkzeug.wrappers import Request, Response
 
-from nameko_services.risk.dependencies import STATES, Book, RiskBook
-from nameko_services.risk.engine import RiskEngine
+from nameko_services.risk.dependencies import STATES, Desk, RiskDesk, TickResult
+from nameko_services.risk.engine import breaches
+from nameko_services.risk.watch import missing_stop_alert
 from shared.market import ExchangeUnavailable
 from shared.models import RiskAlert, TradeIntent
 from shared.money import liquidation_price as liq_price
-from shared.nameko_deps import Bus, Config, MessageBus, Telemetry
+from shared.nameko_deps import Bus, BusError, Config, MessageBus, Telemetry
 from shared.names import (
+    EVT_POSITION_CLOSED,
     EVT_RISK_STATE_CHANGED,
+    EVT_TRADE_FAILED,
+    EVT_TRADE_OPENED,
+    EXECUTE,
+    MARKET_STREAM,
     RISK,
     RISK_ALERT_KEY,
     RISK_ALERT_QUEUE,
     RISK_EXCHANGE,
+    RISK_GROUP,
     RISK_STREAM,
     kombu_queue,
 )
 from shared.records import Record
 from shared.settings import Settings, settings_or_exit
+from shared.streams import stream_consume
 from shared.telemetry import TelemetryWriter
 from shared.web import HttpError, api, metrics_response, read_json_object, require_api_key
 
 settings_or_exit()
+log = logging.getLogger(__name__)
 
 CHECKS = Counter("phoenix95_risk_checks_total", "Pre-trade checks by result", ["result"])
 DENIALS = Counter("phoenix95_risk_denials_total", "Pre-trade denials by reason", ["reason"])
 CHECK_SECONDS = Histogram("phoenix95_risk_check_seconds", "Pre-trade check latency")
 STATE = Gauge("phoenix95_trading_state", "1 for the current trading state", ["state"])
 HALTED = Gauge("phoenix95_trading_halted", "1 while trading is HALTED")
+LIQ_DISTANCE = Gauge("phoenix95_liquidation_distance_ratio",
+                     "|mark - liquidation price| / mark of the open position", ["symbol"])
+EQUITY = Gauge("phoenix95_equity", "Margin balance (wallet + unrealised PnL), USDT")
+EXPOSURE = Gauge("phoenix95_exposure", "Total notional of open positions, USDT")
+OPEN_POSITIONS = Gauge("phoenix95_open_positions", "Open positions on the exchange")
+DAILY_PNL = Gauge("phoenix95_daily_realized_pnl", "Realised PnL of the UTC day, USDT")
+DRAWDOWN = Gauge("phoenix95_drawdown_ratio", "Equity below its peak / the peak")
+ALERTS = Counter("phoenix95_risk_alerts_total", "Risk alerts published", ["code"])
+REARM_TIMEOUT_S = 15.0
 
 
 def _export_state(state: str) -> None:
@@ -53,25 +85,23 @@ class RiskService:
     name = RISK
 
     config: Settings = Config()
-    book: RiskBook = Book()
+    desk: RiskDesk = Desk()
     bus: MessageBus = Bus()
     telemetry: TelemetryWriter = Telemetry()
     dispatch = EventDispatcher()
+    execute = RpcProxy(EXECUTE)
 
     # --- RPC ---
     @rpc
     def check(self, intent: dict[str, Any]) -> dict[str, Any]:
-        """Three-stage pre-trade check of a trade intent; see RiskDecision."""
+        """Three-stage pre-trade check of a trade intent; see RiskDecision.
+
+        An approved intent holds a reservation (margin, exposure, a position slot) in
+        Redis until execute reports it failed or closed, or the TTL ends.
+        """
         started = time.perf_counter()
         parsed = TradeIntent.model_validate(intent)
-        try:
-            snap = self.book.snapshot(parsed.symbol)
-        except ExchangeUnavailable as exc:
-            decision: dict[str, Any] = {"type": "risk_decision", "signal_id": parsed.signal_id,
-                        "approved": False, "reasons": ["exchange_unavailable"],
-                        "checks": {"error": str(exc)}, "liquidation_price": None}
-        else:
-            decision = RiskEngine(self.config).check(parsed, snap).wire()
+        decision = self.desk.check(parsed)
         CHECK_SECONDS.observe(time.perf_counter() - started)
         CHECKS.labels("approved" if decision["approved"] else "denied").inc()
         for reason in decision["reasons"]:
@@ -80,40 +110,36 @@ class RiskService:
             "symbol": parsed.symbol, "side": parsed.side, "approved": decision["approved"],
             "reasons": decision["reasons"], "liquidation_price": decision["liquidation_price"],
             "checks": decision["checks"]}, parsed.signal_id))
+        breached = breaches(decision["reasons"])
+        if breached and decision["checks"].get("equity"):
+            self._change_state("HALTED", f"{breached[0]} (seen by check {parsed.signal_id})")
         return decision
 
     @rpc
     def status(self) -> dict[str, Any]:
-        status = self.book.status()
+        """State, equity, exposure, margin usage, daily PnL vs limit, drawdown, each open
+        position with its liquidation distance, and the limits in force."""
+        status = self.desk.status()
         s = self.config
         status["limits"] = {
             "leverage": s.leverage.leverage, "margin_mode": s.leverage.margin_mode,
             "max_position_size": s.trading.max_position_size,
             "max_open_positions": s.trading.max_open_positions,
+            "allow_same_symbol_position": s.trading.allow_same_symbol_position,
             "stop_loss_percent": s.leverage.stop_loss_percent,
             "take_profit_percent": s.leverage.take_profit_percent,
             "liquidation_buffer": s.leverage.liquidation_buffer,
+            **s.risk.model_dump(),
         }
         _export_state(status["state"])
         return status
 
     @rpc
     def set_state(self, state: str, reason: str = "") -> dict[str, Any]:
-        """ACTIVE / REDUCING (closes only) / HALTED (nothing new); durable."""
-        state = state.upper()
-        previous, _ = self.book.state.set(state, reason)  # type: ignore[arg-type]
-        _export_state(state)
-        if previous != state:
-            payload = {"type": "risk_state_changed", "previous": previous, "state": state,
-                       "reason": reason}
-            self.dispatch(EVT_RISK_STATE_CHANGED, payload)
-            self.telemetry.emit(RISK_STREAM, Record("state_changed", payload))
-            level = "info" if state == "ACTIVE" else "critical"
-            self.bus.publish(RISK_EXCHANGE, RISK_ALERT_KEY, RiskAlert(
-                level=level, code="STATE_CHANGED",
-                text=f"Trading state {previous} -> {state}: {reason}"),
-                declare=[kombu_queue(RISK_ALERT_QUEUE)])
-        return {"state": state, "previous": previous, "reason": reason}
+        """ACTIVE / REDUCING (closes only) / HALTED (nothing new); durable, mirrored to
+        Redis ``phoenix95:trading_state``. Each change: event, alert, risk_events record.
+        Execute's pre-flight failure path calls ``set_state("REDUCING", reason)``."""
+        return self._change_state(state, reason)
 
     @rpc
     def liquidation_price(self, symbol: str, side: str, entry_price: Any, quantity: Any,
@@ -122,16 +148,67 @@ class RiskService:
         side = side.upper()
         if side not in ("LONG", "SHORT"):
             raise ValueError("side must be LONG or SHORT")
-        brackets = self.book.gateway.brackets(symbol.upper())
+        brackets = self.desk.gateway.brackets(symbol.upper())
         price = liq_price(side, Decimal(str(entry_price)), Decimal(str(quantity)),  # type: ignore[arg-type]
                           int(leverage), brackets,
                           Decimal(str(wallet_balance)) if wallet_balance is not None else None)
         return str(price.quantize(Decimal("0.00000001")))
 
+    # --- events from execute: reservations follow the trade ---
+    @event_handler(EXECUTE, EVT_TRADE_FAILED)
+    def on_trade_failed(self, event: dict[str, Any]) -> None:
+        self.desk.reservations.release(str(event.get("signal_id", "")))
+
+    @event_handler(EXECUTE, EVT_TRADE_OPENED)
+    def on_trade_opened(self, event: dict[str, Any]) -> None:
+        self.desk.reservations.mark_filled(str(event.get("signal_id", "")))
+
+    @event_handler(EXECUTE, EVT_POSITION_CLOSED)
+    def on_position_closed(self, event: dict[str, Any]) -> None:
+        self.desk.reservations.release(str(event.get("signal_id", "")))
+
+    # --- live watch ---
+    @stream_consume(MARKET_STREAM, RISK_GROUP, count=50)
+    def on_market(self, fields: dict[str, str]) -> None:
+        """Each tick: every open position of the symbol against liquidation and stop."""
+        record = Record.from_stream_fields(fields)
+        if record.type != "tick":
+            return
+        if record.ts and time.time() * 1000 - record.ts > self.config.risk.max_price_age_ms:
+            return  # a tick left pending across a restart: the market has moved on
+        symbol = str(record.data.get("symbol", ""))
+        mark = Decimal(str(record.data.get("mark_price") or record.data.get("price") or 0))
+        if not symbol or mark <= 0:
+            return
+        try:
+            result = self.desk.on_tick(symbol, mark)
+        except ExchangeUnavailable as exc:
+            log.warning("live watch %s: exchange unavailable: %s", symbol, exc)
+            return
+        self._fan_out_tick(result)
+
     @timer(interval=5)
-    def export_state(self) -> None:
-        """Keep the state gauges current for Prometheus even when nobody asks."""
-        _export_state(self.book.state.get()[0])
+    def supervise(self) -> None:
+        """Mirror the state, book the daily ledger (auto-HALT on breach), check stops."""
+        try:
+            sup = self.desk.supervise()
+        except ExchangeUnavailable as exc:
+            log.warning("supervision: exchange unavailable: %s", exc)
+            _export_state(self.desk.state.mirror())
+            return
+        _export_state(sup.state)
+        EQUITY.set(float(sup.equity))
+        EXPOSURE.set(float(sup.exposure))
+        OPEN_POSITIONS.set(sup.open_positions)
+        if sup.ledger is not None:
+            DAILY_PNL.set(float(sup.ledger.daily_pnl))
+            DRAWDOWN.set(float(sup.ledger.drawdown))
+        if sup.halt_reason:
+            self._change_state("HALTED", sup.halt_reason)
+        for pos in sup.missing_stops:
+            if self.desk.latch.escalated(pos.symbol, "stop_missing", "critical"):
+                self._alert(missing_stop_alert(pos))
+            self._rearm(pos.symbol)
 
     # --- HTTP ---
     @http("POST", "/check")
@@ -186,3 +263,46 @@ class RiskService:
     @http("GET", "/metrics")
     def metrics(self, request: Request) -> Response:
         return metrics_response()
+
+    # --- helpers (not entrypoints): fan-out, each isolated ---
+    def _change_state(self, state: str, reason: str) -> dict[str, Any]:
+        previous, state = self.desk.set_state(state, reason)
+        _export_state(state)
+        if previous != state:
+            payload = {"type": "risk_state_changed", "previous": previous, "state": state,
+                       "reason": reason}
+            try:
+                self.dispatch(EVT_RISK_STATE_CHANGED, payload)
+            except Exception:
+                log.exception("could not dispatch %s", EVT_RISK_STATE_CHANGED)
+            self.telemetry.emit(RISK_STREAM, Record("state_changed", payload))
+            self._alert(RiskAlert(level="info" if state == "ACTIVE" else "critical",
+                                  code="STATE_CHANGED",
+                                  text=f"Trading state {previous} -> {state}: {reason}"))
+        return {"state": state, "previous": previous, "reason": reason}
+
+    def _alert(self, alert: RiskAlert) -> None:
+        ALERTS.labels(alert.code).inc()
+        try:
+            self.bus.publish(RISK_EXCHANGE, RISK_ALERT_KEY, alert,
+                             declare=[kombu_queue(RISK_ALERT_QUEUE)])
+        except BusError:
+            log.exception("risk alert %s not delivered: %s", alert.code, alert.text)
+        self.telemetry.emit(RISK_STREAM, Record("risk_alert", alert.wire()))
+
+    def _fan_out_tick(self, result: TickResult) -> None:
+        for risk in result.risks:
+            LIQ_DISTANCE.labels(risk.symbol).set(float(risk.liquidation_distance))
+        for alert in result.alerts:
+            self._alert(alert)
+        for record in result.records:
+            self.telemetry.emit(RISK_STREAM, record)
+
+    def _rearm(self, symbol: str) -> None:
+        """Ask execute to put the stop-loss back; tolerate an execute without ``rearm``."""
+        try:
+            with eventlet.Timeout(REARM_TIMEOUT_S):
+                reply = self.execute.rearm(symbol)
+            log.warning("asked execute to re-arm the stop-loss of %s: %s", symbol, reply)
+        except (Exception, eventlet.Timeout) as exc:  # noqa: BLE001 - RemoteError, timeout
+            log.error("execute.rearm(%s) failed: %s", symbol, exc)

@@ -49,9 +49,10 @@ def stream() -> str:
 
 
 @pytest.fixture(scope="module")
-def paper(stream: str) -> Iterator[PaperExchange]:
+def paper(stream: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[PaperExchange]:
     exchange = PaperExchange(_settings(), host="127.0.0.1", port=0, stream=stream,
-                             slippage=Decimal(0))
+                             slippage=Decimal(0),
+                             state_path=tmp_path_factory.mktemp("paper") / "state.db")
     exchange.start()
     yield exchange
     exchange.stop()
@@ -263,3 +264,27 @@ def test_state_endpoint(ex: ccxt.binanceusdm, paper: PaperExchange) -> None:
     assert state["positions"][0]["symbol"] == "BTCUSDT"
     assert len(state["openAlgoOrders"]) == 1
     assert "BTCUSDT" in state["held"]
+
+
+def test_symbol_config_reads_back_leverage_and_margin_type(ex: ccxt.binanceusdm) -> None:
+    ex.set_leverage(15, SYMBOL)
+    ex.set_margin_mode("isolated", SYMBOL)
+
+    (row,) = ex.fapiPrivateGetSymbolConfig({"symbol": "BTCUSDT"})
+
+    assert (row["symbol"], int(row["leverage"]), row["marginType"]) == ("BTCUSDT", 15,
+                                                                         "ISOLATED")
+    assert {r["symbol"] for r in ex.fapiPrivateGetSymbolConfig()} >= {"BTCUSDT", "ETHUSDT"}
+
+
+def test_force_orders_list_the_liquidation(ex: ccxt.binanceusdm, paper: PaperExchange) -> None:
+    since = int(time.time() * 1000) - 1000
+    ex.create_order(SYMBOL, "market", "buy", 0.01)
+    assert ex.fapiPrivateGetForceOrders({"symbol": "BTCUSDT", "startTime": since}) == []
+
+    pin(paper, 57200)
+
+    (row,) = ex.fapiPrivateGetForceOrders({"symbol": "BTCUSDT", "startTime": since})
+    assert row["clientOrderId"].startswith("autoclose-") and row["side"] == "SELL"
+    assert row["status"] == "FILLED" and float(row["executedQty"]) == 0.01
+    assert ex.fapiPrivateGetForceOrders({"symbol": "BTCUSDT", "autoCloseType": "ADL"}) == []

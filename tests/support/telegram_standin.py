@@ -57,7 +57,9 @@ class _State:
     updates: list[dict[str, Any]] = field(default_factory=list)
     failures: list[_Failure] = field(default_factory=list)
     next_message_id: int = 1
-    next_update_id: int = 1
+    # time-based, so a bot that confirmed ids of an earlier stand-in (its offset is kept
+    # in Redis) still receives the updates of a new one, like real, monotonic update ids
+    next_update_id: int = field(default_factory=lambda: int(time.time() * 1000))
 
 
 def _decode_value(value: str) -> Any:

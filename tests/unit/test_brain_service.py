@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime, timedelta
 
 import pytest
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hyp_settings
+from hypothesis import strategies as st
 from werkzeug.test import EnvironBuilder
 from werkzeug.wrappers import Request
 
@@ -13,9 +17,13 @@ from shared.settings import load_settings
 
 
 class FakeGate:
-    def __init__(self, wait: int = 0):
+    def __init__(self, wait: int = 0, state: str = "ACTIVE"):
         self.claims: dict[str, str] = {}
         self.wait = wait
+        self.state = state
+
+    def trading_state(self):
+        return self.state
 
     def allow(self, client):
         return self.wait
@@ -53,10 +61,12 @@ class FakeTelemetry:
         return {}
 
 
-def _request(body, content_type="application/json") -> Request:
+def _request(body, content_type="application/json", remote_addr="127.0.0.1",
+             headers=None) -> Request:
     data = body if isinstance(body, str | bytes) else json.dumps(body)
-    env = EnvironBuilder(method="POST", path="/webhook", data=data,
-                         content_type=content_type).get_environ()
+    env = EnvironBuilder(method="POST", path="/webhook", data=data, headers=headers,
+                         content_type=content_type,
+                         environ_base={"REMOTE_ADDR": remote_addr}).get_environ()
     return Request(env)
 
 
@@ -78,7 +88,8 @@ def brain(settings):
 def _alert(settings, **over):
     body = {"secret": settings.security.webhook_secret.get_secret_value(),
             "ticker": "BINANCE:BTCUSDT.P", "action": "buy", "price": 60000.5,
-            "confidence": 0.8, "id": "alert-123"}
+            "confidence": 0.8, "id": "alert-123",
+            "time": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")}
     body.update(over)
     return body
 
@@ -128,6 +139,7 @@ def test_wrong_secret_is_401_and_recorded_as_a_rejection(brain, settings):
     stream, record = brain.telemetry.records[-1]
     assert (stream, record.type, record.data["reason"]) == ("signal:stream", "signal_rejected",
                                                             "unauthorized")
+    assert json.loads(response.get_data())["reason"] == "unauthorized"
 
 
 def test_unknown_symbol_is_422(brain, settings):
@@ -163,3 +175,157 @@ def test_over_the_rate_limit_is_429_with_retry_after(settings):
 
     assert response.status_code == 429
     assert response.headers["Retry-After"] == "17"
+
+
+def _stamp(delta: timedelta) -> str:
+    return (datetime.now(UTC) + delta).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@pytest.mark.parametrize("delta", [timedelta(minutes=-6), timedelta(hours=-3),
+                                   timedelta(minutes=5)])
+def test_stale_or_future_alert_is_422_stale_and_not_queued(brain, settings, delta):
+    response = brain.webhook(_request(_alert(settings, time=_stamp(delta))))
+
+    assert response.status_code == 422
+    payload = json.loads(response.get_data())
+    assert (payload["reason"], payload["field"]) == ("stale", "time")
+    assert brain.bus.published == []
+    assert brain.telemetry.records[-1][1].data["reason"] == "stale"
+
+
+def test_alert_a_little_ahead_of_our_clock_is_accepted(brain, settings):
+    response = brain.webhook(_request(_alert(settings, time=_stamp(timedelta(seconds=10)))))
+
+    assert response.status_code == 202
+
+
+def _brain_with(settings, monkeypatch, **env):
+    from nameko.testing.services import worker_factory
+
+    from nameko_services.brain.service import BrainService
+    from shared.settings import get_settings
+
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    get_settings.cache_clear()
+    configured = load_settings()
+    return configured, worker_factory(BrainService, config=configured, gate=FakeGate(),
+                                      bus=FakeBus(), telemetry=FakeTelemetry())
+
+
+TV = "52.89.214.238"
+
+
+def test_allowlist_refuses_other_sources_with_403(settings, monkeypatch):
+    cfg, brain = _brain_with(settings, monkeypatch,
+                             PHOENIX__SECURITY__SOURCE_ALLOWLIST_ENABLED="true")
+
+    refused = brain.webhook(_request(_alert(cfg), remote_addr="203.0.113.9"))
+    accepted = brain.webhook(_request(_alert(cfg), remote_addr=TV))
+
+    assert refused.status_code == 403
+    assert json.loads(refused.get_data())["reason"] == "forbidden_source"
+    assert accepted.status_code == 202
+
+
+def test_forwarded_for_is_ignored_from_an_untrusted_peer(settings, monkeypatch):
+    cfg, brain = _brain_with(settings, monkeypatch,
+                             PHOENIX__SECURITY__SOURCE_ALLOWLIST_ENABLED="true")
+
+    spoofed = brain.webhook(_request(_alert(cfg), remote_addr="203.0.113.9",
+                                     headers={"X-Forwarded-For": TV}))
+
+    assert spoofed.status_code == 403
+
+
+def test_forwarded_for_is_believed_from_a_trusted_proxy(settings, monkeypatch):
+    cfg, brain = _brain_with(settings, monkeypatch,
+                             PHOENIX__SECURITY__SOURCE_ALLOWLIST_ENABLED="true",
+                             PHOENIX__SECURITY__TRUSTED_PROXIES='["10.0.0.2"]')
+
+    via_proxy = brain.webhook(_request(_alert(cfg), remote_addr="10.0.0.2",
+                                       headers={"X-Forwarded-For": f"198.51.100.1, {TV}"}))
+    prepended = brain.webhook(_request(_alert(cfg, id="other"), remote_addr="10.0.0.2",
+                                       headers={"X-Forwarded-For": f"{TV}, 198.51.100.1"}))
+
+    assert via_proxy.status_code == 202
+    assert prepended.status_code == 403  # the right-most untrusted hop is the client
+
+
+# --- property: no body of any shape makes the webhook fail ---
+
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner,
+                                                                 max_size=4),
+    max_leaves=12,
+)
+FIELD_VALUES = {
+    "ticker": JSON | st.sampled_from(["BTCUSDT", "BINANCE:ETHUSDT.P", "XRPUSDT", ""]),
+    "action": JSON | st.sampled_from(["buy", "SELL", "close", "hodl"]),
+    "price": JSON | st.floats(allow_nan=True, allow_infinity=True),
+    "confidence": JSON | st.floats(-2, 2),
+    "time": JSON | st.integers(-10**20, 10**20) | st.sampled_from(
+        ["2026-01-01T00:00:00Z", "99999999999999999999", "yesterday", ""]),
+    "id": JSON, "strategy": JSON, "interval": JSON,
+}
+
+
+@st.composite
+def alert_shaped(draw):
+    keys = draw(st.sets(st.sampled_from(sorted(FIELD_VALUES))))
+    body = {k: draw(FIELD_VALUES[k]) for k in keys}
+    if draw(st.booleans()):
+        body["secret"] = "unit-test-webhook-secret"
+    return body
+
+
+BODIES = (
+    st.binary(max_size=300)
+    | JSON.map(lambda v: json.dumps(v).encode())
+    | alert_shaped().map(lambda v: json.dumps(v).encode())
+    | st.integers(1, 5000).map(lambda n: b"[" * n)
+)
+
+
+@hyp_settings(max_examples=300, deadline=None,
+              suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(body=BODIES, content_type=st.sampled_from(["application/json", "text/plain", ""]))
+def test_no_body_of_any_shape_gets_a_5xx_and_every_rejection_names_its_reason(
+        brain, body, content_type):
+    response = brain.webhook(_request(body, content_type))
+
+    assert response.status_code < 500
+    payload = json.loads(response.get_data())
+    if response.status_code >= 400:
+        assert payload["reason"] and payload["error"]
+
+
+@pytest.mark.parametrize("state", ["HALTED", "REDUCING"])
+def test_entries_are_refused_fast_while_risk_is_not_active(settings, state):
+    from nameko.testing.services import worker_factory
+
+    from nameko_services.brain.service import BrainService
+
+    brain = worker_factory(BrainService, config=settings, gate=FakeGate(state=state),
+                           bus=FakeBus(), telemetry=FakeTelemetry())
+
+    response = brain.webhook(_request(_alert(settings)))
+
+    assert response.status_code == 423
+    assert json.loads(response.get_data())["reason"] == state.lower()
+    assert brain.bus.published == []
+    assert brain.telemetry.records[-1][1].data["reason"] == state.lower()
+
+
+def test_closing_alert_still_goes_through_while_halted(settings):
+    from nameko.testing.services import worker_factory
+
+    from nameko_services.brain.service import BrainService
+
+    brain = worker_factory(BrainService, config=settings, gate=FakeGate(state="HALTED"),
+                           bus=FakeBus(), telemetry=FakeTelemetry())
+
+    response = brain.webhook(_request(_alert(settings, action="close")))
+
+    assert response.status_code == 202

@@ -6,7 +6,12 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from nameko_services.brain.intake import normalise_ticker, parse_alert, parse_alert_time
+from nameko_services.brain.intake import (
+    client_address,
+    normalise_ticker,
+    parse_alert,
+    parse_alert_time,
+)
 from shared.web import HttpError
 
 SECRET = "s3cret-value"
@@ -103,3 +108,42 @@ def test_alert_without_id_is_keyed_by_its_content():
 ])
 def test_alert_time_accepts_iso_and_epoch(value, expected):
     assert parse_alert_time(value) == expected
+
+
+NOW = datetime(2026, 11, 23, 10, 0, tzinfo=UTC)
+
+
+@pytest.mark.parametrize("alert_time,ok", [
+    ("2026-11-23T10:00:00Z", True), ("2026-11-23T09:55:01Z", True),
+    ("2026-11-23T09:54:59Z", False), ("2026-11-23T10:00:29Z", True),
+    ("2026-11-23T10:00:31Z", False), (None, True),
+])
+def test_alert_older_than_max_age_or_from_the_future_is_stale(alert_time, ok):
+    body = _body(time=alert_time)
+    if not ok:
+        with pytest.raises(HttpError) as err:
+            parse_alert(body, SECRET, ALLOWED, NOW, max_age_s=300, max_skew_s=30)
+        assert (err.value.status, err.value.extra["reason"]) == (422, "stale")
+    else:
+        assert parse_alert(body, SECRET, ALLOWED, NOW, max_age_s=300, max_skew_s=30)
+
+
+@pytest.mark.parametrize("peer,xff,trusted,expected", [
+    ("1.2.3.4", None, (), "1.2.3.4"),
+    ("1.2.3.4", "52.89.214.238", (), "1.2.3.4"),  # not from a proxy: ignored
+    ("10.0.0.2", "52.89.214.238", ("10.0.0.2",), "52.89.214.238"),
+    ("10.0.0.2", "6.6.6.6, 52.89.214.238, 10.0.0.3", ("10.0.0.2", "10.0.0.3"),
+     "52.89.214.238"),
+    ("10.0.0.2", "not-an-ip", ("10.0.0.2",), "10.0.0.2"),
+    (None, None, (), "unknown"),
+])
+def test_client_address_trusts_forwarded_for_only_from_configured_proxies(
+        peer, xff, trusted, expected):
+    assert client_address(peer, xff, trusted) == expected
+
+
+@pytest.mark.parametrize("value", [10**30, float("inf"), float("nan"), "9" * 40])
+def test_unrepresentable_times_are_422_not_a_crash(value):
+    with pytest.raises(HttpError) as err:
+        parse_alert(_body(time=value), SECRET, ALLOWED)
+    assert err.value.status == 422 and err.value.extra["field"] == "time"

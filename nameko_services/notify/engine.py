@@ -1,0 +1,225 @@
+"""Notify's plain logic: which alerts go out, duplicate suppression, health transitions,
+the daily summary and the lag/health gauges. No Nameko here; the service wires it."""
+
+from __future__ import annotations
+
+import datetime as dtm
+import re
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any, Final
+
+from prometheus_client import Counter, Gauge
+
+from nameko_services.notify.commands import fmt_money, pnl_summary
+from shared.lag import Lag
+
+# verbosity -> event kinds sent (every other kind is always sent)
+OPTIONAL_KINDS: Final = {
+    "quiet": frozenset(),
+    "normal": frozenset({"signal_rejected"}),
+    "verbose": frozenset({"signal_rejected", "signal_accepted"}),
+}
+FILTERED_KINDS: Final = frozenset({"signal_rejected", "signal_accepted"})
+
+CONSUMER_LAG = Gauge(
+    "phoenix95_consumer_lag_messages",
+    "Messages not yet delivered to a consumer group (RabbitMQ ready messages, Redis "
+    "stream group lag, Kafka committed-offset lag)", ["source", "group"])
+CONSUMER_PENDING = Gauge(
+    "phoenix95_consumer_pending_messages",
+    "Redis stream entries delivered to a group but not yet acknowledged", ["source", "group"])
+QUEUE_CONSUMERS = Gauge("phoenix95_queue_consumers", "Consumers attached to a RabbitMQ queue",
+                        ["queue"])
+LAG_PROBE_ERRORS = Counter("phoenix95_lag_probe_errors_total",
+                           "Lag probes that could not read a source", ["broker"])
+COMPONENT_UP = Gauge("phoenix95_component_up",
+                     "1 while a service or broker answers its health check", ["component"])
+ALERTS_SUPPRESSED = Counter("phoenix95_alerts_suppressed_total",
+                            "Alerts not sent (verbosity or duplicate)", ["reason"])
+
+
+class AlertPolicy:
+    """Verbosity filter plus suppression of the same alert arriving by two paths.
+
+    ``risk.set_state`` both dispatches ``risk_state_changed`` and queues a ``risk_alerts``
+    message; whichever arrives first within ``dedupe_s`` is sent, the other dropped.
+    """
+
+    def __init__(self, verbosity: str = "normal", dedupe_s: float = 60.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        if verbosity not in OPTIONAL_KINDS:
+            raise ValueError(f"verbosity must be one of {sorted(OPTIONAL_KINDS)}")
+        self.verbosity = verbosity
+        self.dedupe_s = dedupe_s
+        self._clock = clock
+        self._seen: dict[str, float] = {}
+        self._lock = threading.Lock()
+
+    def wants(self, kind: str) -> bool:
+        ok = kind not in FILTERED_KINDS or kind in OPTIONAL_KINDS[self.verbosity]
+        if not ok:
+            ALERTS_SUPPRESSED.labels("verbosity").inc()
+        return ok
+
+    def first_time(self, key: str) -> bool:
+        now = self._clock()
+        with self._lock:
+            self._seen = {k: t for k, t in self._seen.items() if now - t < self.dedupe_s}
+            if key in self._seen:
+                ALERTS_SUPPRESSED.labels("duplicate").inc()
+                return False
+            self._seen[key] = now
+            return True
+
+
+def state_key(previous: Any, state: Any) -> str:
+    return f"state:{str(previous).upper()}->{str(state).upper()}"
+
+
+_STATE_RE: Final = re.compile(r"([A-Za-z_]+)\s*->\s*([A-Za-z_]+)")
+
+
+def state_key_from_text(text: str) -> str:
+    """``"Trading state ACTIVE -> HALTED: x"`` -> the :func:`state_key` of that change."""
+    match = _STATE_RE.search(text)
+    return state_key(match.group(1), match.group(2)) if match else ""
+
+
+# --------------------------------------------------------------------------- health
+
+
+@dataclass(frozen=True)
+class Transition:
+    component: str
+    up: bool
+    detail: str
+
+    def text(self) -> str:
+        if self.up:
+            return f"{self.component} is back up"
+        return f"{self.component} is DOWN: {self.detail}"
+
+
+class HealthWatch:
+    """Turns periodic health observations into down/up transitions.
+
+    A component is declared down after ``failures`` consecutive failed checks (one
+    dropped request is not an outage) and up again on the first success after that.
+    A component seen down before it was ever seen up is reported once, too.
+    """
+
+    def __init__(self, failures: int = 2) -> None:
+        self.failures = failures
+        self._misses: dict[str, int] = {}
+        self._down: dict[str, bool] = {}
+
+    def observe(self, component: str, ok: bool, detail: str = "") -> Transition | None:
+        COMPONENT_UP.labels(component).set(1 if ok else 0)
+        if ok:
+            self._misses[component] = 0
+            if self._down.get(component):
+                self._down[component] = False
+                return Transition(component, True, detail)
+            self._down.setdefault(component, False)
+            return None
+        misses = self._misses.get(component, 0) + 1
+        self._misses[component] = misses
+        if misses >= self.failures and not self._down.get(component):
+            self._down[component] = True
+            return Transition(component, False, detail)
+        return None
+
+    def down(self) -> list[str]:
+        return sorted(c for c, d in self._down.items() if d)
+
+
+def http_health(url: str, timeout: float = 3.0) -> tuple[bool, str]:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:
+            return 200 <= resp.status < 300, f"HTTP {resp.status}"
+    except urllib.error.HTTPError as exc:
+        return False, f"HTTP {exc.code}"
+    except (OSError, ValueError) as exc:
+        return False, str(getattr(exc, "reason", exc))
+
+
+def broker_health(lags: Iterable[Lag]) -> dict[str, tuple[bool, str]]:
+    """A broker is up if at least one of its lag probes answered."""
+    result: dict[str, tuple[bool, str]] = {}
+    for lag in lags:
+        ok, detail = result.get(lag.broker, (False, ""))
+        if lag.error is None:
+            result[lag.broker] = (True, "")
+        elif not ok:
+            result[lag.broker] = (False, lag.error)
+    return result
+
+
+# --------------------------------------------------------------------------- lag gauges
+
+
+class LagGauges:
+    """Publishes the latest lag rows; series that vanished or errored are removed."""
+
+    def __init__(self) -> None:
+        self._series: set[tuple[str, str]] = set()
+        self._queues: set[str] = set()
+
+    def publish(self, lags: Iterable[Lag]) -> None:
+        series: set[tuple[str, str]] = set()
+        queues: set[str] = set()
+        for lag in lags:
+            if lag.error is not None or lag.messages is None:
+                if lag.error is not None:
+                    LAG_PROBE_ERRORS.labels(lag.broker).inc()
+                continue
+            series.add((lag.source, lag.group))
+            CONSUMER_LAG.labels(lag.source, lag.group).set(lag.messages)
+            if lag.pending is not None:
+                CONSUMER_PENDING.labels(lag.source, lag.group).set(lag.pending)
+            if lag.broker == "rabbitmq" and lag.consumers is not None:
+                queues.add(lag.source)
+                QUEUE_CONSUMERS.labels(lag.source).set(lag.consumers)
+        for gone in self._series - series:
+            for gauge in (CONSUMER_LAG, CONSUMER_PENDING):
+                try:
+                    gauge.remove(*gone)
+                except KeyError:
+                    pass
+        for gone_queue in self._queues - queues:
+            try:
+                QUEUE_CONSUMERS.remove(gone_queue)
+            except KeyError:
+                pass
+        self._series, self._queues = series, queues
+
+
+# --------------------------------------------------------------------------- daily summary
+
+
+def summary_due(now: dtm.datetime, hour: int) -> bool:
+    return hour >= 0 and now.hour == hour
+
+
+def format_daily_summary(day: dtm.date, status: Mapping[str, Any] | None,
+                         trades: list[dict[str, Any]], positions: list[dict[str, Any]],
+                         errors: Iterable[str] = ()) -> str:
+    s = pnl_summary(trades, positions, day)
+    lines = [f"DAILY SUMMARY {day.isoformat()} (UTC)",
+             f"Closed today: {s['closed_today']} ({s['wins']} won, {s['losses']} lost), "
+             f"realised {fmt_money(s['realized_today'])} USDT",
+             f"Open now: {len(positions)}, unrealised {fmt_money(s['unrealized'])} USDT"]
+    if status:
+        equity = status.get("equity")
+        lines.append(f"Equity {fmt_money(equity)} USDT · state {status.get('state', '?')}")
+        usage = status.get("margin_usage")
+        if usage not in (None, ""):
+            lines.append(f"Margin usage {Decimal(str(usage)) * 100:.1f}%")
+    lines += [f"(unavailable: {e})" for e in errors]
+    return "\n".join(lines)

@@ -1,0 +1,88 @@
+"""The live liquidation watch on the running system: a position is opened, its price is
+walked toward liquidation on the paper exchange, and the warning arrives through notify
+(the ``notify:outbox`` stream)."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+import urllib.request
+from collections.abc import Iterator
+from decimal import Decimal
+from typing import Any
+
+import pytest
+
+from shared.names import ALERT_OUTBOX_STREAM, RISK_STREAM
+from shared.records import Record
+from tests.e2e.test_flow import wait_for
+
+pytestmark = pytest.mark.e2e
+SYMBOL, CCXT = "BNBUSDT", "BNB/USDT:USDT"
+
+
+def paper_price(settings: Any, price: Decimal, hold: bool) -> None:
+    req = urllib.request.Request(
+        settings.paper_exchange.base_url + "/paper/price", method="POST",
+        data=json.dumps({"symbol": SYMBOL, "price": float(price), "hold": hold}).encode(),
+        headers={"X-MBX-APIKEY": settings.exchange.api_key.get_secret_value(),
+                 "Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        assert resp.status == 200
+
+
+@pytest.fixture
+def pinned(settings: Any, exchange: Any, rpc: Any) -> Iterator[Decimal]:
+    if settings.exchange.mode != "paper":
+        pytest.skip("walks the paper exchange's price")
+    rpc.execute.close(SYMBOL)
+    price = Decimal(str(exchange.fetch_ticker(CCXT)["last"]))
+    paper_price(settings, price, hold=True)
+    yield price
+    rpc.execute.close(SYMBOL)
+    paper_price(settings, price, hold=False)
+
+
+def _outbox_after(streams: Any, since_ms: int) -> list[str]:
+    return [json.loads(f["data"]).get("text", "")
+            for entry_id, f in streams.xrevrange(ALERT_OUTBOX_STREAM, count=500)
+            if int(entry_id.split("-")[0]) >= since_ms]
+
+
+def test_price_walk_toward_liquidation_raises_the_warning_through_notify(
+        settings: Any, exchange: Any, streams: Any, pinned: Decimal) -> None:
+    market = exchange.market(CCXT)
+    step = Decimal(str(market["precision"]["amount"]))
+    need = Decimal(str(market["limits"]["cost"]["min"])) * Decimal("1.5") / pinned
+    quantity = step * math.ceil(need / step)
+    # opened straight on the exchange: risk watches what the exchange holds, whoever
+    # opened it; the stop-loss sits at -2 % like execute's
+    exchange.set_leverage(20, CCXT)
+    try:
+        exchange.set_margin_mode("isolated", CCXT)
+    except Exception:  # noqa: BLE001 - already isolated
+        pass
+    exchange.create_order(CCXT, "market", "buy", float(quantity))
+    exchange.create_order(CCXT, "STOP_MARKET", "sell", float(quantity), None,
+                          {"triggerPrice": float(pinned * Decimal("0.98")),
+                           "reduceOnly": True, "workingType": "MARK_PRICE"})
+    position = wait_for(lambda: next((p for p in exchange.fetch_positions([CCXT])
+                                      if p["contracts"]), None))
+    entry = Decimal(str(position["entryPrice"]))
+    liquidation = Decimal(str(position["liquidationPrice"]))
+    since = int(time.time() * 1000)
+
+    for fraction in ("0.995", "0.99", "0.985"):  # the stop at -2 % is never crossed
+        paper_price(settings, entry * Decimal(fraction), hold=True)
+        time.sleep(1.0)
+
+    texts = wait_for(lambda: [t for t in _outbox_after(streams, since)
+                              if "LIQUIDATION_WARNING" in t and SYMBOL in t], timeout=30)
+    assert str(liquidation.normalize()) in texts[0] or "from liquidation" in texts[0]
+    metrics = [r for r in (Record.from_stream_fields(f)
+                           for _, f in streams.xrevrange(RISK_STREAM, count=500))
+               if r.type == "position_risk" and r.data.get("symbol") == SYMBOL]
+    assert metrics and Decimal(metrics[0].data["liquidation_distance"]) < Decimal("0.03")
+    assert len([t for t in _outbox_after(streams, since)
+                if "LIQUIDATION_WARNING" in t and SYMBOL in t]) == 1

@@ -1,0 +1,139 @@
+"""Brain's queue consumer and dry-run RPC through worker_factory: a real BrainEngine with
+fakes at its boundaries (market view, track record), fake bus, telemetry and risk."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+
+import eventlet
+import pytest
+from nameko.testing.services import worker_factory
+
+from nameko_services.brain.engine import BrainEngine
+from shared.models import Signal
+from shared.settings import get_settings, load_settings
+from tests.support.brain_fakes import FakeMarket, FakeTrack, constant_model
+
+
+class FakeBus:
+    def __init__(self):
+        self.published = []
+
+    def publish(self, exchange, key, message, declare=None, headers=None):
+        self.published.append((exchange, key, message.wire()))
+
+
+class FakeTelemetry:
+    def __init__(self):
+        self.records = []
+
+    def emit(self, stream, record):
+        self.records.append((stream, record))
+
+
+class FakeRisk:
+    def __init__(self, approved=True):
+        self.approved, self.checked = approved, []
+
+    def check(self, intent):
+        self.checked.append(intent)
+        return {"signal_id": intent["signal_id"], "approved": self.approved,
+                "reasons": [] if self.approved else ["max_open_positions"]}
+
+
+class SlowMarket(FakeMarket):
+    def klines(self, symbol, timeframe, limit):
+        eventlet.sleep(5)
+        return super().klines(symbol, timeframe, limit)
+
+
+def _service(settings, p=0.7, market=None, track=None, risk=None):
+    from nameko_services.brain.service import BrainService
+
+    market = market or FakeMarket()
+    engine = BrainEngine(settings, market, constant_model(p), track or FakeTrack(),
+                         clock=lambda: market.now)
+    return worker_factory(BrainService, config=settings, engine=engine, bus=FakeBus(),
+                          telemetry=FakeTelemetry(), risk=risk or FakeRisk())
+
+
+def _signal(received_at=None, confidence=0.9) -> dict:
+    return Signal(signal_id="sig-9", idempotency_key="id:9", symbol="BTCUSDT", action="buy",
+                  side="LONG", price=Decimal(60000), confidence=confidence,
+                  strategy="ema-cross",
+                  received_at=received_at or datetime.now(UTC)).wire()
+
+
+@pytest.fixture
+def settings(secrets_env):
+    return load_settings(phoenix_95={"confidence_prior": False})
+
+
+def _scored(brain):
+    [(stream, record)] = [(s, r) for s, r in brain.telemetry.records if r.type == "signal_scored"]
+    return stream, record
+
+
+def test_approved_signal_is_audited_risk_checked_and_sent_to_execution(settings):
+    brain = _service(settings, p=0.7)
+
+    brain.process_signal(_signal())
+
+    stream, record = _scored(brain)
+    assert stream == "signal:stream" and record.signal_id == "sig-9"
+    data = record.data
+    assert data["decision"] == "approved" and data["model_version"] == "constant-0.7"
+    assert set(data["gates"]) == {"min_confidence", "phoenix_threshold", "execute_threshold"}
+    assert "trend_fast" in data["features"] and data["sizing"]["quantity"] == "0.266"
+    [(_, key, intent)] = brain.bus.published
+    assert key == "trade.execute" and intent["quantity"] == "0.266"
+    assert brain.engine.track.remembered == [("sig-9", "ema-cross", "BTCUSDT", "LONG")]
+
+
+def test_rejected_signal_is_audited_with_its_reasons_and_not_traded(settings):
+    brain = _service(settings, p=0.5)
+
+    brain.process_signal(_signal())
+
+    _, record = _scored(brain)
+    assert record.data["decision"] == "rejected"
+    assert "final_confidence_below_execute_threshold" in record.data["reasons"]
+    assert brain.bus.published == [] and brain.risk.checked == []
+    event = brain.dispatch.call_args[0]
+    assert event[0] == "signal_rejected" and event[1]["reasons"] == record.data["reasons"]
+
+
+def test_signal_that_waited_past_the_analysis_timeout_is_rejected_not_dropped(settings):
+    brain = _service(settings, p=0.9)
+
+    brain.process_signal(_signal(received_at=datetime.now(UTC) - timedelta(seconds=31)))
+
+    _, record = _scored(brain)
+    assert record.data["reasons"] == ["analysis_timeout"]
+    assert brain.bus.published == []
+
+
+def test_analysis_running_past_the_timeout_is_rejected_with_analysis_timeout(
+        secrets_env, monkeypatch):
+    monkeypatch.setenv("PHOENIX__PHOENIX_95__ANALYSIS_TIMEOUT", "0.05")
+    get_settings.cache_clear()
+    settings = load_settings(phoenix_95={"confidence_prior": False})
+    brain = _service(settings, p=0.9, market=SlowMarket())
+
+    brain.process_signal(_signal())
+
+    _, record = _scored(brain)
+    assert record.data["reasons"] == ["analysis_timeout"]
+
+
+def test_dry_run_rpc_returns_the_decision_without_trading(settings):
+    brain = _service(settings, p=0.7)
+
+    result = brain.analyze({"ticker": "BINANCE:BTCUSDT.P", "action": "buy",
+                            "confidence": 0.9}, dry_run=True)
+
+    assert result["dry_run"] is True and result["decision"] == "approved"
+    assert result["intent"]["quantity"] == "0.266"
+    assert result["gates"]["phoenix_threshold"]["value"] == pytest.approx(0.7)
+    assert brain.bus.published == [] and brain.risk.checked == []
