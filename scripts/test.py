@@ -8,7 +8,8 @@ that environment and always stops the test stack afterwards. Exits with pytest's
 the ``/trading`` vhost or Redis db 0.
 
 Own options (everything else goes to pytest, e.g. ``scripts/test -k webhook -x``):
-``--with-dashboard``, ``--infra-only`` (start brokers only, not the services),
+``--no-dashboard`` (skip Streamlit and its e2e tests), ``--infra-only`` (start brokers only,
+not the services),
 ``--no-lint``, ``--no-up`` (run pytest without starting anything).
 """
 
@@ -266,7 +267,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="Unknown arguments go to pytest; use '-- --help' for pytest's own help.",
     )
-    parser.add_argument("--with-dashboard", action="store_true")
+    parser.add_argument("--no-dashboard", action="store_true",
+                        help="do not start the dashboard (its e2e tests then skip)")
+    parser.add_argument("--with-dashboard", action="store_true",
+                        help="the default; kept for old command lines")
     parser.add_argument("--infra-only", action="store_true")
     parser.add_argument("--no-lint", action="store_true")
     parser.add_argument("--no-up", action="store_true")
@@ -283,7 +287,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     code = 1
     try:
         up_code = 0 if args.no_up else start_test_stack(
-            env, args.infra_only, args.with_dashboard)
+            env, args.infra_only, not args.no_dashboard)
         if up_code != 0:
             failures.append("up")
         else:

@@ -78,6 +78,7 @@ class TradeIntent(_Message):
     take_profit: Decimal | None
     margin: Decimal
     strategy: str = "default"
+    received_at: datetime | None = None  # when the webhook arrived (end-to-end latency)
 
 
 class RiskDecision(_Message):

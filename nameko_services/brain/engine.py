@@ -185,7 +185,7 @@ class BrainEngine:
             alert_price=signal.price, leverage=lev.leverage, margin_mode=lev.margin_mode,
             stop_loss=stop, take_profit=take,
             margin=(quantity * price / lev.leverage).quantize(Decimal("0.0001")),
-            strategy=signal.strategy,
+            strategy=signal.strategy, received_at=signal.received_at,
         )
         return SizeResult(out, intent, None)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
@@ -50,6 +51,9 @@ log = logging.getLogger(__name__)
 ORDERS = Counter("phoenix95_orders_total", "Trade intents executed, by result", ["result"])
 EXECUTION_SECONDS = Histogram("phoenix95_execution_seconds",
                               "Intent received to position protected (entry + SL + TP)")
+PIPELINE_SECONDS = Histogram(
+    "phoenix95_pipeline_seconds", "Webhook received to position protected (end to end)",
+    buckets=(0.025, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0))
 
 
 class ExecuteService:
@@ -71,10 +75,14 @@ class ExecuteService:
                 request = CloseRequest.model_validate(body)
                 self._closed(self.engine.close(request.symbol, request.reason))
                 return
-            outcome = self.engine.open(TradeIntent.model_validate(body))
+            intent = TradeIntent.model_validate(body)
+            outcome = self.engine.open(intent)
         except (LockBusy, ExchangeUnavailable) as exc:
             raise Retryable(str(exc)) from exc
         EXECUTION_SECONDS.observe(time.perf_counter() - started)
+        if outcome.status == "opened" and intent.received_at is not None:
+            PIPELINE_SECONDS.observe(
+                (datetime.now(UTC) - intent.received_at).total_seconds())
         ORDERS.labels(outcome.status).inc()
         self._report(outcome)
 

@@ -184,10 +184,7 @@ class RiskDesk:
         return fetched, rows
 
     def open_positions(self, max_age_s: float | None = None) -> list[OpenPosition]:
-        return [OpenPosition(symbol=_symbol_of(p), side=_side_of(p),
-                             margin=to_decimal(p.get("initialMargin") or p.get("collateral")),
-                             notional=abs(to_decimal(p.get("notional"))))
-                for p in self.positions(max_age_s)[1]]
+        return _open_positions(self.positions(max_age_s)[1])
 
     def stop_orders(self, symbol: str, max_age_s: float) -> list[dict[str, Any]]:
         hit = self._stops.get(symbol)
@@ -222,9 +219,11 @@ class RiskDesk:
     # --- the pre-trade check ---
     def snapshot(self, intent: TradeIntent) -> tuple[Snapshot, int]:
         state, _ = self.state.get()
-        equity, available = self.gateway.equity(ttl=self.settings.risk.position_cache_s)
-        as_of, _rows = self.positions()
-        positions = self.open_positions()
+        # a gate decides on fresh numbers: a just-closed position or a just-booked loss must
+        # count now (concurrent checks are kept apart by the reservations, not by a cache)
+        equity, available = self.gateway.equity(ttl=0.0)
+        as_of, rows = self.positions(max_age_s=0.0)
+        positions = _open_positions(rows)
         price, ts = self.gateway.last_price(intent.symbol)
         age = max(0, int(time.time() * 1000) - ts) if ts else 0
         reserved = self.reservations.totals(intent.signal_id, as_of)
@@ -424,3 +423,10 @@ class Desk(DependencyProvider):
 
     def get_dependency(self, worker_ctx: Any) -> RiskDesk:
         return self.desk
+
+
+def _open_positions(rows: list[dict[str, Any]]) -> list[OpenPosition]:
+    return [OpenPosition(symbol=_symbol_of(p), side=_side_of(p),
+                         margin=to_decimal(p.get("initialMargin") or p.get("collateral")),
+                         notional=abs(to_decimal(p.get("notional"))))
+            for p in rows]

@@ -142,7 +142,7 @@ def test_webhook_opens_20x_isolated_position_with_two_percent_brackets(
     assert Decimal(view["liquidation_price"]) < Decimal(view["stop_loss"])
 
 
-def test_same_alert_twice_trades_once(settings, exchange, flat):
+def test_same_alert_twice_trades_once(settings, exchange, streams, flat):
     body = alert(settings, ticker="ETHUSDT")
     url = settings.services.url_of("brain") + "/webhook"
 
@@ -151,12 +151,18 @@ def test_same_alert_twice_trades_once(settings, exchange, flat):
 
     assert (first_status, second_status) == (202, 200)
     assert second == {"status": "duplicate", "signal_id": first["signal_id"]}
-    wait_for(lambda: [p for p in exchange.fetch_positions(["ETH/USDT:USDT"]) if p["contracts"]])
-    time.sleep(1.0)
-    entries = [t for t in exchange.fetch_my_trades("ETH/USDT:USDT", limit=50)
-               if t["order"] and t["info"].get("side") == "BUY"
-               and t["timestamp"] > time.time() * 1000 - 60_000]
-    assert len(entries) == 1
+    fills = wait_for(lambda: [r for r in stream_records(streams, "trade:stream",
+                                                        first["signal_id"])
+                              if r.type == "entry_filled"])
+    time.sleep(1.0)  # a second entry, if any, would have been sent by now
+    [position] = [p for p in exchange.fetch_positions(["ETH/USDT:USDT"]) if p["contracts"]]
+    assert len(fills) == 1
+    assert Decimal(str(position["contracts"])) == Decimal(fills[0].data["quantity"])
+    accepted = [r for r in (Record.from_stream_fields(f)
+                            for _, f in streams.xrevrange("signal:stream", count=2000))
+                if r.type == "signal_accepted"
+                and r.data.get("idempotency_key") == f"id:{body['id']}"]
+    assert len(accepted) == 1
 
 
 @pytest.mark.parametrize("mutate,status,needle", [

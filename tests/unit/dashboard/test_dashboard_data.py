@@ -258,7 +258,10 @@ def health_server() -> Iterator[str]:
         def log_message(self, *args: object) -> None:
             pass
 
+    Handler.timeout = 5  # a stray client (another test's poller on a recycled port) ...
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = True  # ... must not make teardown wait for it
+    server.block_on_close = False
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     yield f"http://127.0.0.1:{server.server_address[1]}"
