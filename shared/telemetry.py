@@ -76,7 +76,19 @@ class TelemetryWriter:
         self._errors: dict[str, str] = {}
         self._lock = threading.Lock()
 
+    def emit_nowait(self, stream: str, record: Record) -> None:
+        """Like :meth:`emit`, without waiting for Kafka's acknowledgement.
+
+        For request paths whose durable step is elsewhere (the webhook's is the confirmed
+        AMQP publish): the Redis record is written at once, the Kafka delivery is reported
+        by its callback on a later poll, a failure counted and logged like any other.
+        """
+        self._emit(stream, record, wait=False)
+
     def emit(self, stream: str, record: Record) -> None:
+        self._emit(stream, record, wait=self._wait)
+
+    def _emit(self, stream: str, record: Record, *, wait: bool) -> None:
         rec = record.stamped()
         try:
             self._redis.xadd(stream, dict(rec.stream_fields()),  # type: ignore[arg-type]
@@ -87,22 +99,24 @@ class TelemetryWriter:
             self._fail("redis", exc)
         topic = TELEMETRY_TOPIC_OF.get(stream)
         if topic is not None and self._producer is not None:
-            self._produce(topic, rec)
+            self._produce(topic, rec, wait)
 
-    def _produce(self, topic: str, rec: Record) -> None:
+    def _produce(self, topic: str, rec: Record, wait: bool) -> None:
         assert self._producer is not None
         failures: list[str] = []
 
         def on_delivery(err: Any, _msg: Any) -> None:
             if err is not None:
                 failures.append(str(err))
+                if not wait:  # reported late, from a later poll
+                    self._fail("kafka", RuntimeError(str(err)))
 
         try:
             self._producer.produce(
                 topic, value=rec.kafka_value(), key=rec.signal_id or rec.type,
                 on_delivery=on_delivery,
             )
-            if self._wait:
+            if wait:
                 remaining = self._run_blocking(self._producer.flush, self._timeout)
                 if remaining:
                     failures.append(f"{remaining} record(s) not acknowledged in time")

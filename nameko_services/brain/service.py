@@ -190,7 +190,7 @@ class BrainService:
                             reason="queue_unavailable") from exc
         metrics.WEBHOOKS.labels("accepted", "").inc()
         metrics.INTAKE_SECONDS.observe(time.perf_counter() - started)
-        self.telemetry.emit(SIGNAL_STREAM, Record("signal_accepted", {
+        self.telemetry.emit_nowait(SIGNAL_STREAM, Record("signal_accepted", {
             "symbol": signal.symbol, "action": signal.action, "side": signal.side,
             "price": signal.price, "confidence": signal.confidence,
             "strategy": signal.strategy, "interval": signal.interval,
@@ -255,6 +255,6 @@ class BrainService:
 
     def _rejected(self, reason: str, detail: str, client: str = "") -> None:
         metrics.WEBHOOKS.labels("rejected", reason).inc()
-        self.telemetry.emit(SIGNAL_STREAM, Record("signal_rejected",
+        self.telemetry.emit_nowait(SIGNAL_STREAM, Record("signal_rejected",
                                                   {"reason": reason, "detail": detail,
                                                    "client": client}))

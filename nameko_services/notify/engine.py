@@ -78,17 +78,18 @@ class AlertPolicy:
             return True
 
 
-def state_key(previous: Any, state: Any) -> str:
-    return f"state:{str(previous).upper()}->{str(state).upper()}"
+def state_key(previous: Any, state: Any, reason: Any = "") -> str:
+    """One change: a second HALTED a minute later (another reason) is a new alert."""
+    return f"state:{str(previous).upper()}->{str(state).upper()}:{str(reason or '').strip()}"
 
 
-_STATE_RE: Final = re.compile(r"([A-Za-z_]+)\s*->\s*([A-Za-z_]+)")
+_STATE_RE: Final = re.compile(r"([A-Za-z_]+)\s*->\s*([A-Za-z_]+)(?::\s*(.*))?$", re.S)
 
 
 def state_key_from_text(text: str) -> str:
     """``"Trading state ACTIVE -> HALTED: x"`` -> the :func:`state_key` of that change."""
     match = _STATE_RE.search(text)
-    return state_key(match.group(1), match.group(2)) if match else ""
+    return state_key(match.group(1), match.group(2), match.group(3)) if match else ""
 
 
 # --------------------------------------------------------------------------- health

@@ -196,7 +196,8 @@ class NotifyService:
     def on_state_changed(self, event: dict[str, Any]) -> None:
         level = "info" if event.get("state") == "ACTIVE" else "critical"
         self.alerts.send(level, messages.state_changed(event), RISK,
-                         dedupe_key=state_key(event.get("previous"), event.get("state")))
+                         dedupe_key=state_key(event.get("previous"), event.get("state"),
+                                              event.get("reason")))
 
     @durable_consume(kombu_queue(RISK_ALERT_QUEUE))
     def on_risk_alert(self, body: dict[str, Any]) -> None:

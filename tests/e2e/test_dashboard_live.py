@@ -9,6 +9,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+import time
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -93,10 +94,12 @@ def test_chromium_screenshot_shows_the_position(settings: Settings,
     dom = ""
     # the first page load of a fresh dashboard process starts its RPC and lag threads;
     # load again (each a new browser profile) until the position line is in the DOM
-    for _ in range(3):
+    # (on a loaded machine the websocket's first script run can miss the dump: retry)
+    for _ in range(6):
         dom = _chromium(chromium, "--dump-dom", url)
         if f"@ {entry:g}" in dom:
             break
+        time.sleep(2)
     _chromium(chromium, f"--screenshot={png}", url)
 
     assert png.stat().st_size > 10_000  # a rendered page, not a blank one

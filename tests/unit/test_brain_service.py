@@ -57,6 +57,8 @@ class FakeTelemetry:
     def emit(self, stream, record):
         self.records.append((stream, record))
 
+    emit_nowait = emit
+
     def health(self):
         return {}
 

@@ -31,6 +31,8 @@ class FakeTelemetry:
     def emit(self, stream, record):
         self.records.append((stream, record))
 
+    emit_nowait = emit
+
 
 class FakeRisk:
     def __init__(self, approved=True):

@@ -262,10 +262,20 @@ def health_server() -> Iterator[str]:
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     server.daemon_threads = True  # ... must not make teardown wait for it
     server.block_on_close = False
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    server.timeout = 0.2
+    stop = threading.Event()
+
+    def serve() -> None:
+        # handle_request with a timeout instead of serve_forever/shutdown: teardown never
+        # waits on a shutdown handshake, whatever else the process has done to threading
+        while not stop.is_set():
+            server.handle_request()
+
+    thread = threading.Thread(target=serve, daemon=True)
     thread.start()
     yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
+    stop.set()
+    thread.join(5)
     server.server_close()
 
 

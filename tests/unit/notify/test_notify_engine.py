@@ -49,13 +49,22 @@ def test_unknown_verbosity_is_refused() -> None:
 def test_the_same_state_change_by_two_paths_is_sent_once() -> None:
     clock = Clock()
     policy = AlertPolicy(dedupe_s=60, clock=clock)
-    event_key = state_key("active", "HALTED")
+    event_key = state_key("active", "HALTED", "telegram /halt by t")
     queue_key = state_key_from_text("Trading state ACTIVE -> HALTED: telegram /halt by t")
-    assert event_key == queue_key == "state:ACTIVE->HALTED"
+    assert event_key == queue_key == "state:ACTIVE->HALTED:telegram /halt by t"
     assert policy.first_time(event_key) and not policy.first_time(queue_key)
     clock.t = 61
     assert policy.first_time(queue_key)  # a later, real repeat is sent again
     assert state_key_from_text("no arrow here") == ""
+
+
+def test_a_new_halt_for_another_reason_within_the_window_is_sent() -> None:
+    policy = AlertPolicy(dedupe_s=60, clock=Clock())
+
+    first = policy.first_time(state_key("ACTIVE", "HALTED", "telegram /halt"))
+    second = policy.first_time(state_key("ACTIVE", "HALTED", "daily loss limit"))
+
+    assert first and second
 
 
 def test_health_watch_reports_down_after_two_misses_and_back_once() -> None:
