@@ -7,30 +7,18 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Callable
 from datetime import UTC, datetime
 from decimal import Decimal
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
 from shared.names import TOPIC_PARTITIONS
 from shared.records import Record
+from tests.support.trading import wait_for
 
 pytestmark = pytest.mark.e2e
-T = TypeVar("T")
-
-
-def wait_for(probe: Callable[[], T | None], timeout: float = 15.0, every: float = 0.1) -> T:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = probe()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout}s")
-        time.sleep(every)
 
 
 def post(url: str, body: Any, headers: dict[str, str] | None = None,

@@ -80,9 +80,13 @@ def test_price_walk_toward_liquidation_raises_the_warning_through_notify(
     texts = wait_for(lambda: [t for t in _outbox_after(streams, since)
                               if "LIQUIDATION_WARNING" in t and SYMBOL in t], timeout=30)
     assert str(liquidation.normalize()) in texts[0] or "from liquidation" in texts[0]
-    metrics = [r for r in (Record.from_stream_fields(f)
-                           for _, f in streams.xrevrange(RISK_STREAM, count=500))
-               if r.type == "position_risk" and r.data.get("symbol") == SYMBOL]
-    assert metrics and Decimal(metrics[0].data["liquidation_distance"]) < Decimal("0.03")
+    # position_risk records are throttled (one a second): the walk's last step is in one of
+    # them once it has been published, not necessarily in the newest at this instant
+    metrics = wait_for(lambda: [
+        r for r in (Record.from_stream_fields(f)
+                    for _, f in streams.xrevrange(RISK_STREAM, count=500))
+        if r.type == "position_risk" and r.data.get("symbol") == SYMBOL and r.ts >= since
+        and Decimal(r.data["liquidation_distance"]) < Decimal("0.03")], timeout=15)
+    assert metrics
     assert len([t for t in _outbox_after(streams, since)
                 if "LIQUIDATION_WARNING" in t and SYMBOL in t]) == 1

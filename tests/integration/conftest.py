@@ -53,20 +53,13 @@ def secrets_module_env() -> Iterator[None]:
 def exec_paper(secrets_module_env: None, tmp_path_factory: pytest.TempPathFactory
                ) -> Iterator[PaperExchange]:
     state = tmp_path_factory.mktemp("paper") / "paper_exchange.db"
-    settings = exec_settings("sqlite://", **_state_setting(state))
+    settings = exec_settings("sqlite://", state_path=str(state))
     exchange = PaperExchange(settings, host="127.0.0.1", port=0,
                              stream=f"test:exec:market:{uuid.uuid4().hex[:8]}",
                              slippage=Decimal(0), publish=False)
     exchange.start()
     yield exchange
     exchange.stop()
-
-
-def _state_setting(path: Path) -> dict[str, str]:
-    from shared.settings import PaperExchangeSettings
-
-    fields = PaperExchangeSettings.model_fields
-    return {"state_path": str(path)} if "state_path" in fields else {}
 
 
 def paper_admin(paper: PaperExchange, path: str, body: dict[str, Any] | None = None) -> Any:

@@ -37,24 +37,10 @@ DeskFactory = Callable[..., RiskDesk]
 
 
 @pytest.fixture(scope="module")
-def risk_secrets() -> Iterator[None]:
-    from tests.conftest import TEST_SECRETS
-
-    with pytest.MonkeyPatch.context() as mp:
-        for key, value in TEST_SECRETS.items():
-            mp.setenv(key, value)
-        yield
-
-
-@pytest.fixture(scope="module")
-def paper(risk_secrets: None, tmp_path_factory: pytest.TempPathFactory
+def paper(secrets_module_env: None, tmp_path_factory: pytest.TempPathFactory
           ) -> Iterator[PaperExchange]:
-    from shared.settings import PaperExchangeSettings
-
-    extra = {}
-    if "state_path" in PaperExchangeSettings.model_fields:
-        extra["state_path"] = str(tmp_path_factory.mktemp("paper") / "paper.db")
-    settings = load_settings(paper_exchange={"tick_interval_ms": 100, **extra},
+    state = str(tmp_path_factory.mktemp("paper") / "paper.db")
+    settings = load_settings(paper_exchange={"tick_interval_ms": 100, "state_path": state},
                              redis_streams={"url": REDIS_URL})
     exchange = PaperExchange(settings, host="127.0.0.1", port=0,
                              stream=f"test:risk:market:{uuid.uuid4().hex[:8]}",

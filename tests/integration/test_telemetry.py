@@ -92,13 +92,16 @@ def test_unreachable_kafka_is_reported_not_raised_and_redis_still_gets_the_recor
         secrets_env, store):
     dead = load_settings(redis_streams={"url": REDIS_URL},
                          kafka={"bootstrap_servers": "127.0.0.1:1", "delivery_timeout_s": 1.0})
-    writer = TelemetryWriter(dead, store, Producer(kafka_producer_config(dead)))
+    producer = Producer({**kafka_producer_config(dead), "log_level": 0})
+    writer = TelemetryWriter(dead, store, producer)
     signal_id = uuid.uuid4().hex
 
     writer.emit(SIGNAL_STREAM, Record("signal_scored", {}, signal_id))
 
     assert _records(store, signal_id)
     assert writer.health()["kafka"].startswith("failing")
+    producer.purge()  # nothing left to retry against the dead address
+    producer.flush(0)
 
 
 def test_unreachable_redis_is_reported_not_raised(settings):
