@@ -58,9 +58,12 @@ def post_alert(url: str, body: dict[str, Any]) -> tuple[int, dict[str, Any], flo
     return status, payload, (time.perf_counter() - start) * 1000, sent
 
 
+RUN = uuid.uuid4().hex[:8]  # a strategy per run: earlier runs' losses are not its record
+
+
 def alert(settings: Settings, ticker: str, confidence: float) -> dict[str, Any]:
     return {"secret": settings.security.webhook_secret.get_secret_value(), "ticker": ticker,
-            "action": "buy", "confidence": confidence, "strategy": "bench",
+            "action": "buy", "confidence": confidence, "strategy": f"bench-{RUN}",
             "id": f"bench-{uuid.uuid4().hex}",
             "time": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")}
 
@@ -107,7 +110,9 @@ def sequential(settings: Settings, n: int) -> dict[str, Any]:
             if entry is None or brackets is None:
                 failures += 1
             else:
-                filled.append(entry.ts - sent * 1000)
+                # the exchange's fill time when recorded, else the record's (after brackets)
+                fill_ms = int(entry.data.get("filled_at") or entry.ts)
+                filled.append(fill_ms - sent * 1000)
                 protected.append(brackets.ts - sent * 1000)
             rpc.execute.close("BTCUSDT")
     return {"webhook_to_202_ms": percentiles(intake),

@@ -182,7 +182,9 @@ class ExecutionEngine:
                 int(time.time() * 1000) - 86_400_000
             self.ops.flatten(symbol, side, qty, client_order_id("p95c", uuid.uuid4().hex),
                              row.signal_id if row else "")
-            settled = self.ops.settle(symbol, side, since)
+            entry = self.store.order_for(row.signal_id, "entry") if row else None
+            settled = self.ops.settle(symbol, side, since,
+                                      entry.exchange_id if entry is not None else None)
             closed = self.store.close_position(symbol, exit_price=settled.exit_price,
                                                realized_pnl=settled.realized_pnl,
                                                fees=settled.fees, reason=reason)

@@ -138,9 +138,19 @@ class ExchangeOps:
         return order
 
     # --- settlement ---
-    def settle(self, symbol: str, side: str, since_ms: int) -> Settlement:
-        """Exit price, realised PnL and fees of a closed position, from the exchange's fills."""
+    def settle(self, symbol: str, side: str, since_ms: int,
+               entry_order_id: str | None = None) -> Settlement:
+        """Exit price, realised PnL and fees of a closed position, from the exchange's fills.
+
+        The position's fills start at its entry order's first trade (trade ids only grow),
+        so a previous position's close in the same second is never counted; without a
+        known entry (an adopted position) the time window alone delimits it.
+        """
         trades = self.gw.call(self.gw.client.fetch_my_trades, symbol, since_ms, 1000)
+        entry_ids = [int(t["id"]) for t in trades
+                     if entry_order_id is not None and str(t.get("order")) == entry_order_id]
+        if entry_ids:
+            trades = [t for t in trades if int(t["id"]) >= min(entry_ids)]
         closing_side = order_side(side, closing=True)
         closing = [t for t in trades if t["side"] == closing_side]
         realized = sum((to_decimal(t["info"].get("realizedPnl")) for t in trades), Decimal(0))

@@ -74,7 +74,9 @@ class Reconciler:
         since = int(row.opened_at.timestamp() * 1000) - 1000
         reason = self._close_reason(row, since)
         self.ops.cancel_algo_orders(row.symbol)
-        settled = self.ops.settle(row.symbol, row.side, since)
+        entry = self.store.order_for(row.signal_id, "entry")
+        settled = self.ops.settle(row.symbol, row.side, since,
+                                  entry.exchange_id if entry is not None else None)
         self.store.close_position(row.symbol, exit_price=settled.exit_price,
                                   realized_pnl=settled.realized_pnl, fees=settled.fees,
                                   reason=reason)

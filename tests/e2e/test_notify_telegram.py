@@ -98,7 +98,8 @@ def post(url: str, body: Any) -> tuple[int, dict[str, Any]]:
 def webhook(settings: Settings, symbol: str) -> tuple[int, dict[str, Any]]:
     body = {"secret": settings.security.webhook_secret.get_secret_value(),
             "ticker": f"BINANCE:{symbol}.P", "action": "buy", "confidence": 0.8,
-            "strategy": "e2e-telegram", "interval": "15", "id": f"e2e-tg-{uuid.uuid4().hex}",
+            "strategy": f"e2e-tg-{uuid.uuid4().hex[:8]}", "interval": "15",
+            "id": f"e2e-tg-{uuid.uuid4().hex}",
             "time": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")}
     return post(settings.services.url_of("brain") + "/webhook", body)
 

@@ -137,6 +137,21 @@ def test_close_flattens_cancels_brackets_and_books_pnl_net_of_fees(engine, exec_
     assert (booked.status, booked.close_reason) == ("closed", "manual")
 
 
+def test_back_to_back_positions_are_settled_with_their_own_fills_only(engine, exec_paper):
+    engine.open(intent())
+    pin_price(exec_paper, 59400)
+    first = engine.close(SYMBOL, "manual")  # -6 USDT gross
+    engine.open(intent())  # the same second: the previous close is inside the time window
+    pin_price(exec_paper, 60000)
+
+    second = engine.close(SYMBOL, "manual")  # +6 USDT gross
+
+    first_fees, second_fees = (Decimal(o.details["fees"]) for o in (first, second))
+    assert Decimal(first.details["realized_pnl"]) == Decimal("-6.0") - first_fees
+    assert Decimal(second.details["realized_pnl"]) == Decimal("6.0") - second_fees
+    assert second_fees < Decimal("1")  # two taker fills of ~600 USDT, not four
+
+
 class _LeverageNotApplied(ccxt.binanceusdm):
     """The exchange acknowledges set_leverage but keeps another leverage."""
 
