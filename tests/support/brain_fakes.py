@@ -76,3 +76,18 @@ def constant_model(p: float, prior_strength: float = 20.0) -> PhoenixModel:
                         scale=(1.0,) * n, coef=(0.0,) * n,
                         intercept=math.log(p / (1 - p)), base_rate=p,
                         prior_strength=prior_strength)
+
+
+class FakeTelemetry:
+    """Records what a service would write to its streams and topics."""
+
+    def __init__(self):
+        self.records = []
+
+    def emit(self, stream, record):
+        self.records.append((stream, record))
+
+    emit_nowait = emit
+
+    def health(self):
+        return {}

@@ -14,6 +14,7 @@ from werkzeug.wrappers import Request
 
 from shared.nameko_deps import BusError
 from shared.settings import load_settings
+from tests.support.brain_fakes import FakeTelemetry
 
 
 class FakeGate:
@@ -50,17 +51,6 @@ class FakeBus:
         self.published.append((exchange, key, message.wire()))
 
 
-class FakeTelemetry:
-    def __init__(self):
-        self.records = []
-
-    def emit(self, stream, record):
-        self.records.append((stream, record))
-
-    emit_nowait = emit
-
-    def health(self):
-        return {}
 
 
 def _request(body, content_type="application/json", remote_addr="127.0.0.1",

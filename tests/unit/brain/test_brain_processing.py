@@ -13,7 +13,7 @@ from nameko.testing.services import worker_factory
 from nameko_services.brain.engine import BrainEngine
 from shared.models import Signal
 from shared.settings import get_settings, load_settings
-from tests.support.brain_fakes import FakeMarket, FakeTrack, constant_model
+from tests.support.brain_fakes import FakeMarket, FakeTelemetry, FakeTrack, constant_model
 
 
 class FakeBus:
@@ -24,14 +24,6 @@ class FakeBus:
         self.published.append((exchange, key, message.wire()))
 
 
-class FakeTelemetry:
-    def __init__(self):
-        self.records = []
-
-    def emit(self, stream, record):
-        self.records.append((stream, record))
-
-    emit_nowait = emit
 
 
 class FakeRisk:
