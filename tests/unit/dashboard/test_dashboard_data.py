@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-import http.server
-import threading
+import socket
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
 
 import pandas as pd
@@ -244,39 +246,44 @@ def test_trade_events_newest_first_with_details() -> None:
 # --------------------------------------------------------------------------- health / rpc
 
 
+_HEALTH_SERVER = """
+import http.server, sys
+class Handler(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        ok = self.path == "/health"
+        body = b'{"status": "ok"}' if ok else b"nope"
+        self.send_response(200 if ok else 503)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, *args):
+        pass
+http.server.ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), Handler).serve_forever()
+"""
+
+
 @pytest.fixture()
 def health_server() -> Iterator[str]:
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            ok = self.path == "/health"
-            body = b'{"status": "ok"}' if ok else b"nope"
-            self.send_response(200 if ok else 503)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args: object) -> None:
-            pass
-
-    Handler.timeout = 5  # a stray client (another test's poller on a recycled port) ...
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    server.daemon_threads = True  # ... must not make teardown wait for it
-    server.block_on_close = False
-    server.timeout = 0.2
-    stop = threading.Event()
-
-    def serve() -> None:
-        # handle_request with a timeout instead of serve_forever/shutdown: teardown never
-        # waits on a shutdown handshake, whatever else the process has done to threading
-        while not stop.is_set():
-            server.handle_request()
-
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    stop.set()
-    thread.join(5)
-    server.server_close()
+    # a process of its own: whatever the test session did to this process's threading
+    # (eventlet, other tests' pollers), the server answers on its own schedule
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-c", _HEALTH_SERVER, str(port)])
+    try:
+        deadline = time.monotonic() + 15
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        proc.kill()
+        proc.wait(10)
 
 
 def test_check_health_up_down_and_error(health_server: str) -> None:
