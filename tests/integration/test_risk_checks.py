@@ -4,9 +4,7 @@ ledger, and the live watch's warnings."""
 
 from __future__ import annotations
 
-import json
 import threading
-import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -26,6 +24,7 @@ from shared.exchange import make_exchange
 from shared.market import ExchangeGateway
 from shared.models import TradeIntent
 from shared.settings import load_settings
+from tests.integration.conftest import paper_admin, pin_price
 
 pytestmark = pytest.mark.integration
 
@@ -37,30 +36,9 @@ DeskFactory = Callable[..., RiskDesk]
 
 
 @pytest.fixture(scope="module")
-def paper(secrets_module_env: None, tmp_path_factory: pytest.TempPathFactory
-          ) -> Iterator[PaperExchange]:
-    state = str(tmp_path_factory.mktemp("paper") / "paper.db")
-    settings = load_settings(paper_exchange={"tick_interval_ms": 100, "state_path": state},
-                             redis_streams={"url": REDIS_URL})
-    exchange = PaperExchange(settings, host="127.0.0.1", port=0,
-                             stream=f"test:risk:market:{uuid.uuid4().hex[:8]}",
-                             slippage=Decimal(0), publish=False)
-    exchange.start()
-    yield exchange
-    exchange.stop()
-
-
-def admin(paper: PaperExchange, path: str, body: dict[str, Any] | None = None) -> Any:
-    req = urllib.request.Request(
-        paper.base_url + path, data=json.dumps(body or {}).encode(), method="POST",
-        headers={"X-MBX-APIKEY": paper.settings.exchange.api_key.get_secret_value(),
-                 "Content-Type": "application/json"})
-    with urllib.request.urlopen(req, timeout=5) as resp:
-        return json.loads(resp.read())
-
-
-def pin(paper: PaperExchange, price: float, symbol: str = SYMBOL) -> None:
-    admin(paper, "/paper/price", {"symbol": symbol, "price": price, "hold": True})
+def paper(exec_paper: PaperExchange) -> PaperExchange:
+    """The in-process paper exchange of tests/integration/conftest.py."""
+    return exec_paper
 
 
 @pytest.fixture
@@ -85,9 +63,9 @@ def make_desk(paper: PaperExchange, tmp_path: Path) -> Iterator[DeskFactory]:
                                         keys["res"], keys["rate"]),
                         Ledger(sessions), WarningLatch(own, keys["warn"], keys["throttle"]))
 
-    admin(paper, "/paper/reset")
+    paper_admin(paper, "/paper/reset")
     for symbol, price in (("BTCUSDT", 60000), ("ETHUSDT", 3000)):
-        pin(paper, price, symbol)
+        pin_price(paper, price, symbol)
     yield build
     for key in client.scan_iter(f"test:risk:{tag}:*"):
         client.delete(key)
@@ -206,7 +184,7 @@ def test_realised_daily_loss_past_the_limit_halts_and_denies(
     desk = make_desk(risk={"max_daily_loss": 0.002})
     desk.supervise()  # the day's starting wallet
     open_position(desk, amount=0.05)
-    pin(paper, 59000)
+    pin_price(paper, 59000)
     desk.gateway.client.create_order(CCXT, "market", "sell", 0.05, None, {"reduceOnly": True})
 
     sup = desk.supervise()
@@ -224,7 +202,7 @@ def test_drawdown_from_the_equity_peak_halts_and_denies(
     desk = make_desk(risk={"max_drawdown": 0.002})
     open_position(desk, amount=0.05)
     desk.supervise()  # the peak, at 60000
-    pin(paper, 59000)
+    pin_price(paper, 59000)
 
     sup = desk.supervise()
     decision = desk.check(intent(symbol="ETHUSDT"))
