@@ -130,3 +130,13 @@ RISK_RESERVATIONS_KEY: Final = "phoenix95:risk:reservations"  # hash signal_id -
 RISK_ORDER_RATE_KEY: Final = "phoenix95:risk:orders"  # zset of approved intents by time
 RISK_WARNINGS_KEY: Final = "phoenix95:risk:warnings"  # hash symbol:kind -> level last sent
 RISK_THROTTLE_PREFIX: Final = "phoenix95:risk:throttle:"  # per-position metrics throttle
+
+# --- Market and account state (one writer: the feed; see shared/state.py) ---
+STATE_PRICES_KEY: Final = "phoenix95:state:prices"  # hash symbol -> Price JSON
+STATE_CANDLES_PREFIX: Final = "phoenix95:state:candles:"  # + SYMBOL:tf -> closed candles JSON
+STATE_LIVE_CANDLE_PREFIX: Final = "phoenix95:state:candle:"  # + SYMBOL:tf -> forming candle
+STATE_BALANCE_KEY: Final = "phoenix95:state:balance"  # Balance JSON
+STATE_POSITIONS_KEY: Final = "phoenix95:state:positions"  # hash symbol -> Position JSON
+STATE_ORDERS_KEY: Final = "phoenix95:state:orders"  # hash kind:id -> open Order JSON
+STATE_FEED_KEY: Final = "phoenix95:state:feed"  # hash: heartbeats and last sync times
+FEED: Final = "feed"  # the market and account feed process (health on services.feed_port)

@@ -22,6 +22,7 @@ from pydantic import (
     Field,
     SecretStr,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -119,7 +120,21 @@ class ExchangeSettings(_Section):
     api_key: SecretStr = SecretStr("")
     api_secret: SecretStr = SecretStr("")
     timeout_ms: Annotated[int, Field(ge=100, le=120000)] = 10000
-    reconcile_interval: Annotated[float, Field(ge=1.0, le=3600.0)] = 5.0
+    # REST safety sweep; reconciliation is otherwise driven by the user-data stream
+    reconcile_interval: Annotated[float, Field(ge=1.0, le=3600.0)] = 60.0
+    # Endpoints: empty = Binance's own for the mode (paper: the local paper exchange).
+    rest_url: str = ""  # REST origin, e.g. http://127.0.0.1:8110 (/fapi/... is appended)
+    ws_url: str = ""  # WebSocket base as ccxt.pro takes it, e.g. ws://127.0.0.1:8110/ws
+
+    @field_validator("rest_url", "ws_url")
+    @classmethod
+    def _url_scheme(cls, value: str, info: ValidationInfo) -> str:
+        value = value.strip().rstrip("/")
+        rest = info.field_name == "rest_url"
+        schemes = ("http://", "https://") if rest else ("ws://", "wss://")
+        if value and not value.startswith(schemes):
+            raise ValueError(f"must start with {' or '.join(schemes)}")
+        return value
 
 
 class PaperExchangeSettings(_Section):
@@ -134,10 +149,18 @@ class PaperExchangeSettings(_Section):
     state_path: str = "var/paper_exchange.db"  # SQLite file; "" = in memory only
     replay_csv: str = ""  # OHLCV CSV to replay; "" = simulate (GBM)
     max_requests_per_minute: Annotated[int, Field(ge=0)] = 0  # request weight; 0 = off
+    # a network round trip: every REST answer and WebSocket event is delayed this much
+    latency_ms: Annotated[int, Field(ge=0, le=60000)] = 0
+    latency_jitter_ms: Annotated[int, Field(ge=0, le=60000)] = 0
+    listen_key_ttl_s: Annotated[float, Field(gt=0.0, le=86400.0)] = 3600.0  # Binance: 60 min
 
     @property
     def base_url(self) -> str:
         return f"http://{self.host}:{self.port}"
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://{self.host}:{self.port}/ws"
 
     @staticmethod
     def _anchored(path: str) -> Path | None:
@@ -198,6 +221,17 @@ class KafkaSettings(_Section):
         return str(value)
 
 
+class FeedSettings(_Section):
+    """The market and account feed (``nameko_services/feed``): one writer of the state."""
+
+    # state older than this is stale: risk refuses new entries, notify alerts once
+    max_staleness_seconds: Annotated[float, Field(gt=0.0, le=3600.0)] = 5.0
+    timeframes: tuple[str, ...] = ("1m", "5m", "1h")  # candles kept for brain's features
+    candle_limit: Annotated[int, Field(ge=10, le=1500)] = 300  # closed candles kept per timeframe
+    heartbeat_interval_s: Annotated[float, Field(gt=0.0, le=60.0)] = 1.0
+    listen_key_keepalive_s: Annotated[float, Field(ge=1.0, le=1800.0)] = 1800.0  # <= 30 min
+
+
 class HighAvailabilitySettings(_Section):
     health_check_interval: int = 30
     health_check_timeout: int = 5
@@ -230,6 +264,7 @@ class ServicesSettings(_Section):
     risk_port: Port = 8101
     execute_port: Port = 8102
     notify_port: Port = 8103
+    feed_port: Port = 8104
     dashboard_port: Port = 8501
     run_dir: str = ".run"
 
@@ -283,6 +318,7 @@ class Settings(BaseSettings):
     paper_exchange: PaperExchangeSettings = PaperExchangeSettings()
     message_queue: MessageQueueSettings = MessageQueueSettings()
     redis_streams: RedisStreamsSettings = RedisStreamsSettings()
+    feed: FeedSettings = FeedSettings()
     kafka: KafkaSettings = KafkaSettings()
     high_availability: HighAvailabilitySettings = HighAvailabilitySettings()
     database: DatabaseSettings = DatabaseSettings()
