@@ -162,3 +162,69 @@ class PositionView(TypedDict):
     stop_loss: str | None
     take_profit: str | None
     signal_id: str
+
+
+# --- Records the feed writes (market:stream; trade:stream + Kafka trading_events) ---
+# Redis stream entries are shared.records.Record(type, data, signal_id="", ts): ``data`` is
+# one of these. Prices are decimal strings; times are the exchange's, in epoch ms.
+
+
+class TickRecord(TypedDict):
+    """market:stream ``tick``: the latest prices of one symbol (mark every second)."""
+
+    symbol: str
+    price: str  # last trade (or mark when no trade yet)
+    mark_price: str
+    bid: str | None
+    ask: str | None
+    event_ms: int
+
+
+class KlineRecord(TypedDict):
+    """market:stream ``kline``: one closed candle."""
+
+    symbol: str
+    interval: str
+    open_time: int
+    open: str
+    high: str
+    low: str
+    close: str
+    volume: str
+
+
+class ExchangeOrderRecord(TypedDict):
+    """trade:stream ``exchange_order``: an ORDER_TRADE_UPDATE or ALGO_UPDATE, as the
+    shared.state.Order it produced, plus the fill of this event (x=TRADE) if any."""
+
+    event: str  # ORDER_TRADE_UPDATE | ALGO_UPDATE
+    order: dict[str, Any]  # shared.state.Order.model_dump(mode="json")
+    execution: str  # x: NEW, TRADE, CANCELED, EXPIRED, ... ("" for algo updates)
+    trade_id: str  # t, when execution == TRADE
+    last_fill_price: str  # L
+    last_fill_quantity: str  # l
+    commission: str  # n
+    commission_asset: str  # N
+    realized_pnl: str  # rp
+    event_ms: int
+
+
+class ExchangePositionRecord(TypedDict):
+    """trade:stream ``exchange_position``: a position changed (quantity "0" when flat)."""
+
+    symbol: str
+    side: str  # LONG | SHORT ("" when flat)
+    quantity: str
+    entry_price: str
+    reason: str  # ACCOUNT_UPDATE's m: ORDER, FUNDING_FEE, ... or SNAPSHOT
+    event_ms: int
+
+
+class ExchangeBalanceRecord(TypedDict):
+    """trade:stream ``exchange_balance``: the wallet changed."""
+
+    asset: str
+    wallet: str
+    cross_wallet: str
+    reason: str
+    event_ms: int

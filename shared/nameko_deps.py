@@ -19,6 +19,7 @@ from nameko.extensions import DependencyProvider
 from shared.models import _Message
 from shared.names import kombu_exchange
 from shared.settings import Settings, get_settings
+from shared.state import StateReader
 from shared.telemetry import TelemetryWriter, kafka_producer_config
 
 log = logging.getLogger(__name__)
@@ -64,6 +65,17 @@ class Telemetry(DependencyProvider):
 
     def get_dependency(self, worker_ctx: Any) -> TelemetryWriter:
         return self.writer
+
+
+class State(DependencyProvider):
+    """The feed's market and account state (:class:`shared.state.StateReader`)."""
+
+    def setup(self) -> None:
+        settings = get_settings()
+        self.reader = StateReader(make_redis(settings), settings)
+
+    def get_dependency(self, worker_ctx: Any) -> StateReader:
+        return self.reader
 
 
 class BusError(RuntimeError):

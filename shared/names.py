@@ -140,3 +140,10 @@ STATE_POSITIONS_KEY: Final = "phoenix95:state:positions"  # hash symbol -> Posit
 STATE_ORDERS_KEY: Final = "phoenix95:state:orders"  # hash kind:id -> open Order JSON
 STATE_FEED_KEY: Final = "phoenix95:state:feed"  # hash: heartbeats and last sync times
 FEED: Final = "feed"  # the market and account feed process (health on services.feed_port)
+
+# --- Record types on the streams (shared.records.Record.type) ---
+REC_TICK: Final = "tick"  # market:stream, shared.models.TickRecord
+REC_KLINE: Final = "kline"  # market:stream, shared.models.KlineRecord (closed candles)
+REC_EXCHANGE_ORDER: Final = "exchange_order"  # trade:stream, ExchangeOrderRecord
+REC_EXCHANGE_POSITION: Final = "exchange_position"  # trade:stream, ExchangePositionRecord
+REC_EXCHANGE_BALANCE: Final = "exchange_balance"  # trade:stream, ExchangeBalanceRecord
