@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from nameko_services.risk.dependencies import Supervision, TickResult
+from nameko_services.risk.desk import Supervision, TickResult
 from nameko_services.risk.watch import WatchedPosition
 from shared.models import RiskAlert
 from shared.records import Record
