@@ -17,7 +17,6 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-import ccxt
 import pytest
 import redis
 
@@ -30,72 +29,19 @@ from shared.db import make_sessionmaker
 from shared.exchange import make_exchange
 from shared.market import ExchangeGateway
 from shared.models import TradeIntent
-from shared.settings import Settings, load_settings
-from shared.state import (
-    Account,
-    Balance,
-    Order,
-    Position,
-    Price,
-    StateReader,
-    StateWriter,
-    now_ms,
-)
+from shared.settings import load_settings
+from shared.state import Position, Price, StateReader, now_ms
 from tests.integration.conftest import paper_admin, pin_price
+from tests.support.state_feed import PaperFeed, clear_state, count_requests
 
 pytestmark = pytest.mark.integration
 
 REDIS_URL = "redis://127.0.0.1:6379/13"
 SYMBOL = "BTCUSDT"
 CCXT = "BTC/USDT:USDT"
-SYMBOLS = {"BTCUSDT": "BTC/USDT:USDT", "ETHUSDT": "ETH/USDT:USDT"}
 STALE_MS = 10_000  # older than feed.max_staleness_seconds (5 s)
 
 DeskFactory = Callable[..., RiskDesk]
-
-
-class PaperFeed:
-    """The feed's part in these tests: the paper account's REST snapshot and prices written
-    with the real :class:`StateWriter` (the feed keeps the same state from its streams)."""
-
-    def __init__(self, settings: Settings, paper: PaperExchange, client: redis.Redis) -> None:
-        self.client = make_exchange(settings, base_url=paper.base_url)
-        self.writer = StateWriter(client)
-
-    def sync(self, *, market_age_ms: int = 0, account_age_ms: int = 0) -> None:
-        now = now_ms()
-        positions = [p for p in map(Position.from_ccxt, self.client.fetch_positions()) if p]
-        orders = [Order.from_ccxt(o) for sym in SYMBOLS.values()
-                  for params in ({"trigger": True}, {})
-                  for o in self.client.fetch_open_orders(sym, None, None, params)]
-        self.writer.replace_account(Account(
-            balance=Balance.from_ccxt(self.client.fetch_balance()), positions=tuple(positions),
-            orders=tuple(orders), as_of_ms=now))
-        prices = []
-        for symbol, sym in SYMBOLS.items():
-            last = Decimal(str(self.client.fetch_ticker(sym)["last"]))
-            prices.append(Price(symbol=symbol, mark=last, last=last, event_ms=now,
-                                updated_ms=now - market_age_ms))
-        self.writer.prices(prices)
-        self.writer.heartbeat(market=True, account=True, at_ms=now - account_age_ms)
-
-
-def clear_state(client: redis.Redis) -> None:
-    for key in client.scan_iter("phoenix95:state:*"):
-        client.delete(key)
-
-
-def count_requests(client: ccxt.binanceusdm) -> list[str]:
-    """Every HTTP request ``client`` sends from now on (ccxt's one transport method)."""
-    sent: list[str] = []
-    fetch = client.fetch
-
-    def counting(url: str, method: str = "GET", headers: Any = None, body: Any = None) -> Any:
-        sent.append(f"{method} {url.split('?')[0]}")
-        return fetch(url, method, headers, body)
-
-    client.fetch = counting
-    return sent
 
 
 @pytest.fixture(scope="module")
