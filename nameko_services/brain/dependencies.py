@@ -160,7 +160,7 @@ class Engine(DependencyProvider):
         # the markets once, now, so the first alert is not the one that waits for them
         try:
             self.gateway.ensure_markets()
-        except ExchangeUnavailable as exc:
+        except (ExchangeUnavailable, ccxt.BaseError) as exc:
             log.warning("markets not loaded at start (loaded on first use): %s", exc)
 
     def get_dependency(self, worker_ctx: Any) -> BrainEngine:

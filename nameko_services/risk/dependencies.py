@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import ccxt
 from nameko.extensions import DependencyProvider
 
 from nameko_services.risk.desk import RiskDesk, build_desk
@@ -31,7 +32,7 @@ class Desk(DependencyProvider):
         # the markets once, now: a check then costs Redis round trips only
         try:
             self.desk.gateway.ensure_markets()
-        except ExchangeUnavailable as exc:
+        except (ExchangeUnavailable, ccxt.BaseError) as exc:
             log.warning("markets not loaded at start (loaded on first check): %s", exc)
 
     def get_dependency(self, worker_ctx: Any) -> RiskDesk:
