@@ -21,6 +21,7 @@ from prometheus_client import Gauge
 from shared.exchange import make_exchange
 from shared.money import DEFAULT_BRACKETS, Bracket
 from shared.settings import Settings
+from shared.state import Order, Position
 
 T = TypeVar("T")
 
@@ -159,3 +160,27 @@ class ExchangeGateway:
         self.ensure_markets()
         rows = self.call(self.client.fetch_positions)
         return [p for p in rows if to_decimal(p.get("contracts")) != 0]
+
+    # --- typed account reads (shared.state models: the one parse of ccxt's structures) ---
+    def open_positions(self) -> list[Position]:
+        """Every open position (one ``GET /fapi/v3/positionRisk``)."""
+        self.ensure_markets()
+        rows = self.call(self.client.fetch_positions)
+        return [p for p in (Position.from_ccxt(r) for r in rows) if p is not None]
+
+    def open_orders(self, symbol: str | None = None, *, algo: bool = True) -> list[Order]:
+        """Open orders of ``symbol`` (all symbols when None); ``algo``: conditional ones."""
+        self.ensure_markets()
+        params = {"trigger": True} if algo else {}
+        rows = self.call(self.client.fetch_open_orders, symbol, None, None, params)
+        return [Order.from_ccxt(r) for r in rows]
+
+    def order(self, symbol: str, client_id: str, *, algo: bool) -> Order | None:
+        """An order looked up by its client id; None when the exchange does not know it."""
+        params: dict[str, Any] = {"clientOrderId": client_id}
+        if algo:
+            params["trigger"] = True
+        try:
+            return Order.from_ccxt(self.call(self.client.fetch_order, None, symbol, params))
+        except ccxt.OrderNotFound:
+            return None

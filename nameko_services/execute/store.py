@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from decimal import Decimal
 
 from sqlalchemy import select
@@ -10,6 +12,11 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import sessionmaker
 
 from shared.db import OrderRow, PositionRow, utcnow
+
+# an order's life in the book; a later stage is never overwritten by an earlier one, since
+# the user-data stream's event can overtake the REST answer of the same order
+STAGES = {"pending": 0, "rejected": 0, "open": 1, "armed": 2, "triggered": 3,
+          "filled": 4, "canceled": 4, "expired": 4}
 
 
 @dataclass(frozen=True)
@@ -47,6 +54,45 @@ class TradeStore:
             existing = self.order(rec.client_order_id)
             assert existing is not None
             return existing
+
+    def record_pending_many(self, recs: Sequence[OrderRecord]) -> None:
+        """Several orders in one transaction (the two legs of a bracket)."""
+        if not recs:
+            return
+        if len(recs) == 1:
+            self.record_pending(recs[0])
+            return
+        try:
+            with self._sessions.begin() as s:
+                s.add_all([OrderRow(
+                    client_order_id=r.client_order_id, signal_id=r.signal_id, symbol=r.symbol,
+                    kind=r.kind, side=r.side, order_type=r.order_type, quantity=r.quantity,
+                    trigger_price=r.trigger_price, status="pending") for r in recs])
+        except IntegrityError:  # some exist (a redelivery): one by one
+            for r in recs:
+                self.record_pending(r)
+
+    def advance_order(self, client_order_id: str, status: str,
+                      exchange_id: str | None = None) -> bool:
+        """Move an order forward to ``status``; False when unknown or already further on."""
+        with self._sessions.begin() as s:
+            row = s.scalar(select(OrderRow).where(OrderRow.client_order_id == client_order_id))
+            if row is None or STAGES.get(row.status, 0) > STAGES.get(status, 0):
+                return False
+            row.status = status
+            if exchange_id:
+                row.exchange_id = exchange_id
+            return True
+
+    def mark_sent(self, client_order_id: str, exchange_id: str) -> None:
+        """The exchange accepted the order (its REST answer)."""
+        self.advance_order(client_order_id, "open", exchange_id)
+
+    def orders_by_id(self, client_order_ids: Sequence[str]) -> dict[str, OrderRow]:
+        with self._sessions() as s:
+            rows = s.scalars(select(OrderRow).where(
+                OrderRow.client_order_id.in_(list(client_order_ids))))
+            return {r.client_order_id: r for r in rows}
 
     def update_order(self, client_order_id: str, *, status: str,
                      exchange_id: str | None = None, avg_price: Decimal | None = None,
@@ -121,3 +167,12 @@ class TradeStore:
         with self._sessions() as s:
             return list(s.scalars(
                 select(PositionRow).order_by(PositionRow.id.desc()).limit(limit)))
+
+
+def age_seconds(at: datetime | None) -> float:
+    """Seconds since ``at`` (SQLite hands back naive UTC datetimes)."""
+    if at is None:
+        return float("inf")
+    if at.tzinfo is None:
+        at = at.replace(tzinfo=UTC)
+    return (datetime.now(UTC) - at).total_seconds()

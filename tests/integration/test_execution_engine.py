@@ -11,7 +11,9 @@ import ccxt
 import pytest
 
 from nameko_services.execute.engine import ExecutionEngine
+from nameko_services.execute.store import OrderRecord
 from shared.exchange import client_order_id
+from shared.models import TradeIntent
 from tests.integration.conftest import (
     CCXT_SYMBOL,
     SYMBOL,
@@ -69,16 +71,35 @@ def test_redelivered_intent_never_opens_a_second_position(engine):
     assert engine.gw.positions()[0]["contracts"] == 0.01
 
 
+def _send_entry_and_die(engine: ExecutionEngine, it: TradeIntent, *, recorded: bool) -> None:
+    """The previous worker prepared the symbol, sent the entry and died."""
+    engine.ops.preflight(SYMBOL)
+    cid = client_order_id("p95e", it.idempotency_key)
+    if recorded:
+        engine.store.record_pending(OrderRecord(cid, it.signal_id, SYMBOL, "entry", "BUY",
+                                                "MARKET", it.quantity))
+    engine.gw.client.create_order(CCXT_SYMBOL, "market", "buy", 0.01, None,
+                                  {"clientOrderId": cid})
+
+
 def test_crash_after_sending_entry_adopts_the_exchange_order_instead_of_resending(
         engine, make_engine):
     it = intent()
-    # the previous worker sent the entry and died before recording anything
-    engine.gw.call(engine.gw.client.set_leverage, 20, CCXT_SYMBOL)
-    engine.gw.client.create_order(CCXT_SYMBOL, "market", "buy", 0.01, None,
-                                  {"clientOrderId": client_order_id("p95e",
-                                                                    it.idempotency_key)})
+    _send_entry_and_die(engine, it, recorded=True)
 
     outcome = make_engine().open(it)
+
+    assert outcome.status == "opened"
+    assert len(_entry_trades(engine)) == 1
+    assert len(_algo(engine)) == 2
+
+
+def test_entry_the_book_lost_is_looked_up_on_duplicate_client_id_not_failed(
+        engine, make_engine):
+    it = intent()
+    _send_entry_and_die(engine, it, recorded=False)  # the record never reached the book
+
+    outcome = make_engine().open(it)  # sends, gets -4116, looks the order up
 
     assert outcome.status == "opened"
     assert len(_entry_trades(engine)) == 1
