@@ -8,6 +8,7 @@ not trip the breaker; network errors and exchange outages do.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections.abc import Callable
@@ -44,6 +45,14 @@ def _is_business_error(exc: BaseException) -> bool:
     return isinstance(exc, ccxt.ExchangeError) and not isinstance(exc, ccxt.ExchangeNotAvailable)
 
 
+def _reraise(exc: Exception) -> None:
+    raise exc
+
+
+def _succeed() -> None:
+    return None
+
+
 def to_decimal(value: Any) -> Decimal:
     return Decimal(str(value)) if value is not None else Decimal(0)
 
@@ -67,6 +76,28 @@ class ExchangeGateway:
 
     # --- plumbing ---
     def call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """``fn`` guarded by the breaker; requests of concurrent callers run concurrently.
+
+        pybreaker holds its lock for the whole guarded call, which would queue every
+        request of the process behind the one in flight. While the circuit is closed the
+        request runs outside it and only its outcome is booked with the breaker; open or
+        half-open, pybreaker's own path fails fast or lets one trial request through.
+        """
+        if self.breaker.current_state != pybreaker.STATE_CLOSED:
+            return self._guarded(fn, *args, **kwargs)
+        try:
+            result = fn(*args, **kwargs)
+        except Exception as exc:
+            with contextlib.suppress(Exception):  # counts the failure (may open the circuit)
+                self.breaker.call(_reraise, exc)
+            if isinstance(exc, (ccxt.NetworkError, ccxt.ExchangeNotAvailable)):
+                raise ExchangeUnavailable(str(exc)) from exc
+            raise
+        with contextlib.suppress(Exception):  # a success resets the failure count
+            self.breaker.call(_succeed)
+        return result
+
+    def _guarded(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         try:
             return self.breaker.call(fn, *args, **kwargs)
         except pybreaker.CircuitBreakerError as exc:

@@ -210,7 +210,7 @@ class ExchangeOps:
                 if existing is not None and existing.is_open:
                     results[leg.kind] = existing
                     legs.remove(leg)
-        self.store.record_pending_many([
+        self.store.record_sending([
             OrderRecord(leg.client_id, signal_id, symbol, leg.kind, close_side.upper(),
                         BRACKET_TYPES[leg.kind], qty, leg.trigger) for leg in legs])
 

@@ -16,6 +16,7 @@ from nameko.web.handlers import http
 from prometheus_client import Counter, Histogram
 from werkzeug.wrappers import Request, Response
 
+from nameko_services.execute import events
 from nameko_services.execute.dependencies import Engine
 from nameko_services.execute.engine import ExecutionEngine, LockBusy, Outcome
 from nameko_services.execute.reconcile import Correction, Reconciler
@@ -30,6 +31,7 @@ from shared.names import (
     EVT_TRADE_FAILED,
     EVT_TRADE_OPENED,
     EXECUTE,
+    EXECUTION_GROUP,
     RISK,
     RISK_ALERT_KEY,
     RISK_ALERT_QUEUE,
@@ -42,6 +44,7 @@ from shared.names import (
 )
 from shared.records import Record
 from shared.settings import Settings, settings_or_exit
+from shared.streams import stream_consume
 from shared.telemetry import TelemetryWriter
 from shared.web import HttpError, api, metrics_response, read_json_object, require_api_key
 
@@ -87,11 +90,24 @@ class ExecuteService:
         self._report(outcome)
 
     # --- reconciliation ---
+    @stream_consume(TRADE_STREAM, EXECUTION_GROUP, count=50)
+    def on_exchange_event(self, fields: dict[str, str]) -> None:
+        """The user-data stream, as the feed records it: arm, and reconcile on change."""
+        if not events.wanted(fields):  # our own telemetry, balances: no parsing
+            return
+        symbol = events.ExchangeEvents(self.engine.store).handle(
+            Record.from_stream_fields(fields))
+        if symbol is None:
+            return
+        # raising leaves the entry pending: it is claimed and tried again
+        for correction in Reconciler(self.engine).on_event(symbol):
+            self._corrected(correction)
+
     @timer(interval=SETTINGS.exchange.reconcile_interval, eager=True)
     def reconcile(self) -> None:
-        """Database vs exchange, every few seconds and at start-up (see reconcile.py)."""
+        """The safety sweep behind the events, at start-up and every reconcile_interval."""
         try:
-            corrections = Reconciler(self.engine).run()
+            corrections = Reconciler(self.engine).sweep()
         except (LockBusy, ExchangeUnavailable) as exc:
             log.warning("reconciliation postponed: %s", exc)
             return
@@ -109,6 +125,7 @@ class ExecuteService:
     # --- RPC ---
     @rpc
     def positions(self) -> list[dict[str, Any]]:
+        """Open positions from the feed's account state (REST only when it is stale)."""
         return [dict(p) for p in self.engine.positions()]
 
     @rpc

@@ -15,8 +15,8 @@ from shared.db import OrderRow, PositionRow, utcnow
 
 # an order's life in the book; a later stage is never overwritten by an earlier one, since
 # the user-data stream's event can overtake the REST answer of the same order
-STAGES = {"pending": 0, "rejected": 0, "open": 1, "armed": 2, "triggered": 3,
-          "filled": 4, "canceled": 4, "expired": 4}
+STAGES = {"pending": 0, "open": 1, "armed": 2, "triggered": 3,
+          "filled": 4, "canceled": 4, "expired": 4, "rejected": 4}
 
 
 @dataclass(frozen=True)
@@ -55,22 +55,27 @@ class TradeStore:
             assert existing is not None
             return existing
 
-    def record_pending_many(self, recs: Sequence[OrderRecord]) -> None:
-        """Several orders in one transaction (the two legs of a bracket)."""
+    def record_sending(self, recs: Sequence[OrderRecord]) -> None:
+        """Orders about to be sent, in one transaction (the legs of a bracket).
+
+        A leg sent again (re-armed after a cancel) starts its life over: pending, with no
+        exchange id, so the events of its new incarnation move it forward again.
+        """
         if not recs:
             return
-        if len(recs) == 1:
-            self.record_pending(recs[0])
-            return
-        try:
-            with self._sessions.begin() as s:
-                s.add_all([OrderRow(
-                    client_order_id=r.client_order_id, signal_id=r.signal_id, symbol=r.symbol,
-                    kind=r.kind, side=r.side, order_type=r.order_type, quantity=r.quantity,
-                    trigger_price=r.trigger_price, status="pending") for r in recs])
-        except IntegrityError:  # some exist (a redelivery): one by one
+        with self._sessions.begin() as s:
+            known = {r.client_order_id: r for r in s.scalars(select(OrderRow).where(
+                OrderRow.client_order_id.in_([r.client_order_id for r in recs])))}
             for r in recs:
-                self.record_pending(r)
+                row = known.get(r.client_order_id)
+                if row is None:
+                    s.add(OrderRow(
+                        client_order_id=r.client_order_id, signal_id=r.signal_id,
+                        symbol=r.symbol, kind=r.kind, side=r.side, order_type=r.order_type,
+                        quantity=r.quantity, trigger_price=r.trigger_price, status="pending"))
+                else:
+                    row.status, row.exchange_id, row.error = "pending", None, None
+                    row.quantity, row.trigger_price = r.quantity, r.trigger_price
 
     def advance_order(self, client_order_id: str, status: str,
                       exchange_id: str | None = None) -> bool:
@@ -79,6 +84,8 @@ class TradeStore:
             row = s.scalar(select(OrderRow).where(OrderRow.client_order_id == client_order_id))
             if row is None or STAGES.get(row.status, 0) > STAGES.get(status, 0):
                 return False
+            if exchange_id and row.exchange_id and row.exchange_id != exchange_id:
+                return False  # an earlier incarnation of a re-armed leg
             row.status = status
             if exchange_id:
                 row.exchange_id = exchange_id
