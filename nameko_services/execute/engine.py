@@ -31,7 +31,7 @@ from nameko_services.execute.exchange_ops import (
     PreflightError,
     order_side,
 )
-from nameko_services.execute.store import OrderRecord, TradeStore
+from nameko_services.execute.store import EntryFill, OrderRecord, TradeStore
 from shared.db import PositionRow
 from shared.exchange import client_order_id
 from shared.market import ExchangeGateway, ExchangeUnavailable
@@ -144,7 +144,10 @@ class ExecutionEngine:
 
     def _open_locked(self, it: TradeIntent) -> Outcome:
         ids = bracket_ids(it.idempotency_key)
-        known = self.store.order(ids["entry"])
+        # durable before it is sent: the one write ahead of the entry (None: a first attempt)
+        known = self.store.claim(OrderRecord(ids["entry"], it.signal_id, it.symbol, "entry",
+                                             order_side(it.side).upper(), "MARKET",
+                                             it.quantity))
         if known is not None and known.status == "filled":
             position = self.store.position_for_signal(known.signal_id)
             if position is not None:
@@ -157,13 +160,11 @@ class ExecutionEngine:
             fill = Fill(found, 0) if found is not None else None
         if fill is None:
             try:
-                self.ops.preflight(it.symbol)
+                self.ops.preflight(it.symbol)  # in memory once the symbol is prepared
             except PreflightError as exc:
                 self.blocked[it.symbol] = str(exc)
+                self.store.update_order(ids["entry"], status="rejected", error=str(exc))
                 return Outcome("blocked", it.symbol, it.signal_id, f"pre-flight failed: {exc}")
-            self.store.record_pending(OrderRecord(ids["entry"], it.signal_id, it.symbol,
-                                                  "entry", order_side(it.side).upper(),
-                                                  "MARKET", it.quantity))
             try:
                 fill = self.ops.market(it.symbol, order_side(it.side), it.quantity,
                                        ids["entry"])
@@ -177,34 +178,38 @@ class ExecutionEngine:
                                     exchange_id=entry.order_id)
             return Outcome("failed", it.symbol, it.signal_id,
                            f"entry not filled (status {entry.status})")
-        self.store.update_order(ids["entry"], status="filled", exchange_id=entry.order_id,
-                                avg_price=price, quantity=qty)
-        outcome = self._protect(it, ids, price, qty, look_first=known is not None)
+        outcome = self._protect(it, ids, EntryFill(ids["entry"], entry.order_id, price, qty),
+                                look_first=known is not None)
         outcome.details["filled_at"] = fill.at_ms
         return outcome
 
-    def _protect(self, it: TradeIntent, ids: dict[str, str], fill: Decimal, qty: Decimal,
-                 *, look_first: bool) -> Outcome:
+    def _protect(self, it: TradeIntent, ids: dict[str, str], entry: EntryFill, *,
+                 look_first: bool) -> Outcome:
         """SL and TP sent together; a stop that cannot be placed closes the position.
 
         Nothing is read back: the answers say the orders were accepted, the user-data
         stream confirms them armed (see events.py), and the liquidation price is
-        Binance's formula on the fill and the leverage tiers loaded at pre-flight.
+        Binance's formula on the fill and the leverage tiers loaded at pre-flight. The
+        fill, both legs and the position are booked in one transaction afterwards.
         """
         lev = self.settings.leverage
+        fill, qty = entry.avg_price, entry.quantity
         stop, take = bracket_prices(it.side, fill, Decimal(str(lev.stop_loss_percent)),
                                     Decimal(str(lev.take_profit_percent)),
                                     self.gw.tick_size(it.symbol))
         legs = (Leg("stop_loss", ids["stop_loss"], stop),
                 Leg("take_profit", ids["take_profit"], take))
-        placed = self.ops.arm(it.signal_id, it.symbol, it.side, qty, legs,
-                              look_first=look_first)
+        placed = self.ops.arm(it.symbol, it.side, qty, legs, look_first=look_first)
+        armed_at = now_ms()  # protected from here on; the book's write follows
+        booked = self.ops.booked(it.signal_id, it.symbol, it.side, qty, legs, placed)
         sl, tp = placed["stop_loss"], placed["take_profit"]
         for result in (sl, tp):
             if isinstance(result, BaseException) and not isinstance(
                     result, (ccxt.ExchangeError, ExchangeUnavailable)):
+                self.store.book(booked, entry=entry)
                 raise result
         if isinstance(sl, BaseException):
+            self.store.book(booked, entry=entry)
             log.critical("stop-loss for %s failed (%s): closing the position", it.symbol, sl)
             self.ops.flatten(it.symbol, it.side, qty, ids["emergency"], it.signal_id)
             return Outcome("failed", it.symbol, it.signal_id,
@@ -214,14 +219,16 @@ class ExecutionEngine:
             tp_error = f"take-profit not placed: {tp}"
             log.error("%s %s", it.symbol, tp_error)
         liq = liquidation_price(it.side, fill, qty, it.leverage, self.ops.brackets(it.symbol))
-        position = self.store.open_position(PositionRow(
+        position = self.store.book(booked, entry=entry, position=PositionRow(
             signal_id=it.signal_id, symbol=it.symbol, side=it.side, quantity=qty,
             entry_price=fill, leverage=it.leverage, margin=qty * fill / it.leverage,
             stop_loss=stop, take_profit=take, liquidation_price=liq, status="open"))
+        assert position is not None
         details = position_details(position)
         details.update(sl_client_id=ids["stop_loss"], tp_client_id=ids["take_profit"],
                        stop_loss_armed=sl.is_open,
-                       take_profit_armed=isinstance(tp, Order) and tp.is_open)
+                       take_profit_armed=isinstance(tp, Order) and tp.is_open,
+                       armed_at=armed_at)
         return Outcome("opened", it.symbol, it.signal_id, tp_error, details)
 
     # --- closing ---

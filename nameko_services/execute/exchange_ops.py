@@ -19,7 +19,7 @@ import ccxt
 import eventlet
 import eventlet.patcher
 
-from nameko_services.execute.store import OrderRecord, TradeStore
+from nameko_services.execute.store import LegResult, OrderRecord, TradeStore
 from shared.market import ExchangeGateway, to_decimal
 from shared.money import Bracket
 from shared.settings import Settings
@@ -193,39 +193,47 @@ class ExchangeOps:
         return Fill(Order.from_ccxt(raw),
                     int(raw.get("lastTradeTimestamp") or raw.get("timestamp") or 0))
 
-    def arm(self, signal_id: str, symbol: str, side: str, qty: Decimal, legs: Iterable[Leg],
-            *, look_first: bool) -> dict[str, Order | BaseException]:
+    def arm(self, symbol: str, side: str, qty: Decimal, legs: Iterable[Leg], *,
+            look_first: bool) -> dict[str, Order | BaseException]:
         """Reduce-only algo orders for ``legs``, sent at once; each leg's answer or error.
 
-        Each is recorded before it is sent and never sent twice: with ``look_first`` (a
-        redelivery or a restart) an order the exchange already holds is taken as it is,
-        and a -4116 answer (duplicate client id) means "look it up", not a failure.
+        Never sent twice: with ``look_first`` (a redelivery or a restart) an order the
+        exchange already holds is taken as it is, and a -4116 answer (duplicate client id)
+        means "look it up", not a failure. The caller books the results (:meth:`booked`).
         """
         close_side = order_side(side, closing=True)
-        legs = list(legs)
+        pending = list(legs)
         results: dict[str, Order | BaseException] = {}
         if look_first:
-            for leg in list(legs):
+            for leg in list(pending):
                 existing = self.find_order(symbol, leg.client_id, trigger=True)
                 if existing is not None and existing.is_open:
                     results[leg.kind] = existing
-                    legs.remove(leg)
-        self.store.record_sending([
-            OrderRecord(leg.client_id, signal_id, symbol, leg.kind, close_side.upper(),
-                        BRACKET_TYPES[leg.kind], qty, leg.trigger) for leg in legs])
+                    pending.remove(leg)
 
         def send(leg: Leg) -> Callable[[], Order]:
             return lambda: self._send_algo(symbol, close_side, qty, leg)
 
-        for leg, outcome in zip(legs, concurrently(*(send(leg) for leg in legs)), strict=True):
-            if isinstance(outcome, Order):
-                self.store.mark_sent(leg.client_id, outcome.order_id)
-            elif isinstance(outcome, Exception):
-                self.store.update_order(leg.client_id, status="rejected", error=str(outcome))
-            else:  # the process is going down (kill, crash): nothing more to record
-                raise outcome
+        sent = concurrently(*(send(leg) for leg in pending))
+        for leg, outcome in zip(pending, sent, strict=True):
+            if not isinstance(outcome, (Order, Exception)):
+                raise outcome  # the process is going down (kill, crash)
             results[leg.kind] = outcome
         return results
+
+    @staticmethod
+    def booked(signal_id: str, symbol: str, side: str, qty: Decimal, legs: Iterable[Leg],
+               placed: dict[str, Order | BaseException]) -> list[LegResult]:
+        """The book's records of what :meth:`arm` did."""
+        close_side = order_side(side, closing=True).upper()
+        out: list[LegResult] = []
+        for leg in legs:
+            outcome = placed[leg.kind]
+            rec = OrderRecord(leg.client_id, signal_id, symbol, leg.kind, close_side,
+                              BRACKET_TYPES[leg.kind], qty, leg.trigger)
+            out.append(LegResult(rec, outcome.order_id) if isinstance(outcome, Order)
+                       else LegResult(rec, error=str(outcome)))
+        return out
 
     def _send_algo(self, symbol: str, close_side: str, qty: Decimal, leg: Leg) -> Order:
         try:

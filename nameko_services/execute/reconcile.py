@@ -175,8 +175,11 @@ class Reconciler:
             cid = self._bracket_id(row, kind)
             if cid in armed or trigger is None or self._just_fired(cid):
                 continue
-            placed = self.ops.arm(row.signal_id, row.symbol, row.side, qty,
-                                  [Leg(kind, cid, trigger)], look_first=False)[kind]
+            leg = Leg(kind, cid, trigger)
+            result = self.ops.arm(row.symbol, row.side, qty, [leg], look_first=False)
+            self.store.book(self.ops.booked(row.signal_id, row.symbol, row.side, qty, [leg],
+                                            result))
+            placed = result[kind]
             if isinstance(placed, (ccxt.OrderImmediatelyFillable, ccxt.InvalidOrder)):
                 # the price is already beyond the level: do what the order would have done
                 self.ops.flatten(row.symbol, row.side, qty,

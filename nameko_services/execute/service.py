@@ -84,8 +84,10 @@ class ExecuteService:
             raise Retryable(str(exc)) from exc
         EXECUTION_SECONDS.observe(time.perf_counter() - started)
         if outcome.status == "opened" and intent.received_at is not None:
-            PIPELINE_SECONDS.observe(
-                (datetime.now(UTC) - intent.received_at).total_seconds())
+            # to the moment both brackets were accepted (the book's write comes after)
+            armed_at = outcome.details.get("armed_at")
+            end = datetime.fromtimestamp(armed_at / 1000, UTC) if armed_at else datetime.now(UTC)
+            PIPELINE_SECONDS.observe((end - intent.received_at).total_seconds())
         ORDERS.labels(outcome.status).inc()
         self._report(outcome)
 
@@ -248,7 +250,8 @@ class ExecuteService:
                 "tp_client_id": d.get("tp_client_id"),
                 "stop_loss_armed": d.get("stop_loss_armed"),
                 "take_profit_armed": d.get("take_profit_armed"),
-                "liquidation_price": d.get("liquidation_price")}, outcome.signal_id))
+                "liquidation_price": d.get("liquidation_price"),
+                "armed_at": d.get("armed_at")}, outcome.signal_id))
             self.dispatch(EVT_TRADE_OPENED, {
                 "type": "trade_opened", "signal_id": outcome.signal_id,
                 "symbol": outcome.symbol, "side": d["side"], "quantity": d["quantity"],

@@ -19,6 +19,12 @@ STAGES = {"pending": 0, "open": 1, "armed": 2, "triggered": 3,
           "filled": 4, "canceled": 4, "expired": 4, "rejected": 4}
 
 
+def _new_row(rec: OrderRecord) -> OrderRow:
+    return OrderRow(client_order_id=rec.client_order_id, signal_id=rec.signal_id,
+                    symbol=rec.symbol, kind=rec.kind, side=rec.side, order_type=rec.order_type,
+                    quantity=rec.quantity, trigger_price=rec.trigger_price, status="pending")
+
+
 @dataclass(frozen=True)
 class OrderRecord:
     client_order_id: str
@@ -29,6 +35,23 @@ class OrderRecord:
     order_type: str
     quantity: Decimal
     trigger_price: Decimal | None = None
+
+
+@dataclass(frozen=True)
+class LegResult:
+    """A bracket leg as sent: the exchange's id, or the error it was refused with."""
+
+    rec: OrderRecord
+    exchange_id: str | None = None
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class EntryFill:
+    client_order_id: str
+    exchange_id: str
+    avg_price: Decimal
+    quantity: Decimal
 
 
 class TradeStore:
@@ -55,27 +78,52 @@ class TradeStore:
             assert existing is not None
             return existing
 
-    def record_sending(self, recs: Sequence[OrderRecord]) -> None:
-        """Orders about to be sent, in one transaction (the legs of a bracket).
+    def claim(self, rec: OrderRecord) -> OrderRow | None:
+        """Record an order about to be sent: None when new, else the row already there."""
+        try:
+            with self._sessions.begin() as s:
+                s.add(_new_row(rec))
+            return None
+        except IntegrityError:
+            return self.order(rec.client_order_id)
 
-        A leg sent again (re-armed after a cancel) starts its life over: pending, with no
-        exchange id, so the events of its new incarnation move it forward again.
+    def book(self, legs: Sequence[LegResult] = (), *, entry: EntryFill | None = None,
+             position: PositionRow | None = None) -> PositionRow | None:
+        """What an entry and its brackets came to, and the position: one transaction.
+
+        The legs are written after they were sent: their client ids are derived from the
+        entry's, so a redelivery or a restart finds them on the exchange without a record.
+        A leg re-sent after a cancel starts over with its new exchange id; a leg the
+        user-data stream confirmed already (same exchange id) keeps its later stage.
         """
-        if not recs:
-            return
         with self._sessions.begin() as s:
+            if entry is not None:
+                row = s.scalar(select(OrderRow).where(
+                    OrderRow.client_order_id == entry.client_order_id))
+                if row is not None:
+                    row.status, row.exchange_id = "filled", entry.exchange_id
+                    row.avg_price, row.quantity = entry.avg_price, entry.quantity
             known = {r.client_order_id: r for r in s.scalars(select(OrderRow).where(
-                OrderRow.client_order_id.in_([r.client_order_id for r in recs])))}
-            for r in recs:
-                row = known.get(r.client_order_id)
+                OrderRow.client_order_id.in_([leg.rec.client_order_id for leg in legs])))}
+            for leg in legs:
+                row = known.get(leg.rec.client_order_id)
                 if row is None:
-                    s.add(OrderRow(
-                        client_order_id=r.client_order_id, signal_id=r.signal_id,
-                        symbol=r.symbol, kind=r.kind, side=r.side, order_type=r.order_type,
-                        quantity=r.quantity, trigger_price=r.trigger_price, status="pending"))
-                else:
-                    row.status, row.exchange_id, row.error = "pending", None, None
-                    row.quantity, row.trigger_price = r.quantity, r.trigger_price
+                    row = _new_row(leg.rec)
+                    s.add(row)
+                if leg.error is not None:
+                    row.status, row.error = "rejected", leg.error[:2000]
+                elif row.exchange_id != leg.exchange_id or STAGES.get(row.status, 0) < 1:
+                    row.status, row.exchange_id, row.error = "open", leg.exchange_id, None
+                row.quantity, row.trigger_price = leg.rec.quantity, leg.rec.trigger_price
+            if position is None:
+                return None
+            existing = s.scalar(select(PositionRow).where(
+                PositionRow.signal_id == position.signal_id,
+                PositionRow.symbol == position.symbol))
+            if existing is not None:
+                return existing
+            s.add(position)
+        return position
 
     def advance_order(self, client_order_id: str, status: str,
                       exchange_id: str | None = None) -> bool:
@@ -90,16 +138,6 @@ class TradeStore:
             if exchange_id:
                 row.exchange_id = exchange_id
             return True
-
-    def mark_sent(self, client_order_id: str, exchange_id: str) -> None:
-        """The exchange accepted the order (its REST answer)."""
-        self.advance_order(client_order_id, "open", exchange_id)
-
-    def orders_by_id(self, client_order_ids: Sequence[str]) -> dict[str, OrderRow]:
-        with self._sessions() as s:
-            rows = s.scalars(select(OrderRow).where(
-                OrderRow.client_order_id.in_(list(client_order_ids))))
-            return {r.client_order_id: r for r in rows}
 
     def update_order(self, client_order_id: str, *, status: str,
                      exchange_id: str | None = None, avg_price: Decimal | None = None,

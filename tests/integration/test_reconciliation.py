@@ -13,6 +13,7 @@ import pytest
 from nameko_services.execute import events
 from nameko_services.execute.engine import ExecutionEngine
 from nameko_services.execute.reconcile import Reconciler
+from nameko_services.execute.store import LegResult, OrderRecord
 from shared.models import ExchangeOrderRecord
 from shared.names import REC_EXCHANGE_ORDER, REC_EXCHANGE_POSITION
 from shared.records import Record
@@ -209,7 +210,11 @@ def test_algo_new_event_marks_our_bracket_armed_and_a_late_answer_does_not_undo_
     stop = _our_algo(engine, "stop_loss")
 
     symbol = events.ExchangeEvents(engine.store).handle(_order_event(stop, "NEW"))
-    engine.store.mark_sent(stop.client_id, stop.order_id)  # the REST answer, overtaken
+    row = engine.store.order(stop.client_id)
+    late_answer = LegResult(OrderRecord(row.client_order_id, row.signal_id, SYMBOL, row.kind,
+                                        row.side, row.order_type, row.quantity,
+                                        row.trigger_price), stop.order_id)
+    engine.store.book([late_answer])  # the REST answer, overtaken by the event
 
     assert symbol is None
     assert engine.store.order(stop.client_id).status == "armed"
