@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -96,6 +96,13 @@ class TradeStore:
         A leg re-sent after a cancel starts over with its new exchange id; a leg the
         user-data stream confirmed already (same exchange id) keeps its later stage.
         """
+        try:
+            return self._book(legs, entry, position)
+        except IntegrityError:  # the stream's event recorded a leg meanwhile: now it is known
+            return self._book(legs, entry, position)
+
+    def _book(self, legs: Sequence[LegResult], entry: EntryFill | None,
+              position: PositionRow | None) -> PositionRow | None:
         with self._sessions.begin() as s:
             if entry is not None:
                 row = s.scalar(select(OrderRow).where(
@@ -125,12 +132,29 @@ class TradeStore:
             s.add(position)
         return position
 
-    def advance_order(self, client_order_id: str, status: str,
-                      exchange_id: str | None = None) -> bool:
-        """Move an order forward to ``status``; False when unknown or already further on."""
+    def advance_order(self, client_order_id: str, status: str, exchange_id: str | None = None,
+                      create: Callable[[], OrderRecord | None] | None = None) -> bool:
+        """Move an order forward to ``status``; False when unknown or already further on.
+
+        ``create`` makes the record of an order not booked yet (the stream's event came
+        before the REST answer was booked), so the later booking keeps this stage.
+        """
+        try:
+            return self._advance(client_order_id, status, exchange_id, create)
+        except IntegrityError:  # booked meanwhile
+            return self._advance(client_order_id, status, exchange_id, None)
+
+    def _advance(self, client_order_id: str, status: str, exchange_id: str | None,
+                 create: Callable[[], OrderRecord | None] | None) -> bool:
         with self._sessions.begin() as s:
             row = s.scalar(select(OrderRow).where(OrderRow.client_order_id == client_order_id))
-            if row is None or STAGES.get(row.status, 0) > STAGES.get(status, 0):
+            if row is None:
+                rec = create() if create is not None else None
+                if rec is None:
+                    return False
+                row = _new_row(rec)
+                s.add(row)
+            elif STAGES.get(row.status, 0) > STAGES.get(status, 0):
                 return False
             if exchange_id and row.exchange_id and row.exchange_id != exchange_id:
                 return False  # an earlier incarnation of a re-armed leg

@@ -11,7 +11,7 @@ import ccxt
 import pytest
 
 from nameko_services.execute import events
-from nameko_services.execute.engine import ExecutionEngine
+from nameko_services.execute.engine import ExecutionEngine, bracket_ids
 from nameko_services.execute.reconcile import Reconciler
 from nameko_services.execute.store import LegResult, OrderRecord
 from shared.models import ExchangeOrderRecord
@@ -218,6 +218,24 @@ def test_algo_new_event_marks_our_bracket_armed_and_a_late_answer_does_not_undo_
 
     assert symbol is None
     assert engine.store.order(stop.client_id).status == "armed"
+
+
+def test_armed_event_that_overtakes_the_booking_is_kept(engine):
+    it = intent()
+    ids = bracket_ids(it.idempotency_key)
+    engine.store.claim(OrderRecord(ids["entry"], it.signal_id, SYMBOL, "entry", "BUY",
+                                   "MARKET", it.quantity))  # entry sent, legs not booked yet
+    stop = Order(symbol=SYMBOL, kind="algo", order_id="77", client_id=ids["stop_loss"],
+                 type="STOP_MARKET", side="SELL", status="NEW", quantity=it.quantity,
+                 trigger_price=Decimal(58800), reduce_only=True)
+
+    events.ExchangeEvents(engine.store).handle(_order_event(stop, "NEW"))
+    engine.store.book([LegResult(OrderRecord(ids["stop_loss"], it.signal_id, SYMBOL,
+                                             "stop_loss", "SELL", "STOP_MARKET", it.quantity,
+                                             Decimal(58800)), "77")])
+
+    row = engine.store.order(ids["stop_loss"])
+    assert (row.status, row.signal_id, row.exchange_id) == ("armed", it.signal_id, "77")
 
 
 def test_stop_loss_event_books_the_loss_and_cancels_the_take_profit(engine, exec_paper):
