@@ -16,7 +16,7 @@ import pytest
 import redis
 from sqlalchemy import create_engine, text
 
-from nameko_services.execute.engine import ExecutionEngine, SymbolLock
+from nameko_services.execute.engine import AccountSource, ExecutionEngine, SymbolLock
 from nameko_services.execute.store import TradeStore
 from nameko_services.paper_exchange.server import PaperExchange
 from shared.db import Base, make_sessionmaker
@@ -100,11 +100,12 @@ def make_engine(exec_paper: PaperExchange, database_url: str) -> Iterator[Engine
     """Build execute instances sharing one exchange, one database and one Redis lock."""
     settings = exec_settings(database_url)
 
-    def build(client: ccxt.binanceusdm | None = None) -> ExecutionEngine:
+    def build(client: ccxt.binanceusdm | None = None,
+              state: AccountSource | None = None) -> ExecutionEngine:
         client = client or make_exchange(settings, base_url=exec_paper.base_url)
         return ExecutionEngine(settings, ExchangeGateway(settings, client),
                                TradeStore(make_sessionmaker(settings)),
-                               SymbolLock(redis.Redis.from_url(EXEC_REDIS_URL)))
+                               SymbolLock(redis.Redis.from_url(EXEC_REDIS_URL)), state)
 
     paper_admin(exec_paper, "/paper/reset")
     pin_price(exec_paper, 60000)
