@@ -140,6 +140,8 @@ SYMBOL_LOCK_PREFIX: Final = "phoenix95:lock:"
 RATE_LIMIT_PREFIX: Final = "phoenix95:rate:"
 TELEGRAM_OFFSET_KEY: Final = "phoenix95:telegram:offset"  # last confirmed getUpdates id
 TELEGRAM_CONFIRM_PREFIX: Final = "phoenix95:telegram:confirm:"  # pending confirmations
+# alerts Telegram refused for good (bot blocked, chat not found), newest first, JSON each
+TELEGRAM_DEAD_LETTERS_KEY: Final = "phoenix95:telegram:dead_letters"
 NOTIFY_SUMMARY_PREFIX: Final = "phoenix95:notify:summary:"  # daily summary sent, per date
 TRADING_STATE_KEY: Final = "phoenix95:trading_state"  # ACTIVE | REDUCING | HALTED (risk mirrors)
 RISK_RESERVATIONS_KEY: Final = "phoenix95:risk:reservations"  # hash signal_id -> reservation
