@@ -25,15 +25,24 @@ if __name__ == "__main__":
 import argparse
 import hashlib
 import time
+import warnings
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from typing import Any
 
+from amqp.exceptions import ChannelError
 from kombu import Connection
 
-from shared.consumer import DEAD_AT_HEADER, ERROR_HEADER, QUEUE_HEADER, RETRY_HEADER, SERVICE_HEADER
-from shared.names import DLQ_SUFFIX, QUEUE_BINDINGS, kombu_dead_letter_queue
+warnings.filterwarnings("ignore", message=r"\s*Eventlet is deprecated")  # nameko's import
+from shared.consumer import (  # noqa: E402
+    DEAD_AT_HEADER,
+    ERROR_HEADER,
+    QUEUE_HEADER,
+    RETRY_HEADER,
+    SERVICE_HEADER,
+)
+from shared.names import DLQ_SUFFIX, QUEUE_BINDINGS, kombu_dead_letter_queue  # noqa: E402
 
 REPLAYS_HEADER = "x-phoenix-replays"
 _DEAD_LETTER_HEADERS = (ERROR_HEADER, SERVICE_HEADER, QUEUE_HEADER, DEAD_AT_HEADER)
@@ -69,6 +78,19 @@ def _dead_letter(queue: str, msg: Any, now: float) -> DeadLetter:
         retries=int(headers.get(RETRY_HEADER) or 0), message=msg)
 
 
+def _exists(conn: Connection, queue: str) -> bool:
+    """Passive declare on a channel of its own (a missing queue closes the channel)."""
+    channel = conn.channel()
+    try:
+        channel.queue_declare(queue, passive=True)
+        return True
+    except ChannelError:
+        return False
+    finally:
+        with suppress(Exception):
+            channel.close()
+
+
 @contextmanager
 def _taken(conn: Connection, queue: str) -> Iterator[list[DeadLetter]]:
     """Every message of ``queue``'s DLQ, unacked; whatever is not acked is put back."""
@@ -91,9 +113,12 @@ def _taken(conn: Connection, queue: str) -> Iterator[list[DeadLetter]]:
 
 
 def list_dead_letters(amqp_uri: str, queues: Sequence[str] = ()) -> dict[str, list[DeadLetter]]:
+    """Dead letters per work queue (put back untouched); a queue with no DLQ is left out."""
     out: dict[str, list[DeadLetter]] = {}
     with Connection(amqp_uri) as conn:
         for queue in [work_queue(q) for q in queues] or list(QUEUE_BINDINGS):
+            if not _exists(conn, queue + DLQ_SUFFIX):
+                continue
             with _taken(conn, queue) as letters:
                 out[queue] = list(letters)
     return out
@@ -104,7 +129,8 @@ def replay(amqp_uri: str, queue: str, message_id: str | None) -> int:
     queue = work_queue(queue)
     moved = 0
     with Connection(amqp_uri, transport_options={"confirm_publish": True}) as conn:
-        conn.default_channel.queue_declare(queue, passive=True)  # never into the void
+        if not _exists(conn, queue) or not _exists(conn, queue + DLQ_SUFFIX):
+            raise SystemExit(f"dlq: no queue {queue} (or {queue}{DLQ_SUFFIX}) on this broker")
         producer = conn.Producer()
         with _taken(conn, queue) as letters:
             for letter in letters:
@@ -127,11 +153,15 @@ def replay(amqp_uri: str, queue: str, message_id: str | None) -> int:
 def drop(amqp_uri: str, queue: str, message_id: str | None) -> int:
     """Remove the selected dead letters (``message_id`` None: all of them)."""
     dropped = 0
-    with Connection(amqp_uri) as conn, _taken(conn, work_queue(queue)) as letters:
-        for letter in letters:
-            if message_id is None or letter.id == message_id:
-                letter.message.ack()
-                dropped += 1
+    queue = work_queue(queue)
+    with Connection(amqp_uri) as conn:
+        if not _exists(conn, queue + DLQ_SUFFIX):
+            raise SystemExit(f"dlq: no queue {queue}{DLQ_SUFFIX} on this broker")
+        with _taken(conn, queue) as letters:
+            for letter in letters:
+                if message_id is None or letter.id == message_id:
+                    letter.message.ack()
+                    dropped += 1
     return dropped
 
 
@@ -167,7 +197,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         uri = settings_or_exit().message_queue.amqp_uri
 
     if args.command == "list":
-        for queue, letters in list_dead_letters(uri, args.queues).items():
+        listed = list_dead_letters(uri, args.queues)
+        for queue in [work_queue(q) for q in args.queues]:
+            if queue not in listed:
+                print(f"{queue}{DLQ_SUFFIX}: no such queue")
+        for queue, letters in listed.items():
             print(f"{queue}{DLQ_SUFFIX}: {len(letters)} message(s)")
             for letter in letters:
                 print(f"  {letter.id}  age {_age(letter.age_s):>6}  {letter.service:<8} "

@@ -255,9 +255,18 @@ def test_dlq_command_line_prints_each_dead_letter(
     wait_for(lambda: probe.depth_or_none(kombu_dead_letter_queue(probe.queue).name) == 1,
              what="the dead letter")
 
-    code = dlq.main(["--amqp-uri", probe.amqp_uri, "list", probe.queue])
-
+    code = dlq.main(["--amqp-uri", probe.amqp_uri, "list", probe.queue, "no_such_queue"])
     out = capsys.readouterr().out
     assert code == 0
     assert f"{probe.queue}.dlq: 1 message" in out
     assert "ValueError: poison" in out
+    assert "no_such_queue.dlq: no such queue" in out
+    [letter] = dlq.list_dead_letters(probe.amqp_uri, [probe.queue])[probe.queue]
+
+    # the shell wrapper, as the README shows it
+    proc = subprocess.run([str(ROOT / "scripts" / "dlq"), "--amqp-uri", probe.amqp_uri,
+                           "drop", f"{probe.queue}.dlq", "--id", letter.id],
+                          cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert f"dropped 1 message(s) from {probe.queue}.dlq" in proc.stdout
+    assert probe.depth(kombu_dead_letter_queue(probe.queue).name) == 0
