@@ -170,6 +170,22 @@ def test_retry_waits_in_the_retry_queue_while_the_worker_takes_the_next_message(
     assert probe.depth_or_none(kombu_dead_letter_queue(probe.queue).name) in (None, 0)
 
 
+def test_a_message_whose_retry_publish_fails_is_requeued_not_lost(
+        start_probe: Callable[..., Probe]) -> None:
+    probe = start_probe(retry_delay=0.2)
+    # a retry queue the broker refuses to redeclare (PRECONDITION_FAILED on every publish)
+    with Connection(probe.amqp_uri) as conn:
+        conn.default_channel.queue_declare(kombu_retry_queue(probe.queue).name, durable=True,
+                                           arguments={"x-max-length": 1})
+    msg = probe.publish("retryable", times=3)
+
+    wait_for(lambda: msg in probe.done(), what="the requeued message")
+
+    assert probe.attempts(msg) == 4  # three failed tries, each put back, then success
+    assert probe.depth(kombu_retry_queue(probe.queue).name) == 0
+    assert probe.depth_or_none(kombu_dead_letter_queue(probe.queue).name) in (None, 0)
+
+
 @pytest.mark.parametrize("blip", ["redis", "db"])
 def test_redis_and_database_blips_are_retried_not_dead_lettered(
         start_probe: Callable[..., Probe], blip: str) -> None:
