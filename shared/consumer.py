@@ -109,7 +109,7 @@ class DurableConsumer(Consumer):
             return
         self.queue_consumer.ack_message(message)
         if dead_reason:
-            self._alert_dead_letter(queue, dead_reason)
+            self._alert_dead_letter(queue, dead_reason, _signal_id(message))
 
     def _publisher(self) -> Publisher:
         return Publisher(self.container.config["AMQP_URI"], use_confirms=True, mandatory=True,
@@ -136,7 +136,7 @@ class DurableConsumer(Consumer):
             **kwargs,
         )
 
-    def _alert_dead_letter(self, queue: str, reason: str) -> None:
+    def _alert_dead_letter(self, queue: str, reason: str, signal_id: str) -> None:
         """One critical alert per dead letter, through notify's risk_alerts path.
 
         A dead letter of risk_alerts itself is only logged: alerting about it there could
@@ -147,13 +147,22 @@ class DurableConsumer(Consumer):
         if queue == RISK_ALERT_QUEUE:
             log.critical("%s", text)
             return
-        alert = RiskAlert(level="critical", code=DEAD_LETTER_ALERT_CODE, text=text)
+        alert = RiskAlert(level="critical", code=DEAD_LETTER_ALERT_CODE, text=text,
+                          signal_id=signal_id)
         try:
             self._publisher().publish(alert.wire(), exchange=kombu_exchange(RISK_EXCHANGE),
                                       routing_key=RISK_ALERT_KEY, serializer="json",
                                       declare=[kombu_queue(RISK_ALERT_QUEUE)])
         except Exception:
             log.exception("dead-letter alert not delivered: %s", text)
+
+
+def _signal_id(message: Message) -> str:
+    try:
+        payload = message.payload
+    except Exception:  # noqa: BLE001 - a body that does not even decode
+        return ""
+    return str(payload.get("signal_id") or "") if isinstance(payload, dict) else ""
 
 
 durable_consume = DurableConsumer.decorator

@@ -51,7 +51,8 @@ class Probe:
         msg_id = uuid.uuid4().hex[:12]
         with Connection(self.amqp_uri) as conn:
             q = probe_queue(self.queue)
-            conn.Producer().publish({"id": msg_id, "fail": fail, "times": times},
+            conn.Producer().publish({"id": msg_id, "fail": fail, "times": times,
+                                     "signal_id": f"sig-{msg_id}"},
                                     exchange=q.exchange, routing_key=self.queue,
                                     serializer="json", delivery_mode=2, declare=[q])
         return msg_id
@@ -217,6 +218,7 @@ def test_after_the_last_retry_the_message_is_dead_lettered_with_its_reason_and_a
     assert dead.headers[QUEUE_HEADER] == probe.queue
     [alert] = wait_for(lambda: alerts(probe), what="the dead-letter alert")
     assert alert["code"] == DEAD_LETTER_ALERT_CODE and alert["level"] == "critical"
+    assert alert["signal_id"] == f"sig-{msg}"
     assert probe.queue in alert["text"] and "gave up after 2 retries" in alert["text"]
 
 
