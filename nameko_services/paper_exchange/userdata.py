@@ -30,7 +30,7 @@ def order_trade_update(ev: OrderEvent, event_time: int) -> Payload:
         "L": _price(o.symbol, t.price) if t else "0", "N": "USDT",
         "n": num(t.commission, 8) if t else "0", "T": ev.time, "t": t.trade_id if t else 0,
         "b": "0", "a": "0", "m": False, "R": o.reduce_only, "wt": "CONTRACT_PRICE",
-        "ot": o.type, "ps": "BOTH", "cp": o.close_position, "rp": num(
+        "ot": o.type, "ps": "BOTH", "cp": o.close_position, "AP": "0", "cr": "0", "rp": num(
             t.realized_pnl if t else ZERO, 8), "pP": False, "si": 0, "ss": 0,
         "V": "EXPIRE_MAKER", "pm": "NONE", "gtd": 0, "er": "0",
     }}
