@@ -221,6 +221,10 @@ class Hub:
         """Engine listener (any thread, under the engine lock): build now, send on the loop."""
         self.submit(self.send_user, userdata.user_payload(event, now_ms()))
 
+    def send_user_event_now(self, event: UserEvent) -> None:
+        """The listener for an engine driven on the loop's own thread (tests)."""
+        self.send_user(userdata.user_payload(event, now_ms()))
+
     def send_user(self, payload: dict[str, Any]) -> None:
         for conn in self.conns:
             if conn.route != "private" or (conn.events is not None
