@@ -49,12 +49,12 @@ class Hub:
         self._trade_id = dict.fromkeys(SYMBOLS, 0)
         self._last_price: dict[str, Decimal] = {}
         self._last_volume: dict[str, float] = {}
+        self._seconds = 0
 
     # --- lifecycle -----------------------------------------------------------------
     def start(self) -> None:
         """Start the timers; call on the loop."""
         self.loop = asyncio.get_running_loop()
-        self._seconds = 0
         for period, job in ((1.0, self._each_second), (2.0, self._tickers),
                             (5.0, self._all_book_tickers), (0.1, self.announce_expiries),
                             (PING_INTERVAL_S, self._ping)):

@@ -23,6 +23,7 @@ from .streams import Stream, parse_stream
 log = logging.getLogger(__name__)
 ConnRoute = Literal["public", "market", "private", "legacy"]
 MAX_STREAMS = 1024  # Binance's per-connection limit
+MAX_BACKLOG = 10_000  # queued messages; a client this far behind is disconnected
 METHODS = ("SUBSCRIBE", "UNSUBSCRIBE", "LIST_SUBSCRIPTIONS", "SET_PROPERTY", "GET_PROPERTY")
 
 
@@ -49,6 +50,7 @@ class Connection:
         self.events: frozenset[str] | None = None  # ``events=`` filter of a private socket
         self._queue: asyncio.Queue[tuple[float, str, str] | None] = asyncio.Queue()
         self._loop = asyncio.get_running_loop()
+        self._dropping = False
         self._sender = self._loop.create_task(self._send_loop())
 
     # --- delivery -------------------------------------------------------------------
@@ -59,6 +61,14 @@ class Connection:
         return stream.route == want
 
     def send(self, payload: Any, event_type: str, stream: str | None = None) -> None:
+        if self._queue.qsize() >= MAX_BACKLOG:
+            # A reader that stopped reading would otherwise grow this queue without bound;
+            # Binance drops slow consumers too. The client reconnects on its next watch.
+            if not self._dropping:
+                self._dropping = True
+                log.warning("websocket client %d messages behind: disconnecting", MAX_BACKLOG)
+                self._loop.create_task(self.close(1008))
+            return
         if self.combined and stream is not None:
             payload = {"stream": stream, "data": payload}
         due = self._loop.time() + self.latency.delay_s()

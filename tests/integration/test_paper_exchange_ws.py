@@ -354,12 +354,21 @@ def test_metrics_count_requests_by_route_and_ws_events(paper: PaperExchange) -> 
     assert "paper_exchange_ws_events_total" in text
 
 
-def test_latency_delays_every_rest_answer() -> None:
+def test_latency_delays_rest_answers_and_websocket_events() -> None:
     paper = _start(latency_ms=50)
+
+    async def event_age_ms() -> float:
+        url = f"ws://127.0.0.1:{paper.port}/market/ws/btcusdt@markPrice@1s"
+        async with aiohttp.ClientSession() as session, session.ws_connect(url) as ws:
+            event = json.loads((await ws.receive(timeout=10)).data)
+            return time.time() * 1000 - event["E"]
+
     try:
         started = time.perf_counter()
         http(paper, "GET", "/fapi/v1/time")
         elapsed = time.perf_counter() - started
-        assert elapsed >= 0.05
+        age = asyncio.run(event_age_ms())
     finally:
         paper.stop()
+    assert elapsed >= 0.05
+    assert age >= 49  # E is stamped when the event is made, in whole milliseconds

@@ -13,7 +13,7 @@ from nameko_services.paper_exchange.metrics import Latency, Metrics
 from nameko_services.paper_exchange.models import ApiError
 from nameko_services.paper_exchange.streams import parse_stream
 from nameko_services.paper_exchange.webapp import ws_target
-from nameko_services.paper_exchange.wsconn import Connection
+from nameko_services.paper_exchange.wsconn import MAX_BACKLOG, Connection
 
 
 class Clock:
@@ -177,3 +177,27 @@ def test_combined_sockets_wrap_payloads() -> None:
         await conn.finish()
         return ws.sent
     assert asyncio.run(main()) == [{"stream": "btcusdt@kline_1m", "data": {"e": "kline"}}]
+
+
+def test_a_client_that_stops_reading_is_disconnected_not_buffered_forever() -> None:
+    class StuckSocket(FakeSocket):
+        closed_with: int | None = None
+
+        async def send_str(self, text: str) -> None:
+            await asyncio.sleep(3600)
+
+        async def close(self, code: int) -> None:
+            self.closed_with = code
+
+    async def main() -> StuckSocket:
+        ws = StuckSocket()
+        conn = Connection(ws, "market", False, Latency(), Metrics(),  # type: ignore[arg-type]
+                          lambda key: False)
+        for i in range(MAX_BACKLOG + 10):
+            conn.send({"e": "kline", "n": i}, "kline")
+        await asyncio.sleep(0)
+        assert conn._queue.qsize() <= MAX_BACKLOG
+        conn._sender.cancel()
+        return ws
+
+    assert asyncio.run(main()).closed_with == 1008
