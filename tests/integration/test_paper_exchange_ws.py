@@ -144,14 +144,23 @@ def test_market_watches_resolve_with_binance_payloads(paper: PaperExchange) -> N
         candles = await ex.watch_ohlcv(SYMBOL, "1m")
         quotes = await ex.watch_bids_asks([SYMBOL])
         ticker = await ex.watch_ticker(SYMBOL)
+        full = await ex.watch_ticker(SYMBOL, {"name": "ticker"})
+        trades = await ex.watch_trades(SYMBOL)
+        aggregated = await ex.watch_trades(SYMBOL, params={"name": "aggTrade"})
         rest = await in_thread(lambda: make_exchange(paper.settings, base_url=paper.base_url)
-                               .fetch_ohlcv(SYMBOL, "1m", limit=2))
+                               .fetch_ohlcv(SYMBOL, "1m", limit=3))
 
         assert mark["markPrice"] == 60000 and mark["info"]["e"] == "markPriceUpdate"
         assert set(marks) <= {SYMBOL, "ETH/USDT:USDT"} and marks
-        assert candles[-1][0] == rest[-1][0] and candles[-1][4] == 60000
+        # the price is held, so the streamed candle and REST agree even if a minute turned
+        assert candles[-1][:5] == next(c[:5] for c in rest if c[0] == candles[-1][0])
+        assert candles[-1][4] == 60000
         assert quotes[SYMBOL]["bid"] == 59994 and quotes[SYMBOL]["ask"] == 60006  # 1 bp
         assert ticker["last"] == 60000 and ticker["info"]["e"] == "24hrMiniTicker"
+        assert full["last"] == 60000 and full["info"]["e"] == "24hrTicker"
+        assert trades[-1]["price"] == 60000 and trades[-1]["amount"] > 0
+        assert aggregated[-1]["price"] == 60000  # trade and aggTrade share ccxt's cache
+        assert {m["e"] for m in ex.raw} >= {"trade", "aggTrade", "bookTicker", "kline"}
         kline = next(m for m in ex.raw if m["e"] == "kline")
         assert kline["k"]["s"] == "BTCUSDT" and kline["k"]["i"] == "1m"
         assert kline["k"]["x"] is False
