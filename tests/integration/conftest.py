@@ -55,8 +55,7 @@ def exec_paper(secrets_module_env: None, tmp_path_factory: pytest.TempPathFactor
     state = tmp_path_factory.mktemp("paper") / "paper_exchange.db"
     settings = exec_settings("sqlite://", state_path=str(state))
     exchange = PaperExchange(settings, host="127.0.0.1", port=0,
-                             stream=f"test:exec:market:{uuid.uuid4().hex[:8]}",
-                             slippage=Decimal(0), publish=False)
+                             slippage=Decimal(0))
     exchange.start()
     yield exchange
     exchange.stop()
