@@ -296,7 +296,6 @@ class RiskSettings(_Section):
     liquidation_critical: Fraction = 0.015  # ... below this: critical
     stop_warning: Fraction = 0.005  # |mark - stop| / mark below this: warning
     reservation_ttl_s: Annotated[float, Field(gt=0.0, le=86400.0)] = 120.0
-    position_cache_s: Annotated[float, Field(ge=0.0, le=60.0)] = 2.0
     metrics_interval_s: Annotated[float, Field(gt=0.0, le=3600.0)] = 1.0
     stop_check_interval_s: Annotated[float, Field(gt=0.0, le=3600.0)] = 10.0
     stop_grace_s: Annotated[float, Field(ge=0.0, le=3600.0)] = 5.0

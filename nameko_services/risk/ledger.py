@@ -16,12 +16,12 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
 
-from sqlalchemy import DateTime, Numeric, String
+from sqlalchemy import DateTime, String
 from sqlalchemy.orm import Mapped, mapped_column, sessionmaker
 
-from shared.db import Base, utcnow
+from shared.db import PRICE, Base, utcnow
 
-MONEY = Numeric(28, 12)
+MONEY = PRICE  # exact on SQLite too (never through a float)
 
 
 class RiskLedgerRow(Base):

@@ -47,6 +47,7 @@ from shared.names import (
     EVT_TRADE_OPENED,
     EXECUTE,
     MARKET_STREAM,
+    REC_TICK,
     RISK,
     RISK_ALERT_KEY,
     RISK_ALERT_QUEUE,
@@ -68,6 +69,10 @@ log = logging.getLogger(__name__)
 CHECKS = Counter("phoenix95_risk_checks_total", "Pre-trade checks by result", ["result"])
 DENIALS = Counter("phoenix95_risk_denials_total", "Pre-trade denials by reason", ["reason"])
 CHECK_SECONDS = Histogram("phoenix95_risk_check_seconds", "Pre-trade check latency")
+TICK_LATENCY = Histogram(
+    "phoenix95_market_tick_latency_seconds",
+    "Exchange event time of a tick -> risk's live watch receives it (feed + market:stream)",
+    buckets=(0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0))
 STATE = Gauge("phoenix95_trading_state", "1 for the current trading state", ["state"])
 HALTED = Gauge("phoenix95_trading_halted", "1 while trading is HALTED")
 LIQ_DISTANCE = Gauge("phoenix95_liquidation_distance_ratio",
@@ -178,8 +183,11 @@ class RiskService:
     def on_market(self, fields: dict[str, str]) -> None:
         """Each tick: every open position of the symbol against liquidation and stop."""
         record = Record.from_stream_fields(fields)
-        if record.type != "tick":
+        if record.type != REC_TICK:
             return
+        event_ms = int(record.data.get("event_ms") or 0)
+        if event_ms:
+            TICK_LATENCY.observe(max(0.0, time.time() - event_ms / 1000))
         if record.ts and time.time() * 1000 - record.ts > self.config.risk.max_price_age_ms:
             return  # a tick left pending across a restart: the market has moved on
         symbol = str(record.data.get("symbol", ""))
