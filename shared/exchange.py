@@ -80,7 +80,7 @@ def make_exchange(settings: Settings, *, base_url: str | None = None) -> ccxt.bi
             "apiKey": ex_cfg.api_key.get_secret_value(),
             "secret": ex_cfg.api_secret.get_secret_value(),
             "timeout": ex_cfg.timeout_ms,
-            "enableRateLimit": ex_cfg.mode != "paper",
+            "enableRateLimit": ex_cfg.client_rate_limit,
             "options": client_options(),
         }
     )
@@ -103,7 +103,7 @@ def make_pro_exchange(settings: Settings, *, base_url: str | None = None,
             "apiKey": ex_cfg.api_key.get_secret_value(),
             "secret": ex_cfg.api_secret.get_secret_value(),
             "timeout": ex_cfg.timeout_ms,
-            "enableRateLimit": ex_cfg.mode != "paper",
+            "enableRateLimit": ex_cfg.client_rate_limit,
             "options": client_options(),
         }
     )

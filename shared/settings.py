@@ -123,6 +123,10 @@ class ExchangeSettings(_Section):
     # REST safety sweep; reconciliation is otherwise driven by the user-data stream
     reconcile_interval: Annotated[float, Field(ge=1.0, le=3600.0)] = 60.0
     # Endpoints: empty = Binance's own for the mode (paper: the local paper exchange).
+    # ccxt's own throttle spaces every request of a client by 50 ms x its cost, which would
+    # serialise the concurrent stop-loss and take-profit; risk's order-rate cap
+    # (risk.max_orders_per_minute) keeps Phoenix 95 far below Binance's limits instead.
+    client_rate_limit: bool = False
     rest_url: str = ""  # REST origin, e.g. http://127.0.0.1:8110 (/fapi/... is appended)
     ws_url: str = ""  # WebSocket base as ccxt.pro takes it, e.g. ws://127.0.0.1:8110/ws
 
