@@ -69,7 +69,7 @@ def kline_record(symbol: str, interval: str, row: CandleRow) -> KlineRecord:
 
 
 def _num(value: float) -> str:
-    return str(Decimal(repr(value)).normalize()) if value == value else "0"
+    return format(Decimal(repr(value)).normalize(), "f") if value == value else "0"
 
 
 # --- account ---
