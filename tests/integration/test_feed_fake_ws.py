@@ -42,8 +42,7 @@ def feed_settings(**feed: Any) -> Settings:
 
 @pytest.fixture(scope="module")
 def paper(secrets_module_env: None) -> Iterator[PaperExchange]:
-    exchange = PaperExchange(feed_settings(), host="127.0.0.1", port=0, state_path="",
-                             stream=f"test:feed:paper:{uuid.uuid4().hex[:8]}", publish=False)
+    exchange = PaperExchange(feed_settings(), host="127.0.0.1", port=0, state_path="")
     exchange.start()
     yield exchange
     exchange.stop()
