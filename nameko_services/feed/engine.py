@@ -206,6 +206,11 @@ class Feed:
         client = self.account.client
         if client is None or client.closed():
             self.account.on_down()
+        # The key may be what failed (an exchange restarted or expired it: the dial gets
+        # -1125), and ccxt would keep redialling with it: re-POST on the next watch. Binance
+        # answers a POST with the same key while it is active, so a plain drop loses nothing.
+        if self.ex is not None:
+            self.ex.options["linear"] = {"listenKey": None, "lastAuthenticatedTime": 0}
 
     async def _seed_candles(self) -> None:
         """REST candles for every (symbol, timeframe): at start and after a reconnect."""
