@@ -29,8 +29,9 @@ def make_producer(settings: Settings) -> Any:
             reported.append(str(err))
             log.error("kafka unavailable (records to Redis continue): %s", err)
 
+    # librdkafka's own log repeats every failed connect to stderr: error_cb reports it once
     return Producer({**kafka_producer_config(settings), "client.id": "phoenix95-feed",
-                     "error_cb": on_error})
+                     "error_cb": on_error, "log_level": 2})
 
 
 async def serve(settings: Settings) -> None:

@@ -68,6 +68,9 @@ class Feed:
         self._market_q: asyncio.Queue[Any] = asyncio.Queue()
         self._account_q: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
         self._bad_logged = 0
+        # computed at scrape time, so /metrics is never a heartbeat behind
+        self.metrics.state_age.labels("market").set_function(self._market_age_s)
+        self.metrics.state_age.labels("account").set_function(self._account_age_s)
 
     # --- lifecycle ---
     def stop(self) -> None:
@@ -320,12 +323,16 @@ class Feed:
                 self.writer.mark_down(market=not market_ok, account=not self.account.live)
             except redis.RedisError as exc:
                 log.error("heartbeat failed: %s", exc)
-            last = self.market.last_mark_ms
-            self.metrics.state_age.labels("market").set((now - last) / 1000 if last else -1)
-            synced = self.account.synced_ms
-            self.metrics.state_age.labels("account").set(
-                0.0 if self.account.live else (now - synced) / 1000 if synced else -1)
             await asyncio.sleep(interval)
+
+    def _market_age_s(self) -> float:
+        last = self.market.last_mark_ms
+        return (now_ms() - last) / 1000 if last else -1.0
+
+    def _account_age_s(self) -> float:
+        """0 while live; else since the last resync (-1: never synchronised)."""
+        synced = self.account.synced_ms
+        return 0.0 if self.account.live else (now_ms() - synced) / 1000 if synced else -1.0
 
     def _mark_down(self) -> None:
         try:
