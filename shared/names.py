@@ -125,6 +125,7 @@ RATE_LIMIT_PREFIX: Final = "phoenix95:rate:"
 TELEGRAM_OFFSET_KEY: Final = "phoenix95:telegram:offset"  # last confirmed getUpdates id
 TELEGRAM_CONFIRM_PREFIX: Final = "phoenix95:telegram:confirm:"  # pending confirmations
 NOTIFY_SUMMARY_PREFIX: Final = "phoenix95:notify:summary:"  # daily summary sent, per date
+NOTIFY_STALE_PREFIX: Final = "phoenix95:notify:stale:"  # + market/account: stale alert sent
 TRADING_STATE_KEY: Final = "phoenix95:trading_state"  # ACTIVE | REDUCING | HALTED (risk mirrors)
 RISK_RESERVATIONS_KEY: Final = "phoenix95:risk:reservations"  # hash signal_id -> reservation
 RISK_ORDER_RATE_KEY: Final = "phoenix95:risk:orders"  # zset of approved intents by time

@@ -125,6 +125,9 @@ class Position(_State):
     def notional(self) -> Decimal:
         return self.quantity * self.entry_price
 
+    def unrealized_at(self, mark: Decimal) -> Decimal:
+        return (mark - self.entry_price) * self.quantity * (1 if self.side == "LONG" else -1)
+
     def liquidation(self, brackets: Sequence[Bracket], leverage: int) -> Decimal:
         """Binance's isolated one-way liquidation price (on the isolated wallet when known)."""
         return liquidation_price(self.side, self.entry_price, self.quantity, leverage, brackets,
@@ -223,6 +226,19 @@ class Account(_State):
                     ) -> list[Order]:
         return [o for o in self.orders if o.is_open and (symbol is None or o.symbol == symbol)
                 and (kind is None or o.kind == kind)]
+
+    def equity_at(self, prices: Mapping[str, Price]) -> Decimal:
+        """Margin balance with each position's unrealised PnL at its mark price.
+
+        The user-data stream reports unrealised PnL only with an account event (a fill, a
+        funding fee), not as the price moves, so a cap or a drawdown is marked to the price
+        stream instead; a position without a mark keeps its last reported PnL."""
+        total = self.balance.wallet
+        for p in self.positions:
+            price = prices.get(p.symbol)
+            mark = (price.mark or price.last) if price is not None else None
+            total += p.unrealized_at(mark) if mark else p.unrealized_pnl
+        return total
 
 
 def _loads(raw: str | bytes | None) -> Any:

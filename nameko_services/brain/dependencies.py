@@ -1,23 +1,30 @@
-"""Brain's dependencies: the intake gate (idempotency, rate limit) and the analysis engine."""
+"""Brain's dependencies: the intake gate (idempotency, rate limit) and the analysis engine
+on the feed's market and account state."""
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Sequence
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+import ccxt
 import redis
 from nameko.extensions import DependencyProvider
 
 from nameko_services.brain.engine import BrainEngine
+from nameko_services.brain.features import FAST_TIMEFRAME, KLINE_LIMIT, SLOW_TIMEFRAME
 from nameko_services.brain.model import DEFAULT_MODEL_PATH, PhoenixModel
 from nameko_services.brain.track_record import TrackRecord
-from shared.market import ExchangeGateway
+from shared.market import ExchangeGateway, ExchangeUnavailable
 from shared.nameko_deps import make_redis
 from shared.names import IDEMPOTENCY_KEY_PREFIX, RATE_LIMIT_PREFIX, TRADING_STATE_KEY
-from shared.settings import ROOT, Settings, get_settings
+from shared.settings import ROOT, ConfigError, Settings, get_settings
+from shared.state import MARKET_STALE, StaleState, StateReader, now_ms
+
+log = logging.getLogger(__name__)
 
 IDEMPOTENCY_TTL_S = 24 * 3600
 
@@ -63,22 +70,35 @@ class IntakeGate:
         return 0 if count <= self._rate else max(1, int(60 - now % 60))
 
 
-class GatewayMarketView:
-    """Adapts :class:`ExchangeGateway` to the engine's :class:`MarketView`."""
+class StateMarketView:
+    """The engine's :class:`MarketView` on the feed's state in Redis.
 
-    def __init__(self, gateway: ExchangeGateway, settings: Settings) -> None:
+    Candles, price and equity are read from the state (no exchange request per alert) and
+    raise :class:`StaleState` when the streams behind them are down; the symbol filters
+    come from the gateway's markets, loaded once at start."""
+
+    def __init__(self, state: StateReader, gateway: ExchangeGateway) -> None:
+        self._state = state
         self._gw = gateway
-        self._kline_ttl = settings.phoenix_95.cache_duration
+        self._max_age_ms = state.max_age_ms
 
     def klines(self, symbol: str, timeframe: str, limit: int) -> Sequence[Sequence[float]]:
-        return self._gw.ohlcv(symbol, timeframe, limit, self._kline_ttl)
+        self._state.price(symbol)  # the market stream is up (raises when it is not)
+        rows = self._state.candles(symbol, timeframe, limit)
+        # the newest candle must be the one forming now: candles that stopped at an
+        # older bar would score the alert on a market that has since moved
+        period_ms = ccxt.Exchange.parse_timeframe(timeframe) * 1000
+        behind = now_ms() - (int(rows[-1][0]) + period_ms)
+        if behind > self._max_age_ms:
+            raise StaleState(MARKET_STALE, f"{symbol} {timeframe}: candles end {behind} ms ago")
+        return rows
 
     def last_price(self, symbol: str) -> Decimal:
-        return self._gw.last_price(symbol)[0]
+        return self._state.price(symbol).reference
 
     def equity(self) -> Decimal:
-        # fresh, not cached: a size from a stale balance would overshoot risk's cap
-        return self._gw.equity(ttl=0.0)[0]
+        # marked like risk marks it, so a size at the cap is not refused as over it
+        return self._state.account().equity_at(self._state.prices())
 
     def tick_size(self, symbol: str) -> Decimal:
         return self._gw.tick_size(symbol)
@@ -91,6 +111,17 @@ class GatewayMarketView:
 
     def amount_to_precision(self, symbol: str, quantity: Decimal) -> Decimal:
         return self._gw.amount_to_precision(symbol, quantity)
+
+
+def check_feed_covers_features(settings: Settings) -> None:
+    """The feed must keep the timeframes and the history the features read."""
+    missing = sorted({FAST_TIMEFRAME, SLOW_TIMEFRAME} - set(settings.feed.timeframes))
+    if missing:
+        raise ConfigError(f"feed.timeframes must include {', '.join(missing)} "
+                          "(brain's features read them)")
+    if settings.feed.candle_limit + 1 < KLINE_LIMIT:
+        raise ConfigError(f"feed.candle_limit={settings.feed.candle_limit} is below the "
+                          f"{KLINE_LIMIT - 1} closed candles brain's features read")
 
 
 def load_model(settings: Settings) -> PhoenixModel:
@@ -112,14 +143,25 @@ class Gate(DependencyProvider):
 
 
 class Engine(DependencyProvider):
-    """The analysis engine: exchange market view, the fitted model, the track record."""
+    """The analysis engine: the market view on the feed's state, the fitted model, the
+    track record."""
 
     def setup(self) -> None:
         settings = get_settings()
+        check_feed_covers_features(settings)
+        self.gateway = ExchangeGateway(settings, name="brain")
         self.engine = BrainEngine(
-            settings, GatewayMarketView(ExchangeGateway(settings, name="brain"), settings),
+            settings, StateMarketView(StateReader(make_redis(settings), settings),
+                                      self.gateway),
             load_model(settings), TrackRecord.from_settings(settings),
         )
+
+    def start(self) -> None:
+        # the markets once, now, so the first alert is not the one that waits for them
+        try:
+            self.gateway.ensure_markets()
+        except (ExchangeUnavailable, ccxt.BaseError) as exc:
+            log.warning("markets not loaded at start (loaded on first use): %s", exc)
 
     def get_dependency(self, worker_ctx: Any) -> BrainEngine:
         return self.engine

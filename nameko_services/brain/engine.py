@@ -15,6 +15,9 @@ margin = ``kelly_fraction`` * f* * equity (``no_edge`` when f* <= 0); ``fixed`` 
 ``fixed_margin_fraction`` * equity. Both are capped at ``max_position_size`` of equity and
 turned into quantity = margin * leverage / price, rounded down to the step size
 (``below_min_notional`` when that is under the exchange minimum).
+
+Klines, price and equity come from the feed's state; when the streams behind them are down
+the signal is rejected with ``market_data_stale`` / ``account_state_stale`` instead.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ from nameko_services.brain.track_record import Record
 from shared.models import Analysis, Signal, TradeIntent
 from shared.money import bracket_prices
 from shared.settings import Settings
+from shared.state import StaleState
 
 
 class MarketView(Protocol):
@@ -121,6 +125,9 @@ class BrainEngine:
         s, p95 = self.settings, self.settings.phoenix_95
         try:
             feats = self.features(signal)
+        except StaleState as exc:  # never analysed on state the feed no longer keeps
+            return Decision(self._verdict(signal, {}, 0.0, {}, {"stale": exc.detail},
+                                          [exc.reason]), None)
         except ValueError:  # too little kline history for this symbol (a new listing)
             return Decision(self._verdict(signal, {}, 0.0, {}, {},
                                           ["insufficient_market_data"]), None)
@@ -149,7 +156,10 @@ class BrainEngine:
             reasons.append("no_edge")
         intent = None
         if not reasons:
-            sized = self.size(signal, fraction, sizing)
+            try:
+                sized = self.size(signal, fraction, sizing)
+            except StaleState as exc:
+                sized = SizeResult({**sizing, "stale": exc.detail}, None, exc.reason)
             sizing, intent = sized.sizing, sized.intent
             if sized.reason:
                 reasons.append(sized.reason)

@@ -152,7 +152,7 @@ class BrainService:
         started = time.perf_counter()
         try:
             decision = self._decide(signal)
-        except ExchangeUnavailable as exc:
+        except (ExchangeUnavailable, redis.RedisError) as exc:
             # retried 3x, 5 s apart; past analysis_timeout the retry rejects the signal
             raise Retryable(f"market data unavailable: {exc}") from exc
         metrics.ANALYSIS_SECONDS.observe(time.perf_counter() - started)
@@ -216,7 +216,7 @@ class BrainService:
     def _dry_run(self, signal: Signal) -> dict[str, Any]:
         try:
             decision = self._decide(signal)
-        except ExchangeUnavailable as exc:
+        except (ExchangeUnavailable, redis.RedisError) as exc:
             raise HttpError(503, f"market data unavailable: {exc}",
                             reason="market_data_unavailable") from exc
         intent = decision.intent.wire() if decision.intent is not None else None

@@ -1,9 +1,11 @@
 """Notify's plain logic: which alerts go out, duplicate suppression, health transitions,
-the daily summary and the lag/health gauges. No Nameko here; the service wires it."""
+the daily summary, the stale-state alert and the lag/health/state-age gauges. No Nameko
+here; the service wires it."""
 
 from __future__ import annotations
 
 import datetime as dtm
+import math
 import re
 import threading
 import time
@@ -14,10 +16,13 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any, Final
 
+import redis
 from prometheus_client import Counter, Gauge
 
 from nameko_services.notify.commands import fmt_money, pnl_summary
 from shared.lag import Lag
+from shared.names import NOTIFY_STALE_PREFIX
+from shared.state import ACCOUNT_STALE, MARKET_STALE
 
 # verbosity -> event kinds sent (every other kind is always sent)
 OPTIONAL_KINDS: Final = {
@@ -224,3 +229,73 @@ def format_daily_summary(day: dtm.date, status: Mapping[str, Any] | None,
             lines.append(f"Margin usage {Decimal(str(usage)) * 100:.1f}%")
     lines += [f"(unavailable: {e})" for e in errors]
     return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- stale state
+
+STATE_AGE = Gauge("phoenix95_state_age_seconds",
+                  "Age of the feed's state: market = the oldest price of the traded symbols, "
+                  "account = the user-data heartbeat (+Inf: never written)", ["kind"])
+
+
+@dataclass(frozen=True)
+class StateAlert:
+    kind: str  # market | account
+    level: str  # "warning" when it turns stale, "info" when it is fresh again
+    code: str
+    text: str
+
+
+_WHAT = {"market": ("Market data", MARKET_STALE), "account": ("Account state", ACCOUNT_STALE)}
+
+
+class StaleWatch:
+    """One alert when the feed's market or account state turns stale, one when it is fresh
+    again, however many notify instances watch: a Redis latch per kind decides which
+    instance sends (``SET NX`` to raise, ``DEL`` to clear). A state is declared stale after
+    ``confirm`` consecutive stale observations, so a start-up race is not an alert."""
+
+    def __init__(self, client: redis.Redis, symbols: Iterable[str], max_age_ms: int,
+                 prefix: str = NOTIFY_STALE_PREFIX, confirm: int = 2) -> None:
+        self.redis = client
+        self.symbols = tuple(symbols)
+        self.max_age_ms = max_age_ms
+        self.prefix = prefix
+        self.confirm = confirm
+        self._misses: dict[str, int] = {}
+
+    def ages(self, freshness: Mapping[str, Any]) -> dict[str, int | None]:
+        """Age in ms of each kind; None when it was never written."""
+        prices: Mapping[str, int] = freshness.get("price_age_ms") or {}
+        known = [prices[s] for s in self.symbols if s in prices]
+        complete = bool(known) and len(known) == len(self.symbols)
+        return {"market": max(known) if complete else None,
+                "account": freshness.get("account_heartbeat_age_ms")}
+
+    def observe(self, freshness: Mapping[str, Any]) -> list[StateAlert]:
+        out = []
+        for kind, age in self.ages(freshness).items():
+            STATE_AGE.labels(kind).set(age / 1000 if age is not None else math.inf)
+            what, code = _WHAT[kind]
+            if age is not None and age <= self.max_age_ms:
+                self._misses[kind] = 0
+                if self.redis.delete(self.prefix + kind):
+                    out.append(StateAlert(kind, "info", code, (
+                        f"[{code}] {what} is fresh again ({age / 1000:.1f} s old); "
+                        "new entries are allowed")))
+                continue
+            self._misses[kind] = self._misses.get(kind, 0) + 1
+            if self._misses[kind] >= self.confirm and self.redis.set(
+                    self.prefix + kind, str(int(time.time() * 1000)), nx=True):
+                seen = "never written" if age is None else f"{age / 1000:.1f} s old"
+                out.append(StateAlert(kind, "warning", code, (
+                    f"[{code}] {what} is stale ({seen}, max {self.max_age_ms / 1000:g} s): "
+                    "risk refuses new entries; closes and stops still work")))
+        return out
+
+    def undo(self, alert: StateAlert) -> None:
+        """The alert could not be queued: put the latch back so the next check sends it."""
+        if alert.level == "warning":
+            self.redis.delete(self.prefix + alert.kind)
+        else:
+            self.redis.set(self.prefix + alert.kind, str(int(time.time() * 1000)))

@@ -23,6 +23,8 @@ from nameko_services.notify.engine import (
     AlertPolicy,
     HealthWatch,
     LagGauges,
+    StaleWatch,
+    StateAlert,
     broker_health,
     format_daily_summary,
     http_health,
@@ -52,6 +54,7 @@ from shared.names import (
     kombu_queue,
 )
 from shared.settings import Settings, get_settings, settings_or_exit
+from shared.state import StateReader
 from shared.web import HttpError, api, metrics_response, read_json_object, require_api_key
 
 settings_or_exit()
@@ -93,13 +96,16 @@ class AlertsProvider(DependencyProvider):
 
 
 class Monitor:
-    """Consumer lag, component health and the daily summary (driven by notify's timers)."""
+    """Consumer lag, component health, the feed's state age and the daily summary (driven
+    by notify's timers)."""
 
     def __init__(self, settings: Settings, client: redis.Redis) -> None:
         self.settings = settings
         self.redis = client
         self.gauges = LagGauges()
         self.watch = HealthWatch()
+        self.state = StateReader(client, settings)
+        self.stale = StaleWatch(client, settings.trading.allowed_symbols, self.state.max_age_ms)
         self.control = RpcControl(settings.message_queue.amqp_uri, timeout=10.0)
         self.last_lags: list[lag_probe.Lag] = []
 
@@ -113,6 +119,10 @@ class Monitor:
         self.gauges.publish(lags)
         self.last_lags = lags
         return lags
+
+    def check_state(self) -> list[StateAlert]:
+        """The feed's state turning stale or fresh again (one alert across instances)."""
+        return self.stale.observe(self.state.freshness())
 
     def health_targets(self) -> dict[str, str]:
         svc = self.settings.services
@@ -217,6 +227,16 @@ class NotifyService:
         for text in self.monitor.check_health():
             level = "info" if "back up" in text else "critical"
             self.alerts.send(level, text, NOTIFY)
+
+    @timer(interval=2)
+    def watch_state(self) -> None:
+        """One alert when the feed's market or account state turns stale, one when fresh."""
+        for alert in self.monitor.check_state():
+            try:
+                self.alerts.send(alert.level, alert.text, NOTIFY)
+            except Exception:
+                self.monitor.stale.undo(alert)
+                raise
 
     @timer(interval=60)
     def daily_summary(self) -> None:

@@ -1,6 +1,8 @@
 """Risk - Position & Risk Manager (HTTP 8101): the gate nothing trades without.
 
-Entrypoints only; the logic is in :class:`~nameko_services.risk.dependencies.RiskDesk`.
+Entrypoints only; the logic is in :class:`~nameko_services.risk.desk.RiskDesk`, which reads
+market and account from the feed's state (no exchange request on a check, a tick or the
+timer).
 
 * ``check``: three-stage pre-trade check plus an atomic reservation in Redis;
 * ``set_state(state, reason)``: ACTIVE / REDUCING / HALTED, durable; execute's pre-flight
@@ -9,7 +11,8 @@ Entrypoints only; the logic is in :class:`~nameko_services.risk.dependencies.Ris
 * ``execute.trade_failed`` / ``position_closed`` release a reservation, ``trade_opened``
   marks it filled (dropped once the exchange shows the position);
 * ``market:stream`` (group ``risk_processors``) drives the live liquidation watch;
-* a 5 s timer mirrors the state, books the daily ledger and checks every stop-loss.
+* a 5 s timer mirrors the state, books the daily ledger and checks every stop-loss (it
+  skips the ledger and the stops while the account state is stale).
 """
 
 from __future__ import annotations
@@ -28,8 +31,10 @@ from prometheus_client import Counter, Gauge, Histogram
 from pydantic import ValidationError
 from werkzeug.wrappers import Request, Response
 
-from nameko_services.risk.dependencies import STATES, Desk, RiskDesk, TickResult
+from nameko_services.risk.dependencies import Desk
+from nameko_services.risk.desk import RiskDesk, TickResult
 from nameko_services.risk.engine import breaches
+from nameko_services.risk.stores import STATES
 from nameko_services.risk.watch import missing_stop_alert
 from shared.market import ExchangeUnavailable
 from shared.models import RiskAlert, TradeIntent
@@ -52,6 +57,7 @@ from shared.names import (
 )
 from shared.records import Record
 from shared.settings import Settings, settings_or_exit
+from shared.state import StaleState
 from shared.streams import stream_consume
 from shared.telemetry import TelemetryWriter
 from shared.web import HttpError, api, metrics_response, read_json_object, require_api_key
@@ -192,9 +198,9 @@ class RiskService:
         """Mirror the state, book the daily ledger (auto-HALT on breach), check stops."""
         try:
             sup = self.desk.supervise()
-        except ExchangeUnavailable as exc:
-            log.warning("supervision: exchange unavailable: %s", exc)
-            _export_state(self.desk.state.mirror())
+        except StaleState as exc:  # the feed is down: notify alerts it, entries are refused
+            log.warning("supervision skipped: %s", exc)
+            _export_state(self.desk.state.get()[0])
             return
         _export_state(sup.state)
         EQUITY.set(float(sup.equity))

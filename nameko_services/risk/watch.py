@@ -1,7 +1,7 @@
 """Live watch: how close each open position is to its liquidation and its stop-loss.
 
 Pure computation; the service feeds it ticks from ``market:stream`` and positions from
-the exchange, and fans out what it returns (alerts, metrics, records).
+the feed's account state, and fans out what it returns (alerts, metrics, records).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ RATIO = Decimal("0.000001")
 
 @dataclass(frozen=True)
 class WatchedPosition:
-    """An open position as the exchange reports it, plus its stop-loss trigger if armed."""
+    """An open position as the feed's state holds it, plus its stop-loss trigger if armed."""
 
     symbol: str
     side: str  # LONG | SHORT

@@ -1,6 +1,11 @@
 """Risk against the real paper exchange (in-process, through ccxt), real Redis and SQLite:
 every reason code from a real intent, atomic reservations across instances, the daily
-ledger, and the live watch's warnings."""
+ledger, the live watch's warnings, and the refusals on stale state.
+
+Risk reads market and account from the feed's state with the real StateReader; here
+:class:`PaperFeed` stands in for the feed process and writes the paper account's state with
+the real StateWriter (Redis db 13, whose ``phoenix95:state:*`` keys belong to these tests).
+"""
 
 from __future__ import annotations
 
@@ -16,21 +21,25 @@ import pytest
 import redis
 
 from nameko_services.paper_exchange.server import PaperExchange
-from nameko_services.risk.dependencies import RiskDesk, StateStore, WarningLatch
+from nameko_services.risk.desk import RiskDesk
 from nameko_services.risk.ledger import Ledger
 from nameko_services.risk.reservations import ReservationBook
+from nameko_services.risk.stores import StateStore, WarningLatch
 from shared.db import make_sessionmaker
 from shared.exchange import make_exchange
 from shared.market import ExchangeGateway
 from shared.models import TradeIntent
 from shared.settings import load_settings
+from shared.state import Position, Price, StateReader, now_ms
 from tests.integration.conftest import paper_admin, pin_price
+from tests.support.state_feed import PaperFeed, clear_state, count_requests
 
 pytestmark = pytest.mark.integration
 
-REDIS_URL = "redis://127.0.0.1:6379/14"
+REDIS_URL = "redis://127.0.0.1:6379/13"
 SYMBOL = "BTCUSDT"
 CCXT = "BTC/USDT:USDT"
+STALE_MS = 10_000  # older than feed.max_staleness_seconds (5 s)
 
 DeskFactory = Callable[..., RiskDesk]
 
@@ -42,8 +51,18 @@ def paper(exec_paper: PaperExchange) -> PaperExchange:
 
 
 @pytest.fixture
-def make_desk(paper: PaperExchange, tmp_path: Path) -> Iterator[DeskFactory]:
-    """Risk instances sharing one exchange account, one database and one Redis."""
+def feed(paper: PaperExchange) -> Iterator[PaperFeed]:
+    client = redis.Redis.from_url(REDIS_URL, decode_responses=True)
+    clear_state(client)
+    yield PaperFeed(load_settings(), paper, client)
+    clear_state(client)
+    client.close()
+
+
+@pytest.fixture
+def make_desk(paper: PaperExchange, feed: PaperFeed, tmp_path: Path) -> Iterator[DeskFactory]:
+    """Risk instances sharing one exchange account, one database and one Redis; the state
+    is synced once the paper account is reset (call ``feed.sync()`` after a change)."""
     tag = uuid.uuid4().hex[:10]
     client = redis.Redis.from_url(REDIS_URL, decode_responses=True)
     keys = {"res": f"test:risk:{tag}:res", "rate": f"test:risk:{tag}:rate",
@@ -61,11 +80,13 @@ def make_desk(paper: PaperExchange, tmp_path: Path) -> Iterator[DeskFactory]:
         return RiskDesk(settings, gateway, StateStore(sessions, own, keys["state"]),
                         ReservationBook(own, settings.risk.reservation_ttl_s,
                                         keys["res"], keys["rate"]),
-                        Ledger(sessions), WarningLatch(own, keys["warn"], keys["throttle"]))
+                        Ledger(sessions), WarningLatch(own, keys["warn"], keys["throttle"]),
+                        StateReader(own, settings))
 
     paper_admin(paper, "/paper/reset")
     for symbol, price in (("BTCUSDT", 60000), ("ETHUSDT", 3000)):
         pin_price(paper, price, symbol)
+    feed.sync()
     yield build
     for key in client.scan_iter(f"test:risk:{tag}:*"):
         client.delete(key)
@@ -84,11 +105,13 @@ def intent(symbol: str = SYMBOL, **over: Any) -> TradeIntent:
     return TradeIntent(**fields)
 
 
-def open_position(desk: RiskDesk, symbol: str = CCXT, amount: float = 0.01) -> None:
-    client = desk.gateway.client
+def open_position(feed: PaperFeed, symbol: str = CCXT, amount: float = 0.01) -> None:
+    """Open it on the exchange and let the feed see it."""
+    client = feed.client
     client.set_leverage(20, symbol)
     client.set_margin_mode("isolated", symbol)
     client.create_order(symbol, "market", "buy", amount)
+    feed.sync()
 
 
 def test_sane_intent_is_approved_and_holds_a_reservation(make_desk: DeskFactory) -> None:
@@ -130,18 +153,19 @@ def test_each_order_and_market_violation_is_denied_with_its_code(
     assert desk.reservations.totals().count == 0
 
 
-def test_second_position_on_a_symbol_is_denied(make_desk: DeskFactory) -> None:
+def test_second_position_on_a_symbol_is_denied(make_desk: DeskFactory, feed: PaperFeed) -> None:
     desk = make_desk()
-    open_position(desk)
+    open_position(feed)
 
     decision = desk.check(intent())
 
     assert "position_already_open" in decision["reasons"]
 
 
-def test_open_position_cap_counts_the_exchange(make_desk: DeskFactory) -> None:
+def test_open_position_cap_counts_the_positions_in_the_state(
+        make_desk: DeskFactory, feed: PaperFeed) -> None:
     desk = make_desk(trading={"max_open_positions": 1})
-    open_position(desk, "ETH/USDT:USDT", 0.2)
+    open_position(feed, "ETH/USDT:USDT", 0.2)
 
     decision = desk.check(intent())
 
@@ -171,7 +195,7 @@ def test_state_denies_and_is_mirrored_to_redis(make_desk: DeskFactory) -> None:
     assert desk.state._redis is not None and desk.state._redis.get(desk.state.key) == "REDUCING"
 
 
-def test_unreachable_exchange_is_a_denial_not_an_error(make_desk: DeskFactory) -> None:
+def test_markets_not_loadable_is_a_denial_not_an_error(make_desk: DeskFactory) -> None:
     desk = make_desk(base_url="http://127.0.0.1:9")
 
     decision = desk.check(intent())
@@ -180,12 +204,13 @@ def test_unreachable_exchange_is_a_denial_not_an_error(make_desk: DeskFactory) -
 
 
 def test_realised_daily_loss_past_the_limit_halts_and_denies(
-        make_desk: DeskFactory, paper: PaperExchange) -> None:
+        make_desk: DeskFactory, paper: PaperExchange, feed: PaperFeed) -> None:
     desk = make_desk(risk={"max_daily_loss": 0.002})
     desk.supervise()  # the day's starting wallet
-    open_position(desk, amount=0.05)
+    open_position(feed, amount=0.05)
     pin_price(paper, 59000)
-    desk.gateway.client.create_order(CCXT, "market", "sell", 0.05, None, {"reduceOnly": True})
+    feed.client.create_order(CCXT, "market", "sell", 0.05, None, {"reduceOnly": True})
+    feed.sync()
 
     sup = desk.supervise()
     decision = desk.check(intent(reference_price=Decimal(59000),
@@ -198,17 +223,34 @@ def test_realised_daily_loss_past_the_limit_halts_and_denies(
 
 
 def test_drawdown_from_the_equity_peak_halts_and_denies(
-        make_desk: DeskFactory, paper: PaperExchange) -> None:
+        make_desk: DeskFactory, paper: PaperExchange, feed: PaperFeed) -> None:
     desk = make_desk(risk={"max_drawdown": 0.002})
-    open_position(desk, amount=0.05)
+    open_position(feed, amount=0.05)
     desk.supervise()  # the peak, at 60000
     pin_price(paper, 59000)
+    feed.sync()
 
     sup = desk.supervise()
     decision = desk.check(intent(symbol="ETHUSDT"))
 
     assert sup.halt_reason.startswith("max_drawdown")
     assert "max_drawdown" in decision["reasons"]
+
+
+def test_drawdown_is_marked_to_the_price_stream_not_the_last_account_event(
+        make_desk: DeskFactory, feed: PaperFeed) -> None:
+    # the user-data stream reports unrealised PnL only with an account event; the mark
+    # price moves every second and the equity must follow it
+    desk = make_desk(risk={"max_drawdown": 0.002})
+    open_position(feed, amount=0.05)
+    desk.supervise()  # the peak, at 60000
+    feed.writer.prices([Price(symbol=SYMBOL, mark=Decimal(59000), last=Decimal(59000),
+                              updated_ms=now_ms())])
+
+    sup = desk.supervise()
+
+    assert sup.halt_reason.startswith("max_drawdown")
+    assert sup.equity < Decimal(10000) - Decimal(45)
 
 
 def test_fifty_concurrent_checks_against_a_cap_for_three_approve_exactly_three(
@@ -247,15 +289,17 @@ def test_released_reservation_frees_its_room(make_desk: DeskFactory) -> None:
     assert again["approved"], again["reasons"]
 
 
-def test_filled_reservation_is_not_counted_twice_once_the_exchange_shows_it(
-        make_desk: DeskFactory) -> None:
+def test_filled_reservation_is_not_counted_twice_once_the_state_shows_it(
+        make_desk: DeskFactory, feed: PaperFeed) -> None:
     # room for two 600 USDT positions: double counting the first would deny the second
-    desk = make_desk(risk={"max_total_exposure": 0.15, "position_cache_s": 0.0},
+    desk = make_desk(risk={"max_total_exposure": 0.15},
                      trading={"allow_same_symbol_position": True})
     first = intent()
     assert desk.check(first)["approved"]
-    open_position(desk)  # execute fills it
+    feed.client.set_leverage(20, CCXT)
+    feed.client.create_order(CCXT, "market", "buy", 0.01)  # execute fills it
     desk.reservations.mark_filled(first.signal_id)  # execute.trade_opened
+    feed.sync()  # the feed's next heartbeat, with the position
 
     second = desk.check(intent())
 
@@ -264,11 +308,12 @@ def test_filled_reservation_is_not_counted_twice_once_the_exchange_shows_it(
 
 
 def test_price_walk_toward_liquidation_warns_once_per_escalation(
-        make_desk: DeskFactory) -> None:
-    desk = make_desk(risk={"position_cache_s": 0.0, "stop_check_interval_s": 0.1})
-    open_position(desk)
-    desk.gateway.client.create_order(CCXT, "STOP_MARKET", "sell", 0.01, None,
-                                     {"triggerPrice": 57400, "reduceOnly": True})
+        make_desk: DeskFactory, feed: PaperFeed) -> None:
+    desk = make_desk()
+    open_position(feed)
+    feed.client.create_order(CCXT, "STOP_MARKET", "sell", 0.01, None,
+                             {"triggerPrice": 57400, "reduceOnly": True})
+    feed.sync()
 
     calm = desk.on_tick(SYMBOL, Decimal(60000))
     warned = desk.on_tick(SYMBOL, Decimal(58900))
@@ -284,11 +329,140 @@ def test_price_walk_toward_liquidation_warns_once_per_escalation(
     assert Decimal(0) < risk.margin_ratio < Decimal(1)
 
 
-def test_position_without_a_stop_loss_is_reported_missing(make_desk: DeskFactory) -> None:
-    desk = make_desk(risk={"stop_grace_s": 0.0, "position_cache_s": 0.0})
-    open_position(desk)
+def test_liquidation_price_is_computed_when_the_stream_did_not_give_one(
+        make_desk: DeskFactory, feed: PaperFeed) -> None:
+    desk = make_desk()
+    open_position(feed)
+    exchange_liq = desk.on_tick(SYMBOL, Decimal(60000)).risks[0].liquidation_price
+    held = feed.writer.redis.hget("phoenix95:state:positions", SYMBOL)
+    position = Position.model_validate_json(held)
+    # an ACCOUNT_UPDATE carries no liquidation price: the feed stores the position without
+    feed.writer.apply(positions=[position.model_copy(update={"liquidation_price": None})])
+
+    computed = desk.on_tick(SYMBOL, Decimal(60000)).risks[0].liquidation_price
+
+    assert abs(computed - exchange_liq) / exchange_liq < Decimal("0.001")
+
+
+def test_position_without_a_stop_loss_is_reported_missing(
+        make_desk: DeskFactory, feed: PaperFeed) -> None:
+    desk = make_desk(risk={"stop_grace_s": 0.0})
+    open_position(feed)
 
     sup = desk.supervise()
 
     assert [p.symbol for p in sup.missing_stops] == [SYMBOL]
     assert sup.open_positions == 1 and sup.exposure > 0
+
+
+def test_armed_stop_in_the_state_is_not_reported_missing(
+        make_desk: DeskFactory, feed: PaperFeed) -> None:
+    desk = make_desk(risk={"stop_grace_s": 0.0})
+    open_position(feed)
+    feed.client.create_order(CCXT, "STOP_MARKET", "sell", 0.01, None,
+                             {"triggerPrice": 57400, "reduceOnly": True})
+    feed.sync()
+
+    sup = desk.supervise()
+
+    assert sup.missing_stops == [] and sup.open_positions == 1
+
+
+# --- stale state: entries refused, the watch goes on ---
+
+def test_fresh_state_approves(make_desk: DeskFactory, feed: PaperFeed) -> None:
+    desk = make_desk()
+    feed.sync()
+
+    decision = desk.check(intent())
+
+    assert decision["approved"], decision["reasons"]
+
+
+def test_stale_market_data_refuses_the_entry(make_desk: DeskFactory, feed: PaperFeed) -> None:
+    desk = make_desk()
+    feed.sync(market_age_ms=STALE_MS)
+
+    decision = desk.check(intent())
+
+    assert not decision["approved"]
+    assert decision["reasons"] == ["market_data_stale"]
+    assert desk.reservations.totals().count == 0
+
+
+def test_stale_account_state_refuses_the_entry(make_desk: DeskFactory, feed: PaperFeed) -> None:
+    desk = make_desk()
+    feed.sync(account_age_ms=STALE_MS)
+
+    decision = desk.check(intent())
+
+    assert decision["reasons"] == ["account_state_stale"]
+
+
+def test_user_data_stream_down_refuses_at_once(make_desk: DeskFactory, feed: PaperFeed) -> None:
+    desk = make_desk()
+    feed.writer.mark_down(account=True)  # the feed lost the stream a moment ago
+
+    decision = desk.check(intent())
+
+    assert decision["reasons"] == ["account_state_stale"]
+
+
+def test_both_stale_reports_both(make_desk: DeskFactory, feed: PaperFeed) -> None:
+    desk = make_desk()
+    feed.sync(market_age_ms=STALE_MS, account_age_ms=STALE_MS)
+
+    decision = desk.check(intent())
+
+    assert decision["reasons"] == ["market_data_stale", "account_state_stale"]
+
+
+def test_stale_account_still_watches_the_open_position_and_its_release(
+        make_desk: DeskFactory, feed: PaperFeed) -> None:
+    # closes and stops never wait for risk: the live watch keeps warning and a closed
+    # trade still frees its reservation while the feed is down
+    desk = make_desk()
+    held = intent()
+    assert desk.check(held)["approved"]
+    open_position(feed)
+    feed.sync(account_age_ms=STALE_MS)
+
+    refused = desk.check(intent(symbol="ETHUSDT"))
+    warned = desk.on_tick(SYMBOL, Decimal(57800))
+    released = desk.reservations.release(held.signal_id)  # execute.position_closed
+
+    assert refused["reasons"] == ["account_state_stale"]
+    assert "LIQUIDATION_CRITICAL" in [a.code for a in warned.alerts]
+    assert released
+
+
+def test_supervision_skips_while_the_account_state_is_stale(
+        make_desk: DeskFactory, feed: PaperFeed) -> None:
+    from shared.state import StaleState
+
+    desk = make_desk(risk={"stop_grace_s": 0.0})
+    open_position(feed)
+    feed.sync(account_age_ms=STALE_MS)
+
+    with pytest.raises(StaleState) as raised:
+        desk.supervise()
+
+    assert raised.value.reason == "account_state_stale"
+
+
+def test_warm_risk_makes_no_exchange_request(make_desk: DeskFactory, feed: PaperFeed) -> None:
+    desk = make_desk(risk={"stop_grace_s": 0.0, "stop_check_interval_s": 0.001},
+                     trading={"allow_same_symbol_position": True})
+    open_position(feed)
+    assert desk.check(intent())["approved"]  # warm: markets and brackets loaded once
+    sent = count_requests(desk.gateway.client)
+
+    decisions = [desk.check(intent()) for _ in range(3)]
+    desk.supervise()
+    desk.on_tick(SYMBOL, Decimal(59000))
+    status = desk.status()
+
+    assert all(d["approved"] for d in decisions), [d["reasons"] for d in decisions]
+    assert status["open_positions"][0]["symbol"] == SYMBOL
+    assert sent == []
+

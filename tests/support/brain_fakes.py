@@ -9,6 +9,7 @@ from nameko_services.brain.features import FAST_MS, FEATURE_NAMES, SLOW_MS, Cand
 from nameko_services.brain.model import PhoenixModel
 from nameko_services.brain.track_record import Record
 from nameko_services.brain.training import synthetic_market
+from shared.state import ACCOUNT_STALE, MARKET_STALE, StaleState
 
 
 def rows(c: Candles) -> list[list[float]]:
@@ -17,11 +18,16 @@ def rows(c: Candles) -> list[list[float]]:
 
 
 class FakeMarket:
-    """Klines of a seeded synthetic market; price, equity and BTCUSDT-like filters."""
+    """Klines of a seeded synthetic market; price, equity and BTCUSDT-like filters.
+
+    ``stale_market`` / ``stale_account``: the feed's state behind klines and price / behind
+    equity is stale, so those reads raise :class:`StaleState` as the state view does."""
 
     def __init__(self, candles: Candles | None = None, price: str = "60000",
                  equity: str = "10000", step: str = "0.001", min_qty: str = "0.001",
-                 min_notional: str = "100") -> None:
+                 min_notional: str = "100", *, stale_market: bool = False,
+                 stale_account: bool = False) -> None:
+        self.stale_market, self.stale_account = stale_market, stale_account
         self.candles = candles if candles is not None else synthetic_market(3000, seed=3)
         self.price, self.eq = Decimal(price), Decimal(equity)
         self.step, self.min_qty, self.min_not = Decimal(step), Decimal(min_qty), Decimal(
@@ -35,13 +41,19 @@ class FakeMarket:
 
     def klines(self, symbol, timeframe, limit):
         self.kline_calls.append((symbol, timeframe, limit))
+        if self.stale_market:
+            raise StaleState(MARKET_STALE, f"{symbol}: last price 9000 ms old")
         c = self.candles if timeframe == "5m" else self.candles.resample(SLOW_MS)
         return rows(c)[-limit:]
 
     def last_price(self, symbol):
+        if self.stale_market:
+            raise StaleState(MARKET_STALE, f"{symbol}: last price 9000 ms old")
         return self.price
 
     def equity(self):
+        if self.stale_account:
+            raise StaleState(ACCOUNT_STALE, "account state 9000 ms old")
         return self.eq
 
     def tick_size(self, symbol):

@@ -201,3 +201,23 @@ def test_too_little_history_is_rejected_with_a_reason(settings):
                          clock=lambda: market.now)
 
     assert engine.analyze(_signal()).analysis.reasons == ("insufficient_market_data",)
+
+
+def test_stale_market_state_rejects_without_analysing(settings):
+    engine = _engine(settings, 0.9, FakeMarket(stale_market=True))
+
+    decision = engine.analyze(_signal(0.9))
+
+    assert decision.intent is None
+    assert decision.analysis.reasons == ("market_data_stale",)
+    assert decision.analysis.features == {} and decision.analysis.gates == {}
+
+
+def test_stale_account_state_rejects_at_sizing(settings):
+    engine = _engine(settings, 0.9, FakeMarket(stale_account=True))
+
+    decision = engine.analyze(_signal(0.9))
+
+    assert decision.intent is None
+    assert decision.analysis.reasons == ("account_state_stale",)
+    assert "stale" in decision.analysis.sizing

@@ -131,3 +131,30 @@ def test_dry_run_rpc_returns_the_decision_without_trading(settings):
     assert result["intent"]["quantity"] == "0.266"
     assert result["gates"]["phoenix_threshold"]["value"] == pytest.approx(0.7)
     assert brain.bus.published == [] and brain.risk.checked == []
+
+
+def test_stale_state_rejects_the_signal_like_any_rejection(settings):
+    brain = _service(settings, p=0.9, market=FakeMarket(stale_market=True))
+
+    brain.process_signal(_signal())
+
+    _, record = _scored(brain)
+    assert record.data["decision"] == "rejected"
+    assert record.data["reasons"] == ["market_data_stale"]
+    assert brain.bus.published == [] and brain.risk.checked == []
+    event = brain.dispatch.call_args[0]
+    assert event[0] == "signal_rejected" and event[1]["reasons"] == ["market_data_stale"]
+
+
+def test_close_alert_is_forwarded_while_the_state_is_stale(settings):
+    market = FakeMarket(stale_market=True, stale_account=True)
+    brain = _service(settings, market=market)
+    close = Signal(signal_id="sig-c", idempotency_key="id:c", symbol="BTCUSDT",
+                   action="close", side=None, price=None, confidence=0.0,
+                   strategy="ema-cross", received_at=datetime.now(UTC)).wire()
+
+    brain.process_signal(close)
+
+    [(_, key, request)] = brain.bus.published
+    assert key == "trade.execute" and request["symbol"] == "BTCUSDT"
+    assert market.kline_calls == []

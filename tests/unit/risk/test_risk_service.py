@@ -8,10 +8,11 @@ from typing import Any
 
 import pytest
 
-from nameko_services.risk.dependencies import Supervision, TickResult
+from nameko_services.risk.desk import Supervision, TickResult
 from nameko_services.risk.watch import WatchedPosition
 from shared.models import RiskAlert
 from shared.records import Record
+from shared.state import StaleState
 
 
 class FakeLatch:
@@ -46,6 +47,9 @@ class FakeStateStore:
     def mirror(self, state: str | None = None) -> str:
         return state or "ACTIVE"
 
+    def get(self) -> tuple[str, str]:
+        return "ACTIVE", ""
+
 
 class FakeDesk:
     def __init__(self, decision: dict[str, Any] | None = None,
@@ -71,7 +75,8 @@ class FakeDesk:
         return previous, self.state_now
 
     def supervise(self) -> Supervision:
-        assert self.supervision is not None
+        if self.supervision is None:
+            raise StaleState("account_state_stale", "account state 9000 ms old")
         return self.supervision
 
     def on_tick(self, symbol: str, mark: D) -> TickResult:
@@ -245,3 +250,15 @@ def test_execute_events_release_or_convert_the_reservation(make_service: Any) ->
 
     assert desk.reservations.released == ["a", "b"]
     assert desk.reservations.filled == ["c"]
+
+
+def test_supervision_on_stale_account_state_halts_nothing_and_alerts_nothing(
+        make_service: Any) -> None:
+    # notify raises the one stale-state alert; risk must not act on numbers it lacks
+    desk = FakeDesk(supervision=None)
+    execute = FakeExecute()
+    svc = make_service(desk, execute)
+
+    svc.supervise()
+
+    assert desk.changes == [] and svc.bus.alerts == [] and execute.rearmed == []
