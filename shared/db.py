@@ -1,6 +1,9 @@
 """SQL persistence (SQLAlchemy 2): SQLite file by default, PostgreSQL when configured.
 
-The schema is created on first use (``create_all`` is idempotent).
+The schema is created on first use (``create_all`` is idempotent). Money is
+:class:`ExactDecimal`: ``NUMERIC(28, 12)`` on PostgreSQL, exact decimal text on SQLite
+(whose NUMERIC goes through a float: 60000.1 read back as 60000.099999999999); databases
+created with the old NUMERIC columns are rebuilt in place once (:func:`_migrate_sqlite_money`).
 """
 
 from __future__ import annotations
@@ -8,25 +11,71 @@ from __future__ import annotations
 import time
 from datetime import UTC, datetime
 from decimal import Decimal
+from typing import Any
 
 from sqlalchemy import (
     DateTime,
     Integer,
     Numeric,
     String,
+    Table,
     Text,
+    TypeDecorator,
     create_engine,
     event,
     inspect,
     text,
 )
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Dialect, Engine
 from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
+from sqlalchemy.types import TypeEngine
 
 from shared.settings import Settings
 
-PRICE = Numeric(28, 12)
+
+class ExactDecimal(TypeDecorator[Decimal]):
+    """A Decimal stored exactly: ``NUMERIC(p, s)`` where the database has exact numerics,
+    fixed-point text on SQLite (TEXT affinity, so SQLite never turns it into a float).
+
+    Values are rounded to ``scale`` places on both, so both read back the same Decimal.
+    On SQLite the text is canonical fixed-point (``-12.400000000000``): comparing a
+    column with 0 in SQL stays correct; any other SQL arithmetic or ordering on it does not
+    (do it in Python).
+    """
+
+    impl = Numeric
+    cache_ok = True
+
+    def __init__(self, precision: int = 28, scale: int = 12) -> None:
+        super().__init__(precision=precision, scale=scale, asdecimal=True)
+        self.precision = precision
+        self.scale = scale
+        self._quantum = Decimal(1).scaleb(-scale)
+
+    def load_dialect_impl(self, dialect: Dialect) -> TypeEngine[Any]:
+        if dialect.name == "sqlite":
+            return dialect.type_descriptor(String(self.precision + 2))
+        return dialect.type_descriptor(Numeric(self.precision, self.scale, asdecimal=True))
+
+    def process_bind_param(self, value: Any, dialect: Dialect) -> Any:
+        if value is None:
+            return None
+        number = value if isinstance(value, Decimal) else Decimal(str(value))
+        if not number.is_finite():
+            raise ValueError(f"not a finite amount: {value!r}")
+        number = number.quantize(self._quantum)
+        return f"{number:f}" if dialect.name == "sqlite" else number
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> Decimal | None:
+        if value is None:
+            return None
+        if isinstance(value, float):  # a row SQLite still holds as REAL
+            value = repr(value)
+        return Decimal(str(value)).quantize(self._quantum)
+
+
+PRICE = ExactDecimal(28, 12)
 
 
 def utcnow() -> datetime:
@@ -128,6 +177,8 @@ def _create_schema(engine: Engine) -> None:
         try:
             Base.metadata.create_all(engine)
             _add_missing_columns(engine)
+            if engine.dialect.name == "sqlite":
+                _migrate_sqlite_money(engine)
             return
         except (OperationalError, ProgrammingError, IntegrityError):
             # the other process created a table between our check and our CREATE
@@ -153,3 +204,52 @@ def _add_missing_columns(engine: Engine) -> None:
             ddl = column.type.compile(dialect=engine.dialect)
             with engine.begin() as conn:
                 conn.execute(text(f'ALTER TABLE {table.name} ADD COLUMN {column.name} {ddl}'))
+
+
+_FLOAT_AFFINITY = ("NUMERIC", "DECIMAL", "REAL", "FLOAT", "DOUBLE")
+
+
+def _float_money_columns(inspector: Any, table: Table) -> set[str]:
+    """ExactDecimal columns of ``table`` a SQLite database still declares NUMERIC."""
+    declared = {c["name"]: str(c["type"]).upper() for c in inspector.get_columns(table.name)}
+    return {c.name for c in table.columns
+            if isinstance(c.type, ExactDecimal)
+            and declared.get(c.name, "").startswith(_FLOAT_AFFINITY)}
+
+
+def _migrate_sqlite_money(engine: Engine) -> None:
+    """Rebuild each table whose money columns have NUMERIC (float) affinity, in one
+    ``BEGIN IMMEDIATE`` transaction per table (a second process waits, then finds it done).
+
+    Old values become their shortest text (SQLite's ``CAST(real AS TEXT)``: 15 significant
+    digits, so 60000.099999999999 becomes 60000.1, the amount that was written).
+    """
+    for table in Base.metadata.sorted_tables:
+        if not _float_money_columns(inspect(engine), table):
+            continue
+        with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+            try:
+                _rebuild_with_exact_money(conn, table)
+            except Exception:
+                conn.exec_driver_sql("ROLLBACK")
+                raise
+            conn.exec_driver_sql("COMMIT")
+
+
+def _rebuild_with_exact_money(conn: Any, table: Table) -> None:
+    inspector = inspect(conn)
+    money = _float_money_columns(inspector, table)
+    if not money:  # another process migrated it while we waited for the lock
+        return
+    present = {c["name"] for c in inspector.get_columns(table.name)}
+    old = f"{table.name}__float_money"
+    conn.exec_driver_sql(f'ALTER TABLE "{table.name}" RENAME TO "{old}"')
+    for index in inspector.get_indexes(old):
+        conn.exec_driver_sql(f'DROP INDEX "{index["name"]}"')
+    table.create(conn)
+    cols = [c.name for c in table.columns if c.name in present]
+    select = ", ".join(f'CAST("{c}" AS TEXT)' if c in money else f'"{c}"' for c in cols)
+    names = ", ".join(f'"{c}"' for c in cols)
+    conn.exec_driver_sql(f'INSERT INTO "{table.name}" ({names}) SELECT {select} FROM "{old}"')
+    conn.exec_driver_sql(f'DROP TABLE "{old}"')

@@ -8,6 +8,7 @@ not trip the breaker; network errors and exchange outages do.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections.abc import Callable
@@ -21,6 +22,7 @@ from prometheus_client import Gauge
 from shared.exchange import make_exchange
 from shared.money import DEFAULT_BRACKETS, Bracket
 from shared.settings import Settings
+from shared.state import Order, Position
 
 T = TypeVar("T")
 
@@ -41,6 +43,14 @@ class _BreakerGauge(pybreaker.CircuitBreakerListener):
 def _is_business_error(exc: BaseException) -> bool:
     """Exchange answered and refused: the exchange is healthy, don't trip the breaker."""
     return isinstance(exc, ccxt.ExchangeError) and not isinstance(exc, ccxt.ExchangeNotAvailable)
+
+
+def _reraise(exc: Exception) -> None:
+    raise exc
+
+
+def _succeed() -> None:
+    return None
 
 
 def to_decimal(value: Any) -> Decimal:
@@ -66,6 +76,28 @@ class ExchangeGateway:
 
     # --- plumbing ---
     def call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """``fn`` guarded by the breaker; requests of concurrent callers run concurrently.
+
+        pybreaker holds its lock for the whole guarded call, which would queue every
+        request of the process behind the one in flight. While the circuit is closed the
+        request runs outside it and only its outcome is booked with the breaker; open or
+        half-open, pybreaker's own path fails fast or lets one trial request through.
+        """
+        if self.breaker.current_state != pybreaker.STATE_CLOSED:
+            return self._guarded(fn, *args, **kwargs)
+        try:
+            result = fn(*args, **kwargs)
+        except Exception as exc:
+            with contextlib.suppress(Exception):  # counts the failure (may open the circuit)
+                self.breaker.call(_reraise, exc)
+            if isinstance(exc, (ccxt.NetworkError, ccxt.ExchangeNotAvailable)):
+                raise ExchangeUnavailable(str(exc)) from exc
+            raise
+        with contextlib.suppress(Exception):  # a success resets the failure count
+            self.breaker.call(_succeed)
+        return result
+
+    def _guarded(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         try:
             return self.breaker.call(fn, *args, **kwargs)
         except pybreaker.CircuitBreakerError as exc:
@@ -159,3 +191,27 @@ class ExchangeGateway:
         self.ensure_markets()
         rows = self.call(self.client.fetch_positions)
         return [p for p in rows if to_decimal(p.get("contracts")) != 0]
+
+    # --- typed account reads (shared.state models: the one parse of ccxt's structures) ---
+    def open_positions(self) -> list[Position]:
+        """Every open position (one ``GET /fapi/v3/positionRisk``)."""
+        self.ensure_markets()
+        rows = self.call(self.client.fetch_positions)
+        return [p for p in (Position.from_ccxt(r) for r in rows) if p is not None]
+
+    def open_orders(self, symbol: str | None = None, *, algo: bool = True) -> list[Order]:
+        """Open orders of ``symbol`` (all symbols when None); ``algo``: conditional ones."""
+        self.ensure_markets()
+        params = {"trigger": True} if algo else {}
+        rows = self.call(self.client.fetch_open_orders, symbol, None, None, params)
+        return [Order.from_ccxt(r) for r in rows]
+
+    def order(self, symbol: str, client_id: str, *, algo: bool) -> Order | None:
+        """An order looked up by its client id; None when the exchange does not know it."""
+        params: dict[str, Any] = {"clientOrderId": client_id}
+        if algo:
+            params["trigger"] = True
+        try:
+            return Order.from_ccxt(self.call(self.client.fetch_order, None, symbol, params))
+        except ccxt.OrderNotFound:
+            return None

@@ -20,7 +20,7 @@ from shared.models import _Message
 from shared.names import kombu_exchange
 from shared.settings import Settings, get_settings
 from shared.state import StateReader
-from shared.telemetry import TelemetryWriter, kafka_producer_config
+from shared.telemetry import TelemetryWriter, kafka_producer_config, make_telemetry_redis
 
 log = logging.getLogger(__name__)
 
@@ -43,15 +43,20 @@ class Config(DependencyProvider):
 
 
 class Telemetry(DependencyProvider):
-    """A :class:`TelemetryWriter` over Redis Streams and Kafka, shared by all workers."""
+    """A :class:`TelemetryWriter` over Redis Streams and Kafka, shared by all workers.
+
+    Never blocks a worker: Kafka delivery reports are served by a managed thread (librdkafka
+    runs in ``tpool``), Redis has a telemetry-only client with short timeouts.
+    """
 
     def start(self) -> None:
         settings = get_settings()
         self.writer = TelemetryWriter(
             settings,
-            make_redis(settings),
+            make_telemetry_redis(settings),
             Producer(kafka_producer_config(settings)),
             run_blocking=tpool.execute,
+            spawn=self.container.spawn_managed_thread,
         )
 
     def stop(self) -> None:

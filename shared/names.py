@@ -31,6 +31,11 @@ TRADE_KEY: Final = "trade.execute"
 RISK_ALERT_QUEUE: Final = "risk_alerts"
 RISK_ALERT_KEY: Final = "risk.alert"
 DLQ_SUFFIX: Final = ".dlq"
+# <queue>.retry holds a failed message for message_queue.retry_delay (per-message TTL),
+# then dead-letters it through the default exchange back to <queue>
+RETRY_SUFFIX: Final = ".retry"
+# dead letters raise a RiskAlert on risk_alerts; one dead-lettered there is only logged
+DEAD_LETTER_ALERT_CODE: Final = "DEAD_LETTER"
 
 # queue -> (exchange, exchange type, routing key)
 QUEUE_BINDINGS: Final = {
@@ -64,6 +69,17 @@ def kombu_queue(queue: str) -> Queue:
         durable=True,
         queue_arguments=queue_arguments(queue),
     )
+
+
+def retry_queue_arguments(queue: str) -> dict[str, str]:
+    """Arguments of ``<queue>.retry`` (must match definitions.json): expired messages go
+    through the default exchange (``""``) straight back to the work queue."""
+    return {"x-dead-letter-exchange": "", "x-dead-letter-routing-key": queue}
+
+
+def kombu_retry_queue(queue: str) -> Queue:
+    """``<queue>.retry``, bound only to the default exchange (routing key = its name)."""
+    return Queue(queue + RETRY_SUFFIX, durable=True, queue_arguments=retry_queue_arguments(queue))
 
 
 def kombu_dead_letter_queue(queue: str) -> Queue:
@@ -124,6 +140,8 @@ SYMBOL_LOCK_PREFIX: Final = "phoenix95:lock:"
 RATE_LIMIT_PREFIX: Final = "phoenix95:rate:"
 TELEGRAM_OFFSET_KEY: Final = "phoenix95:telegram:offset"  # last confirmed getUpdates id
 TELEGRAM_CONFIRM_PREFIX: Final = "phoenix95:telegram:confirm:"  # pending confirmations
+# alerts Telegram refused for good (bot blocked, chat not found), newest first, JSON each
+TELEGRAM_DEAD_LETTERS_KEY: Final = "phoenix95:telegram:dead_letters"
 NOTIFY_SUMMARY_PREFIX: Final = "phoenix95:notify:summary:"  # daily summary sent, per date
 NOTIFY_STALE_PREFIX: Final = "phoenix95:notify:stale:"  # + market/account: stale alert sent
 TRADING_STATE_KEY: Final = "phoenix95:trading_state"  # ACTIVE | REDUCING | HALTED (risk mirrors)

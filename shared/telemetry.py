@@ -1,14 +1,26 @@
 """Telemetry sink: every pipeline step goes to its Redis stream and its Kafka topic.
 
-Telemetry never stops trading: a failing sink is logged, counted
-(``phoenix95_telemetry_errors_total``) and reported by ``health()``, and the step that
-emitted it carries on.
+Telemetry never blocks or stops trading:
+
+* Kafka: ``emit`` only enqueues into librdkafka's bounded local queue
+  (:data:`KAFKA_BUFFER_MESSAGES`); delivery reports are polled by a background loop
+  (a Nameko managed thread running ``poll`` through ``eventlet.tpool``, or a plain thread
+  outside Nameko). A full queue or a record not acknowledged within
+  ``kafka.delivery_timeout_s`` is dropped.
+* Redis: one ``XADD`` on a client with a short timeout; after a failure Redis is skipped
+  for :data:`REDIS_BACKOFF_S`, so an outage costs the caller at most one timeout.
+
+Every drop is counted (``phoenix95_telemetry_dropped_total{sink,reason}``), the first one
+of an outage logged once as an error, the recovery once as a warning (with the count), and
+the failing sink is reported by ``health()``. Nothing is ever raised into the caller.
 """
 
 from __future__ import annotations
 
+import collections
 import logging
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -25,15 +37,32 @@ log = logging.getLogger(__name__)
 TELEMETRY_ERRORS = Counter(
     "phoenix95_telemetry_errors_total", "Telemetry records a sink failed to store", ["sink"]
 )
+TELEMETRY_DROPPED = Counter(
+    "phoenix95_telemetry_dropped_total",
+    "Telemetry records dropped so that trading never waits (buffer full, sink down, "
+    "not acknowledged in time)", ["sink", "reason"],
+)
 TELEMETRY_RECORDS = Counter(
     "phoenix95_telemetry_records_total", "Telemetry records written", ["stream"]
 )
 
+KAFKA_BUFFER_MESSAGES = 10_000  # librdkafka's local queue: beyond it records are dropped
+REDIS_TIMEOUT_S = 0.5
+REDIS_BACKOFF_S = 2.0
+POLL_INTERVAL_S = 0.2
+
 Blocking = Callable[..., Any]
+Spawn = Callable[[Callable[[], None]], Any]
 
 
 def _direct(fn: Blocking, *args: Any) -> Any:
     return fn(*args)
+
+
+def _thread(target: Callable[[], None]) -> threading.Thread:
+    thread = threading.Thread(target=target, name="telemetry-delivery", daemon=True)
+    thread.start()
+    return thread
 
 
 def kafka_producer_config(settings: Settings) -> dict[str, Any]:
@@ -46,16 +75,26 @@ def kafka_producer_config(settings: Settings) -> dict[str, Any]:
         "linger.ms": k.linger_ms,
         "enable.idempotence": k.acks in ("all", "-1"),
         "message.timeout.ms": int(k.delivery_timeout_s * 1000),
+        "queue.buffering.max.messages": KAFKA_BUFFER_MESSAGES,
         "client.id": "phoenix95",
     }
 
 
-class TelemetryWriter:
-    """Append records to Redis Streams (MAXLEN ~) and their Kafka topic.
+def make_telemetry_redis(settings: Settings) -> redis.Redis:
+    """A Redis client for telemetry alone: short timeouts, no retries."""
+    return redis.Redis.from_url(
+        settings.redis_streams.url, decode_responses=True, socket_timeout=REDIS_TIMEOUT_S,
+        socket_connect_timeout=REDIS_TIMEOUT_S, retry_on_timeout=False,
+    )
 
-    ``run_blocking`` runs librdkafka's blocking ``flush`` (``eventlet.tpool.execute``
-    inside Nameko, so the hub keeps running); ``wait_for_kafka`` makes ``emit`` return
-    only once the broker acknowledged the record (acks=all).
+
+class TelemetryWriter:
+    """Append records to Redis Streams (MAXLEN ~) and their Kafka topic, never blocking.
+
+    ``run_blocking`` runs librdkafka's blocking calls (``poll``, the final ``flush``):
+    ``eventlet.tpool.execute`` inside Nameko, so the hub keeps running. ``spawn`` starts
+    the delivery-report loop (Nameko: ``container.spawn_managed_thread``; default: a
+    daemon thread), lazily on the first Kafka record.
     """
 
     def __init__(
@@ -65,88 +104,134 @@ class TelemetryWriter:
         producer: Producer | None,
         *,
         run_blocking: Blocking = _direct,
-        wait_for_kafka: bool = True,
+        spawn: Spawn = _thread,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._redis = redis_client
         self._producer = producer
         self._maxlen = settings.redis_streams.maxlen
         self._timeout = settings.kafka.delivery_timeout_s
         self._run_blocking = run_blocking
-        self._wait = wait_for_kafka
+        self._spawn = spawn
+        self._clock = clock
         self._errors: dict[str, str] = {}
+        self._dropped: dict[str, int] = {}  # per sink, in the current outage
         self._lock = threading.Lock()
+        self._redis_paused_until = 0.0
+        # delivery reports arrive in librdkafka's (tpool) thread: only a deque is touched
+        # there; the loop turns them into metrics and logs on the caller's side
+        self._reports: collections.deque[str | None] = collections.deque()
+        self._loop_started = False
+        self._closed = False
 
-    def emit_nowait(self, stream: str, record: Record) -> None:
-        """Like :meth:`emit`, without waiting for Kafka's acknowledgement.
-
-        For request paths whose durable step is elsewhere (the webhook's is the confirmed
-        AMQP publish): the Redis record is written at once, the Kafka delivery is reported
-        by its callback on a later poll, a failure counted and logged like any other.
-        """
-        self._emit(stream, record, wait=False)
+    # ------------------------------------------------------------------ emitting
 
     def emit(self, stream: str, record: Record) -> None:
-        self._emit(stream, record, wait=self._wait)
+        """Write ``record`` to ``stream`` and queue it for Kafka; returns at once."""
+        try:
+            rec = record.stamped()
+        except Exception as exc:  # noqa: BLE001 - telemetry never raises into trading
+            self._drop("redis", "invalid", exc)
+            return
+        self._to_redis(stream, rec)
+        topic = TELEMETRY_TOPIC_OF.get(stream)
+        if topic is not None and self._producer is not None:
+            self._to_kafka(topic, rec)
 
-    def _emit(self, stream: str, record: Record, *, wait: bool) -> None:
-        rec = record.stamped()
+    # kept for callers written when emit waited for Kafka; both are non-blocking now
+    emit_nowait = emit
+
+    def _to_redis(self, stream: str, rec: Record) -> None:
+        if self._clock() < self._redis_paused_until:
+            self._drop("redis", "sink_down", None)
+            return
         try:
             self._redis.xadd(stream, dict(rec.stream_fields()),  # type: ignore[arg-type]
                              maxlen=self._maxlen, approximate=True)
-            TELEMETRY_RECORDS.labels(stream).inc()
-            self._clear("redis")
-        except redis.RedisError as exc:
-            self._fail("redis", exc)
-        topic = TELEMETRY_TOPIC_OF.get(stream)
-        if topic is not None and self._producer is not None:
-            self._produce(topic, rec, wait)
+        except Exception as exc:  # noqa: BLE001 - RedisError, or a bad field value
+            if isinstance(exc, redis.RedisError):
+                self._redis_paused_until = self._clock() + REDIS_BACKOFF_S
+            self._drop("redis", "error", exc)
+            return
+        TELEMETRY_RECORDS.labels(stream).inc()
+        self._recovered("redis")
 
-    def _produce(self, topic: str, rec: Record, wait: bool) -> None:
+    def _to_kafka(self, topic: str, rec: Record) -> None:
         assert self._producer is not None
-        failures: list[str] = []
+        reports = self._reports
 
         def on_delivery(err: Any, _msg: Any) -> None:
-            if err is not None:
-                failures.append(str(err))
-                if not wait:  # reported late, from a later poll
-                    self._fail("kafka", RuntimeError(str(err)))
+            reports.append(None if err is None else str(err))
 
         try:
-            self._producer.produce(
-                topic, value=rec.kafka_value(), key=rec.signal_id or rec.type,
-                on_delivery=on_delivery,
-            )
-            if wait:
-                remaining = self._run_blocking(self._producer.flush, self._timeout)
-                if remaining:
-                    failures.append(f"{remaining} record(s) not acknowledged in time")
-            else:
-                self._producer.poll(0)
-        except (KafkaException, BufferError) as exc:
-            failures.append(str(exc))
-        if failures:
-            self._fail("kafka", RuntimeError("; ".join(failures)))
-        else:
-            self._clear("kafka")
+            self._producer.produce(topic, value=rec.kafka_value(),
+                                   key=rec.signal_id or rec.type, on_delivery=on_delivery)
+        except BufferError as exc:
+            self._drop("kafka", "buffer_full", exc)
+        except (KafkaException, ValueError, TypeError) as exc:
+            self._drop("kafka", "error", exc)
+        self._ensure_loop()
 
-    def _fail(self, sink: str, exc: Exception) -> None:
-        TELEMETRY_ERRORS.labels(sink).inc()
+    # ------------------------------------------------------------------ delivery reports
+
+    def _ensure_loop(self) -> None:
+        if self._loop_started or self._closed:
+            return
+        self._loop_started = True
+        self._spawn(self._delivery_loop)
+
+    def _delivery_loop(self) -> None:
+        while not self._closed:
+            try:
+                self.poll_deliveries(POLL_INTERVAL_S)
+            except Exception:
+                log.exception("telemetry delivery poll failed")
+
+    def poll_deliveries(self, timeout: float = 0.0) -> None:
+        """Serve librdkafka's delivery reports (blocking up to ``timeout``) and account them."""
+        if self._producer is not None:
+            self._run_blocking(self._producer.poll, timeout)
+        self._account_reports()
+
+    def _account_reports(self) -> None:
+        while self._reports:
+            err = self._reports.popleft()
+            if err is None:
+                self._recovered("kafka")
+            else:
+                self._drop("kafka", "not_acknowledged", RuntimeError(err))
+
+    # ------------------------------------------------------------------ bookkeeping
+
+    def _drop(self, sink: str, reason: str, exc: Exception | None) -> None:
+        TELEMETRY_DROPPED.labels(sink, reason).inc()
+        if exc is not None:
+            TELEMETRY_ERRORS.labels(sink).inc()
         with self._lock:
             first = sink not in self._errors
-            self._errors[sink] = str(exc)
+            if first or exc is not None:
+                self._errors[sink] = str(exc) if exc is not None else "paused after a failure"
+            self._dropped[sink] = self._dropped.get(sink, 0) + 1
         if first:
-            log.error("telemetry sink %s failing: %s", sink, exc)
+            log.error("telemetry sink %s failing, dropping its records until it recovers "
+                      "(%s: %s)", sink, reason, exc)
 
-    def _clear(self, sink: str) -> None:
-        if sink in self._errors:
-            with self._lock:
-                self._errors.pop(sink, None)
-            log.warning("telemetry sink %s recovered", sink)
+    def _recovered(self, sink: str) -> None:
+        if sink not in self._errors:
+            return
+        with self._lock:
+            self._errors.pop(sink, None)
+            dropped = self._dropped.pop(sink, 0)
+        log.warning("telemetry sink %s recovered; %d record(s) dropped during the outage",
+                    sink, dropped)
 
     def health(self) -> dict[str, str]:
         with self._lock:
             return {sink: f"failing: {err}" for sink, err in self._errors.items()}
 
     def close(self) -> None:
+        """Stop the delivery loop; give in-flight records one ``delivery_timeout_s``."""
+        self._closed = True
         if self._producer is not None:
             self._run_blocking(self._producer.flush, self._timeout)
+        self._account_reports()

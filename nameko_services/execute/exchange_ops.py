@@ -1,23 +1,36 @@
 """Exchange operations execute builds on: pre-flight, bracket orders, order lookups,
-flattening and PnL settlement from the exchange's own trade records."""
+flattening and PnL settlement from the exchange's own trade records.
+
+Every answer is parsed once, into :mod:`shared.state` models (through the gateway).
+"""
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import threading
+import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Any
+from typing import Any, TypeVar
 
 import ccxt
+import eventlet
+import eventlet.patcher
 
-from nameko_services.execute.store import OrderRecord, TradeStore
-from shared.market import ExchangeGateway, ExchangeUnavailable, to_decimal
+from nameko_services.execute.store import LegResult, OrderRecord, TradeStore
+from shared.market import ExchangeGateway, to_decimal
+from shared.money import Bracket
 from shared.settings import Settings
+from shared.state import Order
 
 log = logging.getLogger(__name__)
 
+T = TypeVar("T")
+
 BRACKET_TYPES = {"stop_loss": "STOP_MARKET", "take_profit": "TAKE_PROFIT_MARKET"}
+BRACKETS_TTL_S = 3600.0  # leverage tiers change rarely; refreshed off the order path
 
 
 class PreflightError(RuntimeError):
@@ -29,12 +42,65 @@ def order_side(side: str, closing: bool = False) -> str:
     return ("sell" if buy else "buy") if closing else ("buy" if buy else "sell")
 
 
+def is_duplicate_id(exc: BaseException) -> bool:
+    """-4116: the client id was used already, i.e. our earlier attempt reached the exchange."""
+    return isinstance(exc, ccxt.ExchangeError) and ("-4116" in str(exc)
+                                                     or "uplicate" in str(exc))
+
+
+def concurrently(*calls: Callable[[], T]) -> list[T | BaseException]:
+    """Run ``calls`` at once; each one's result or the exception it raised, in order.
+
+    Inside a service (eventlet monkey-patched) the calls are green threads, so their HTTP
+    requests are in flight together; elsewhere (tests, scripts) they are OS threads.
+    """
+
+    def capture(fn: Callable[[], T]) -> T | BaseException:
+        try:
+            return fn()
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller, who decides
+            return exc
+
+    if len(calls) == 1:
+        return [capture(calls[0])]
+    if eventlet.patcher.is_monkey_patched("socket"):
+        threads = [eventlet.spawn(capture, fn) for fn in calls[1:]]
+        first = capture(calls[0])
+        return [first, *(t.wait() for t in threads)]
+    results: list[T | BaseException] = [RuntimeError("not run")] * len(calls)
+
+    def run(i: int) -> None:
+        results[i] = capture(calls[i])
+
+    workers = [threading.Thread(target=run, args=(i,), daemon=True)
+               for i in range(1, len(calls))]
+    for w in workers:
+        w.start()
+    run(0)
+    for w in workers:
+        w.join()
+    return results
+
+
+@dataclass(frozen=True)
+class Leg:
+    kind: str  # stop_loss | take_profit
+    client_id: str
+    trigger: Decimal
+
+
 @dataclass(frozen=True)
 class Settlement:
     exit_price: Decimal | None
     realized_pnl: Decimal
     fees: Decimal
     closed_quantity: Decimal
+
+
+@dataclass(frozen=True)
+class Fill:
+    order: Order
+    at_ms: int  # the exchange's time of the fill
 
 
 class ExchangeOps:
@@ -44,16 +110,23 @@ class ExchangeOps:
         self.store = store
         self._prepared: set[str] = set()
         self._account_checked = False
+        self._brackets: dict[str, tuple[float, tuple[Bracket, ...]]] = {}
 
     # --- pre-flight ---
+    def is_prepared(self, symbol: str) -> bool:
+        return symbol in self._prepared
+
     def preflight(self, symbol: str) -> None:
         """One-way mode, single-asset margin, ISOLATED and the leverage, set then read back.
 
+        Done once per symbol and process (at start-up, or at first use after an outage);
+        also loads the markets and the leverage tiers, so the order path needs no reads.
         Raises :class:`PreflightError` naming the mismatch; the caller blocks the symbol.
         """
         if symbol in self._prepared:
             return
         client, want = self.gw.client, self.settings.leverage.leverage
+        self.gw.ensure_markets()
         if not self._account_checked:
             if self.gw.call(client.fapiPrivateGetPositionSideDual).get("dualSidePosition"):
                 self.gw.call(client.fapiPrivatePostPositionSideDual,
@@ -74,68 +147,129 @@ class ExchangeOps:
         if leverage != want or margin.upper() != "ISOLATED":
             raise PreflightError(f"{symbol}: read back leverage {leverage} / {margin}, "
                                  f"want {want} / ISOLATED")
+        self.refresh_brackets(symbol)
         self._prepared.add(symbol)
 
+    def brackets(self, symbol: str) -> tuple[Bracket, ...]:
+        """The symbol's leverage tiers, as loaded at pre-flight (never a read on the way)."""
+        hit = self._brackets.get(symbol)
+        return hit[1] if hit is not None else self.refresh_brackets(symbol)
+
+    def refresh_brackets(self, symbol: str, max_age_s: float = 0.0) -> tuple[Bracket, ...]:
+        hit = self._brackets.get(symbol)
+        if hit is not None and time.monotonic() - hit[0] < max_age_s:
+            return hit[1]
+        self.gw.invalidate(f"brackets:{symbol}")
+        tiers = self.gw.brackets(symbol)
+        self._brackets[symbol] = (time.monotonic(), tiers)
+        return tiers
+
+    def refresh_reference(self) -> None:
+        """Reload leverage tiers older than an hour (the sweep calls this, not an order)."""
+        for symbol in list(self._brackets):
+            self.refresh_brackets(symbol, BRACKETS_TTL_S)
+
     # --- lookups ---
-    def find_order(self, symbol: str, cid: str, *, trigger: bool) -> dict[str, Any] | None:
-        params: dict[str, Any] = {"clientOrderId": cid}
-        if trigger:
-            params["trigger"] = True
-        try:
-            return self.gw.call(self.gw.client.fetch_order, None, symbol, params)
-        except ccxt.OrderNotFound:
-            return None
-
-    def open_algo_orders(self, symbol: str) -> list[dict[str, Any]]:
-        return list(self.gw.call(self.gw.client.fetch_open_orders, symbol, None, None,
-                                 {"trigger": True}))
-
-    def position(self, symbol: str) -> dict[str, Any] | None:
-        return next((p for p in self.gw.positions() if p["info"].get("symbol") == symbol), None)
+    def find_order(self, symbol: str, cid: str, *, trigger: bool) -> Order | None:
+        return self.gw.order(symbol, cid, algo=trigger)
 
     # --- orders ---
-    def place_bracket(self, signal_id: str, symbol: str, side: str, kind: str, cid: str,
-                      trigger: Decimal, qty: Decimal, *, look_first: bool) -> None:
-        """A reduce-only algo order; recorded before it is sent, never sent twice."""
-        if look_first:
-            existing = self.find_order(symbol, cid, trigger=True)
-            if existing is not None and existing.get("status") == "open":
-                return
-        order_type = BRACKET_TYPES[kind]
-        close_side = order_side(side, closing=True)
-        self.store.record_pending(OrderRecord(cid, signal_id, symbol, kind, close_side.upper(),
-                                              order_type, qty, trigger))
+    def market(self, symbol: str, side: str, qty: Decimal, cid: str, *,
+               reduce_only: bool = False) -> Fill:
+        """A market order; its RESULT answer carries the fill. -4116 -> our earlier one."""
+        params: dict[str, Any] = {"clientOrderId": cid}
+        if reduce_only:
+            params["reduceOnly"] = True
         try:
-            order = self.gw.call(self.gw.client.create_order, symbol, order_type, close_side,
-                                 float(qty), None,
-                                 {"triggerPrice": float(trigger), "reduceOnly": True,
-                                  "clientOrderId": cid, "workingType": "MARK_PRICE"})
-        except (ccxt.ExchangeError, ExchangeUnavailable) as exc:
-            self.store.update_order(cid, status="rejected", error=str(exc))
-            raise
-        self.store.update_order(cid, status="open", exchange_id=str(order.get("id")))
+            raw = self.gw.call(self.gw.client.create_order, symbol, "market", side,
+                               float(qty), None, params)
+        except ccxt.ExchangeError as exc:
+            if not is_duplicate_id(exc):
+                raise
+            found = self.find_order(symbol, cid, trigger=False)
+            if found is None:
+                raise
+            return Fill(found, int(time.time() * 1000))
+        return Fill(Order.from_ccxt(raw),
+                    int(raw.get("lastTradeTimestamp") or raw.get("timestamp") or 0))
 
-    def cancel_algo_orders(self, symbol: str) -> int:
+    def arm(self, symbol: str, side: str, qty: Decimal, legs: Iterable[Leg], *,
+            look_first: bool) -> dict[str, Order | BaseException]:
+        """Reduce-only algo orders for ``legs``, sent at once; each leg's answer or error.
+
+        Never sent twice: with ``look_first`` (a redelivery or a restart) an order the
+        exchange already holds is taken as it is, and a -4116 answer (duplicate client id)
+        means "look it up", not a failure. The caller books the results (:meth:`booked`).
+        """
+        close_side = order_side(side, closing=True)
+        pending = list(legs)
+        results: dict[str, Order | BaseException] = {}
+        if look_first:
+            for leg in list(pending):
+                existing = self.find_order(symbol, leg.client_id, trigger=True)
+                if existing is not None and existing.is_open:
+                    results[leg.kind] = existing
+                    pending.remove(leg)
+
+        def send(leg: Leg) -> Callable[[], Order]:
+            return lambda: self._send_algo(symbol, close_side, qty, leg)
+
+        sent = concurrently(*(send(leg) for leg in pending))
+        for leg, outcome in zip(pending, sent, strict=True):
+            if not isinstance(outcome, (Order, Exception)):
+                raise outcome  # the process is going down (kill, crash)
+            results[leg.kind] = outcome
+        return results
+
+    @staticmethod
+    def booked(signal_id: str, symbol: str, side: str, qty: Decimal, legs: Iterable[Leg],
+               placed: dict[str, Order | BaseException]) -> list[LegResult]:
+        """The book's records of what :meth:`arm` did."""
+        close_side = order_side(side, closing=True).upper()
+        out: list[LegResult] = []
+        for leg in legs:
+            outcome = placed[leg.kind]
+            rec = OrderRecord(leg.client_id, signal_id, symbol, leg.kind, close_side,
+                              BRACKET_TYPES[leg.kind], qty, leg.trigger)
+            out.append(LegResult(rec, outcome.order_id) if isinstance(outcome, Order)
+                       else LegResult(rec, error=str(outcome)))
+        return out
+
+    def _send_algo(self, symbol: str, close_side: str, qty: Decimal, leg: Leg) -> Order:
+        try:
+            raw = self.gw.call(self.gw.client.create_order, symbol, BRACKET_TYPES[leg.kind],
+                               close_side, float(qty), None,
+                               {"triggerPrice": float(leg.trigger), "reduceOnly": True,
+                                "clientOrderId": leg.client_id, "workingType": "MARK_PRICE"})
+        except ccxt.ExchangeError as exc:
+            found = self.find_order(symbol, leg.client_id, trigger=True) \
+                if is_duplicate_id(exc) else None
+            if found is None or not found.is_open:
+                raise
+            return found
+        return Order.from_ccxt(raw)
+
+    def cancel_algo_orders(self, symbol: str, orders: list[Order] | None = None) -> int:
+        """Cancel the symbol's open algo orders (``orders`` when the caller has them)."""
         cancelled = 0
-        for order in self.open_algo_orders(symbol):
+        for order in self.gw.open_orders(symbol) if orders is None else orders:
             with contextlib.suppress(ccxt.OrderNotFound):
-                self.gw.call(self.gw.client.cancel_order, order["id"], symbol, {"trigger": True})
+                self.gw.call(self.gw.client.cancel_order, order.order_id, symbol,
+                             {"trigger": True})
                 cancelled += 1
-            if order.get("clientOrderId"):
-                self.store.update_order(order["clientOrderId"], status="canceled")
+            if order.client_id:
+                self.store.update_order(order.client_id, status="canceled")
         return cancelled
 
-    def flatten(self, symbol: str, side: str, qty: Decimal, cid: str,
-                signal_id: str) -> dict[str, Any]:
+    def flatten(self, symbol: str, side: str, qty: Decimal, cid: str, signal_id: str) -> Order:
         """Reduce-only market close of ``qty``; recorded before it is sent."""
         close_side = order_side(side, closing=True)
         self.store.record_pending(OrderRecord(cid, signal_id, symbol, "close",
                                               close_side.upper(), "MARKET", qty))
-        order = self.gw.call(self.gw.client.create_order, symbol, "market", close_side,
-                             float(qty), None, {"reduceOnly": True, "clientOrderId": cid})
-        self.store.update_order(cid, status="filled", exchange_id=str(order.get("id")),
-                                avg_price=to_decimal(order.get("average")))
-        return order
+        fill = self.market(symbol, close_side, qty, cid, reduce_only=True)
+        self.store.update_order(cid, status="filled", exchange_id=fill.order.order_id,
+                                avg_price=fill.order.avg_price)
+        return fill.order
 
     # --- settlement ---
     def settle(self, symbol: str, side: str, since_ms: int,

@@ -1,7 +1,9 @@
 """Reconciliation: make the database and the exchange agree, and keep positions protected.
 
-Runs at start-up and on a timer, one symbol at a time under the symbol lock shared by
-every execute instance:
+Event-driven: the user-data stream's records (events.py) start it for the symbol they
+touch; a sweep at start-up and every ``exchange.reconcile_interval`` compares the book
+with the feed's account state and asks the exchange only about symbols that disagree.
+Each symbol is repaired under the symbol lock shared by every execute instance:
 
 * exchange flat, database open  -> book the close with its real PnL and reason
   (stop_loss / take_profit when that bracket fired, liquidation, else reconciliation)
@@ -22,11 +24,17 @@ from typing import Any
 import ccxt
 
 from nameko_services.execute.engine import ExecutionEngine, bracket_ids
+from nameko_services.execute.exchange_ops import Leg
+from nameko_services.execute.store import age_seconds
 from shared.db import PositionRow
-from shared.market import ExchangeUnavailable, to_decimal
-from shared.money import Side, bracket_prices
+from shared.money import bracket_prices
+from shared.state import Order, Position
 
 log = logging.getLogger(__name__)
+
+FIRED = ("triggered", "filled")  # a bracket's book status once it went off
+FIRED_ON_EXCHANGE = frozenset({"TRIGGERED", "FINISHED", "FILLED"})
+FIRED_GRACE_S = 30.0
 
 
 @dataclass
@@ -45,18 +53,40 @@ class Reconciler:
         self.ops = engine.ops
         self.store = engine.store
 
-    def run(self) -> list[Correction]:
-        remote = {str(p["info"]["symbol"]) for p in self.engine.gw.positions()}
-        ours = {row.symbol for row in self.store.open_positions()}
+    def sweep(self) -> list[Correction]:
+        """The safety net behind the events: compare, and ask the exchange only on doubt.
+
+        The account comes from the feed's state (one REST snapshot when it is stale); a
+        symbol whose position and brackets agree with the book costs nothing, one that
+        disagrees is re-read from the exchange under its lock and repaired.
+        """
+        snap = self.engine.snapshot()
+        self.ops.refresh_reference()
+        rows = {row.symbol: row for row in self.store.open_positions()}
         corrections: list[Correction] = []
-        for symbol in sorted(remote | ours):
-            corrections.extend(self.run_symbol(symbol))
+        for symbol in sorted(set(snap.positions) | set(rows)):
+            if not self._agrees(rows.get(symbol), snap.positions.get(symbol),
+                                snap.armed(symbol)):
+                corrections.extend(self.run_symbol(symbol))
         return corrections
 
-    def run_symbol(self, symbol: str) -> list[Correction]:
+    run = sweep
+
+    def on_event(self, symbol: str) -> list[Correction]:
+        """An exchange event touched a symbol we hold: repair it now.
+
+        Adoption of a position we do not hold is left to the sweep: our own entry's
+        events arrive before its position is booked.
+        """
+        return self.run_symbol(symbol, adopt=False)
+
+    def run_symbol(self, symbol: str, *, adopt: bool = True) -> list[Correction]:
         with self.engine.lock.hold(symbol):
-            remote = self.ops.position(symbol)
             row = self.store.open_position_for(symbol)
+            if row is None and not adopt:
+                return []
+            remote = next((p for p in self.engine.gw.open_positions() if p.symbol == symbol),
+                          None)
             if remote is None and row is not None:
                 return [self._book_close(row)]
             if remote is not None and row is None:
@@ -68,6 +98,15 @@ class Reconciler:
             if remote is not None and row is not None:
                 return self._ensure_brackets(row, remote)
             return []
+
+    def _agrees(self, row: PositionRow | None, remote: Position | None,
+                armed: dict[str, Order]) -> bool:
+        if row is None or remote is None:
+            return row is None and remote is None
+        return all(self._bracket_id(row, kind) in armed
+                   for kind, trigger in (("stop_loss", row.stop_loss),
+                                         ("take_profit", row.take_profit))
+                   if trigger is not None)
 
     # --- exchange flat, database open ---
     def _book_close(self, row: PositionRow) -> Correction:
@@ -93,68 +132,77 @@ class Reconciler:
             order = self.store.order_for(row.signal_id, kind)
             if order is None:
                 continue
+            if order.status in FIRED:  # the user-data stream said so already
+                return kind
             remote = self.ops.find_order(row.symbol, order.client_order_id, trigger=True)
-            if remote is not None and remote.get("status") == "closed":
+            if remote is not None and remote.status in FIRED_ON_EXCHANGE:
                 self.store.update_order(order.client_order_id, status="filled")
                 return kind
         return "liquidation" if self.ops.was_liquidated(row.symbol, since) else "reconciliation"
 
     # --- exchange open, database flat ---
-    def _adopt(self, symbol: str, remote: dict[str, Any]) -> PositionRow:
+    def _adopt(self, symbol: str, remote: Position) -> PositionRow:
         """Book an unknown position: ours if a recorded entry order filled it, else foreign."""
-        side: Side = "LONG" if remote["side"] == "long" else "SHORT"
-        entry = to_decimal(remote.get("entryPrice"))
-        qty = to_decimal(remote.get("contracts"))
         signal_id = f"adopted-{symbol}-{int(time.time())}"
         for order in self.store.recent_entries(symbol):
             sent = self.ops.find_order(symbol, order.client_order_id, trigger=False)
-            if sent is not None and sent.get("status") == "closed":
+            if sent is not None and sent.status == "FILLED":
                 # our own entry, sent just before a crash: keep its signal and client ids
                 self.store.update_order(order.client_order_id, status="filled",
-                                        exchange_id=str(sent.get("id")),
-                                        avg_price=to_decimal(sent.get("average")))
+                                        exchange_id=sent.order_id, avg_price=sent.avg_price)
                 signal_id = order.signal_id
                 break
         lev = self.engine.settings.leverage
-        stop, take = bracket_prices(side, entry, Decimal(str(lev.stop_loss_percent)),
+        stop, take = bracket_prices(remote.side, remote.entry_price,
+                                    Decimal(str(lev.stop_loss_percent)),
                                     Decimal(str(lev.take_profit_percent)),
                                     self.engine.gw.tick_size(symbol))
-        margin = to_decimal(remote.get("initialMargin") or remote.get("collateral"))
+        leverage = remote.leverage or lev.leverage
+        liq = remote.liquidation_price or remote.liquidation(self.ops.brackets(symbol),
+                                                             leverage)
         return self.store.open_position(PositionRow(
-            signal_id=signal_id, symbol=symbol, side=side, quantity=qty, entry_price=entry,
-            leverage=int(remote.get("leverage") or lev.leverage), margin=margin,
-            stop_loss=stop, take_profit=take,
-            liquidation_price=to_decimal(remote.get("liquidationPrice")), status="open"))
+            signal_id=signal_id, symbol=symbol, side=remote.side, quantity=remote.quantity,
+            entry_price=remote.entry_price, leverage=leverage,
+            margin=remote.isolated_wallet, stop_loss=stop, take_profit=take,
+            liquidation_price=liq, status="open"))
 
     # --- both open ---
-    def _ensure_brackets(self, row: PositionRow, remote: dict[str, Any]) -> list[Correction]:
-        armed = {o.get("clientOrderId"): o for o in self.ops.open_algo_orders(row.symbol)}
-        qty = to_decimal(remote.get("contracts"))
+    def _ensure_brackets(self, row: PositionRow, remote: Position) -> list[Correction]:
+        armed = {o.client_id for o in self.engine.gw.open_orders(row.symbol) if o.is_open}
+        qty = remote.quantity
         out: list[Correction] = []
         for kind, trigger in (("stop_loss", row.stop_loss), ("take_profit", row.take_profit)):
             cid = self._bracket_id(row, kind)
-            if cid in armed or trigger is None:
+            if cid in armed or trigger is None or self._just_fired(cid):
                 continue
-            try:
-                self.ops.place_bracket(row.signal_id, row.symbol, row.side, kind, cid,
-                                       trigger, qty, look_first=False)
-            except (ccxt.OrderImmediatelyFillable, ccxt.InvalidOrder) as exc:
+            leg = Leg(kind, cid, trigger)
+            result = self.ops.arm(row.symbol, row.side, qty, [leg], look_first=False)
+            self.store.book(self.ops.booked(row.signal_id, row.symbol, row.side, qty, [leg],
+                                            result))
+            placed = result[kind]
+            if isinstance(placed, (ccxt.OrderImmediatelyFillable, ccxt.InvalidOrder)):
                 # the price is already beyond the level: do what the order would have done
                 self.ops.flatten(row.symbol, row.side, qty,
                                  bracket_ids(f"{row.signal_id}:{kind}")["emergency"],
                                  row.signal_id)
                 closed = self._book_close(row)
                 closed.kind, closed.level = "emergency_close", "critical"
-                closed.text = f"{kind} of {row.symbol} could not be re-armed ({exc}); " \
+                closed.text = f"{kind} of {row.symbol} could not be re-armed ({placed}); " \
                               f"closed at market. {closed.text}"
                 return out + [closed]
-            except ExchangeUnavailable:
-                raise
+            if isinstance(placed, BaseException):
+                raise placed
             out.append(Correction("rearmed", row.symbol, row.signal_id,
                                   "critical" if kind == "stop_loss" else "warning",
                                   f"{kind} of {row.symbol} was missing; re-armed at {trigger}",
                                   {"kind": kind, "trigger": str(trigger)}))
         return out
+
+    def _just_fired(self, cid: str) -> bool:
+        """The leg triggered moments ago: its close is in flight, re-arming would race it."""
+        order = self.store.order(cid)
+        return order is not None and order.status in FIRED and \
+            age_seconds(order.updated_at) < FIRED_GRACE_S
 
     def _bracket_id(self, row: PositionRow, kind: str) -> str:
         """The bracket's deterministic client id: recorded, derived from the entry's, or new."""

@@ -16,6 +16,7 @@ from nameko.web.handlers import http
 from prometheus_client import Counter, Histogram
 from werkzeug.wrappers import Request, Response
 
+from nameko_services.execute import events
 from nameko_services.execute.dependencies import Engine
 from nameko_services.execute.engine import ExecutionEngine, LockBusy, Outcome
 from nameko_services.execute.reconcile import Correction, Reconciler
@@ -30,6 +31,7 @@ from shared.names import (
     EVT_TRADE_FAILED,
     EVT_TRADE_OPENED,
     EXECUTE,
+    EXECUTION_GROUP,
     RISK,
     RISK_ALERT_KEY,
     RISK_ALERT_QUEUE,
@@ -42,6 +44,7 @@ from shared.names import (
 )
 from shared.records import Record
 from shared.settings import Settings, settings_or_exit
+from shared.streams import stream_consume
 from shared.telemetry import TelemetryWriter
 from shared.web import HttpError, api, metrics_response, read_json_object, require_api_key
 
@@ -81,17 +84,32 @@ class ExecuteService:
             raise Retryable(str(exc)) from exc
         EXECUTION_SECONDS.observe(time.perf_counter() - started)
         if outcome.status == "opened" and intent.received_at is not None:
-            PIPELINE_SECONDS.observe(
-                (datetime.now(UTC) - intent.received_at).total_seconds())
+            # to the moment both brackets were accepted (the book's write comes after)
+            armed_at = outcome.details.get("armed_at")
+            end = datetime.fromtimestamp(armed_at / 1000, UTC) if armed_at else datetime.now(UTC)
+            PIPELINE_SECONDS.observe((end - intent.received_at).total_seconds())
         ORDERS.labels(outcome.status).inc()
         self._report(outcome)
 
     # --- reconciliation ---
+    @stream_consume(TRADE_STREAM, EXECUTION_GROUP, count=50)
+    def on_exchange_event(self, fields: dict[str, str]) -> None:
+        """The user-data stream, as the feed records it: arm, and reconcile on change."""
+        if not events.wanted(fields):  # our own telemetry, balances: no parsing
+            return
+        symbol = events.ExchangeEvents(self.engine.store).handle(
+            Record.from_stream_fields(fields))
+        if symbol is None:
+            return
+        # raising leaves the entry pending: it is claimed and tried again
+        for correction in Reconciler(self.engine).on_event(symbol):
+            self._corrected(correction)
+
     @timer(interval=SETTINGS.exchange.reconcile_interval, eager=True)
     def reconcile(self) -> None:
-        """Database vs exchange, every few seconds and at start-up (see reconcile.py)."""
+        """The safety sweep behind the events, at start-up and every reconcile_interval."""
         try:
-            corrections = Reconciler(self.engine).run()
+            corrections = Reconciler(self.engine).sweep()
         except (LockBusy, ExchangeUnavailable) as exc:
             log.warning("reconciliation postponed: %s", exc)
             return
@@ -109,6 +127,7 @@ class ExecuteService:
     # --- RPC ---
     @rpc
     def positions(self) -> list[dict[str, Any]]:
+        """Open positions from the feed's account state (REST only when it is stale)."""
         return [dict(p) for p in self.engine.positions()]
 
     @rpc
@@ -231,7 +250,8 @@ class ExecuteService:
                 "tp_client_id": d.get("tp_client_id"),
                 "stop_loss_armed": d.get("stop_loss_armed"),
                 "take_profit_armed": d.get("take_profit_armed"),
-                "liquidation_price": d.get("liquidation_price")}, outcome.signal_id))
+                "liquidation_price": d.get("liquidation_price"),
+                "armed_at": d.get("armed_at")}, outcome.signal_id))
             self.dispatch(EVT_TRADE_OPENED, {
                 "type": "trade_opened", "signal_id": outcome.signal_id,
                 "symbol": outcome.symbol, "side": d["side"], "quantity": d["quantity"],

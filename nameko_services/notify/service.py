@@ -84,6 +84,13 @@ class Alerts:
         # keeps the alert so the dashboard and a later-configured bot can see it
         return self._outbox.append(level, text, signal_id)
 
+    def dead_letters(self) -> int | None:
+        """Alerts Telegram refused for good (refreshes its gauge); None if Redis is down."""
+        try:
+            return self._outbox.dead_letter_count()
+        except redis.RedisError:
+            return None
+
 
 class AlertsProvider(DependencyProvider):
     def setup(self) -> None:
@@ -221,6 +228,7 @@ class NotifyService:
     @timer(interval=5)
     def refresh_lag(self) -> None:
         self.monitor.refresh_lag()
+        self.alerts.dead_letters()
 
     @timer(interval=15)
     def watch_health(self) -> None:
@@ -274,7 +282,8 @@ class NotifyService:
     def health(self, request: Request) -> tuple[int, Any]:
         return 200, {"status": "ok", "service": NOTIFY,
                      "telegram": "enabled" if self.config.telegram.enabled else "log only",
-                     "down": self.monitor.watch.down()}
+                     "down": self.monitor.watch.down(),
+                     "telegram_dead_letters": self.alerts.dead_letters()}
 
     @http("GET", "/metrics")
     def metrics(self, request: Request) -> Response:

@@ -6,8 +6,11 @@ A plain asyncio process (no eventlet). It reads ``names.ALERT_OUTBOX_STREAM`` th
 consumer group ``names.TELEGRAM_GROUP`` (consumer ``<host>-<pid>``), first reclaiming
 entries another (dead) worker left pending (XAUTOCLAIM), and sends each alert to every
 chat in ``telegram.chat_id`` (comma-separated). An entry is XACKed only after Telegram
-accepted it in every chat; failures are retried forever with exponential back-off
-(``RetryAfter`` honoured), so nothing is dropped. At most one message per second goes to
+accepted it in every chat; transient failures are retried forever with exponential
+back-off (``RetryAfter`` honoured), so nothing is dropped. A permanent refusal (bot blocked
+or kicked: 403; chat not found, bad request: 400) is not retried: that chat's copy goes
+to the dead-letter list ``names.TELEGRAM_DEAD_LETTERS_KEY`` with an error in the log, and
+the later alerts (critical ones first) keep flowing. At most one message per second goes to
 each chat; when a backlog builds, non-critical alerts are merged into digest messages,
 while every critical alert is sent first and on its own.
 
@@ -23,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dtm
+import json
 import logging
 import os
 import signal
@@ -37,7 +41,14 @@ from typing import Any, Final
 import redis.asyncio as aioredis
 import telegram
 from redis.exceptions import RedisError, ResponseError
-from telegram.error import ChatMigrated, InvalidToken, RetryAfter, TelegramError
+from telegram.error import (
+    BadRequest,
+    ChatMigrated,
+    Forbidden,
+    InvalidToken,
+    RetryAfter,
+    TelegramError,
+)
 
 from nameko_services.notify.commands import (
     Action,
@@ -46,6 +57,7 @@ from nameko_services.notify.commands import (
     RedisConfirmStore,
     RpcControl,
 )
+from nameko_services.notify.outbox import DEAD_LETTERS_KEPT
 from shared import names
 from shared.records import Record
 from shared.settings import Settings, settings_or_exit
@@ -190,6 +202,14 @@ def _retry_after_seconds(exc: RetryAfter) -> float:
     return float(value)
 
 
+class PermanentRefusal(Exception):
+    """Telegram refused a message for good (403 blocked/kicked, 400 bad request)."""
+
+    def __init__(self, chat: str, cause: TelegramError) -> None:
+        super().__init__(f"{type(cause).__name__}: {cause}")
+        self.chat = chat
+
+
 # --------------------------------------------------------------------------- worker
 
 
@@ -229,6 +249,7 @@ class TelegramWorker:
         reclaim_idle_ms: int = 60_000,
         reclaim_every: float = 30.0,
         stop: asyncio.Event | None = None,
+        dead_letters_key: str = names.TELEGRAM_DEAD_LETTERS_KEY,
     ) -> None:
         if not chat_ids:
             raise ValueError("at least one chat id is required")
@@ -247,8 +268,10 @@ class TelegramWorker:
         self.reclaim_every = reclaim_every
         self.limiter = ChatRateLimiter(min_interval)
         self.stop = stop or asyncio.Event()
+        self.dead_letters_key = dead_letters_key
         self.sent_messages = 0
         self.acked = 0
+        self.dead_lettered = 0
 
     # ---------------------------------------------------------------- redis side
 
@@ -323,6 +346,7 @@ class TelegramWorker:
 
         Returns the chat id it was delivered to (it changes on ChatMigrated), or None if
         the worker is stopping (the entry then stays pending and is reclaimed later).
+        Raises :class:`PermanentRefusal` when retrying cannot help.
         """
         attempt = 0
         while not self.stop.is_set():
@@ -342,6 +366,8 @@ class TelegramWorker:
                 self.chat_ids = [new if c == chat else c for c in self.chat_ids]
                 chat = new
                 continue
+            except (Forbidden, BadRequest) as exc:
+                raise PermanentRefusal(chat, exc) from exc
             except (InvalidToken, TelegramError) as exc:
                 delay = min(self.backoff_initial * 2 ** attempt, self.backoff_max)
                 level = logging.ERROR if attempt >= 3 else logging.WARNING
@@ -359,12 +385,31 @@ class TelegramWorker:
                 for index, part in enumerate(message.parts):
                     if (chat, index) in message.done:
                         continue
-                    delivered_to = await self.send(chat, part)
+                    try:
+                        delivered_to = await self.send(chat, part)
+                    except PermanentRefusal as refusal:
+                        await self.dead_letter(message, refusal)
+                        break  # the other parts would be refused the same way
                     if delivered_to is None:
                         return False
                     message.done.add((delivered_to, index))
             await self.ack(message.entry_ids)
         return True
+
+    async def dead_letter(self, message: Outgoing, refusal: PermanentRefusal) -> None:
+        """Park one chat's copy of ``message`` in the dead-letter list, with the reason."""
+        entry = {"entry_ids": list(message.entry_ids), "chat": refusal.chat,
+                 "level": "critical" if message.critical else "info",
+                 "text": "\n".join(message.parts)[:MAX_MESSAGE], "error": str(refusal),
+                 "at": time.time()}
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.lpush(self.dead_letters_key, json.dumps(entry))
+            pipe.ltrim(self.dead_letters_key, 0, DEAD_LETTERS_KEPT - 1)
+            await pipe.execute()
+        self.dead_lettered += 1
+        log.error("telegram refused alert %s for chat %s for good (%s); dead-lettered to %s, "
+                  "not retried", ",".join(message.entry_ids), refusal.chat, refusal,
+                  self.dead_letters_key)
 
     # ---------------------------------------------------------------- loop
 
@@ -431,7 +476,11 @@ class CommandPoller:
                 for label, data in action.buttons
             ]])
         for part in split_text(action.text):
-            if await self.worker.send(action.chat_id, part, reply_markup=markup) is None:
+            try:
+                if await self.worker.send(action.chat_id, part, reply_markup=markup) is None:
+                    return
+            except PermanentRefusal as refusal:
+                log.warning("reply to chat %s refused: %s", action.chat_id, refusal)
                 return
 
     async def handle_batch(self, updates: Sequence[Any]) -> int | None:

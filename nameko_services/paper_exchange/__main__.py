@@ -16,7 +16,6 @@ from .server import PaperExchange
 def main() -> int:
     logging.basicConfig(stream=sys.stdout, level=logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one line per request is noise
     settings = settings_or_exit()
     exchange = PaperExchange(settings)
     done = threading.Event()

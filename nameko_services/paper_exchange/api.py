@@ -21,6 +21,7 @@ from werkzeug.wrappers import Request, Response
 from . import views
 from .engine import STOP_TYPES, Engine, now_ms, spec_of
 from .limiter import WeightLimiter, request_weight
+from .listenkeys import ListenKeys
 from .market import INTERVAL_MS, SYMBOLS, Market
 from .models import ApiError
 
@@ -82,20 +83,27 @@ class Params:
 
 
 Handler = Callable[[Params], JsonBody]
+AdminHook = Callable[[], JsonBody]
+# Binance's endpoint security types: NONE, USER_STREAM (API key only), SIGNED (key + HMAC)
+NONE, USER_STREAM, SIGNED = "NONE", "USER_STREAM", "SIGNED"
+ADMIN_PATHS = ("/paper/state", "/paper/reset", "/paper/price")
 
 
 class PaperApi:
     """Routes ``(method, path)`` to handlers; ``signed`` routes need key + HMAC + timestamp."""
 
     def __init__(self, engine: Engine, market: Market, api_key: str, api_secret: str,
-                 limiter: WeightLimiter | None = None) -> None:
+                 limiter: WeightLimiter | None = None, listen_keys: ListenKeys | None = None,
+                 admin_hooks: dict[tuple[str, str], AdminHook] | None = None) -> None:
         self.engine = engine
         self.market = market
         self.limiter = limiter
+        self.listen_keys = listen_keys or ListenKeys(3600.0)
+        self.admin_hooks = dict(admin_hooks or {})
         weight_limit = limiter.limit if limiter is not None else 2400
         self.api_key = api_key
         self.secret = api_secret.encode()
-        self.routes: dict[tuple[str, str], tuple[Handler, bool]] = {}
+        self.routes: dict[tuple[str, str], tuple[Handler, str]] = {}
         public: dict[tuple[str, str], Handler] = {
             ("GET", "/fapi/v1/ping"): lambda p: {},
             ("GET", "/fapi/v1/time"): lambda p: {"serverTime": now_ms()},
@@ -135,10 +143,21 @@ class PaperApi:
                 engine, p.symbol() if p.opt("symbol") else None, p.opt("autoCloseType"),
                 p.int("startTime"), p.int("endTime"), min(p.int("limit") or 50, 100)),
         }
-        for key, handler in public.items():
-            self.routes[key] = (handler, False)
-        for key, handler in signed.items():
-            self.routes[key] = (handler, True)
+        keys = self.listen_keys
+        user_stream: dict[tuple[str, str], Handler] = {
+            ("POST", "/fapi/v1/listenKey"): lambda p: {"listenKey": keys.create()},
+            ("PUT", "/fapi/v1/listenKey"): lambda p: {
+                "listenKey": keys.keepalive(p.opt("listenKey"))},
+            ("DELETE", "/fapi/v1/listenKey"): self.close_listen_key,
+        }
+        for table, security in ((public, NONE), (user_stream, USER_STREAM), (signed, SIGNED)):
+            for key, handler in table.items():
+                self.routes[key] = (handler, security)
+
+    def route_paths(self) -> set[str]:
+        """Every path this app answers (the metrics label set)."""
+        return ({p for _, p in self.routes} | {p for _, p in self.admin_hooks}
+                | set(ADMIN_PATHS) | {"/health"})
 
     # --- WSGI ----------------------------------------------------------------------
     def __call__(self, environ: dict[str, Any], start_response: Any) -> Any:
@@ -168,11 +187,13 @@ class PaperApi:
             if any(p == path for _, p in self.routes):
                 raise ApiError(-1000, f"Method {request.method} not allowed on {path}.", 405)
             raise ApiError(-1000, f"Path {path} not found.", 404)
-        handler, signed = route
+        handler, security = route
+        signed = security == SIGNED
         query = request.query_string.decode()
         body = request.get_data(as_text=True) if request.method in ("POST", "PUT") else ""
-        if signed:
+        if security != NONE:
             self.check_key(request)
+        if signed:
             self.check_signature(query, body)
         params = Params([*parse_qsl(query, keep_blank_values=True),
                          *parse_qsl(body, keep_blank_values=True)])
@@ -252,7 +273,14 @@ class PaperApi:
             self.engine.on_mark(symbol, tick.mark_price)
             return {"symbol": symbol, "price": str(tick.price), "markPrice": str(tick.mark_price),
                     "hold": self.market.is_held(symbol)}
+        hook = self.admin_hooks.get((request.method, path))
+        if hook is not None:
+            return hook()
         raise ApiError(-1000, f"Path {path} not found.", 404)
+
+    def close_listen_key(self, p: Params) -> JsonBody:
+        self.listen_keys.close(p.opt("listenKey"))
+        return {}
 
     # --- market data ---------------------------------------------------------------
     def ticker(self, p: Params) -> JsonBody:

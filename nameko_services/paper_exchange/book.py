@@ -10,6 +10,7 @@ order) still commits once.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -18,10 +19,12 @@ from decimal import Decimal
 
 from shared.money import DEFAULT_BRACKETS, Bracket
 
+from .events import Listener, UserEvent
 from .market import SYMBOLS, SymbolSpec
 from .models import ZERO, AlgoOrder, ApiError, Order, Position, Trade
 from .store import Changes, PaperStore, Snapshot
 
+log = logging.getLogger(__name__)
 DEFAULT_LEVERAGE = 20
 LIQUIDATION_PREFIX = "autoclose-"
 
@@ -51,6 +54,8 @@ class Account:
         self.starting_balance = starting_balance
         self.store = store
         self._depth = 0
+        self.listeners: list[Listener] = []
+        self._pending: list[UserEvent] = []
         self._clear_dirty()
         snapshot = store.load() if store is not None else None
         if snapshot is None:
@@ -113,6 +118,23 @@ class Account:
                 self._depth -= 1
                 if self._depth == 0:
                     self._flush()
+                    self._deliver()
+
+    def _emit(self, event: UserEvent) -> None:
+        self._pending.append(event)
+
+    def _deliver(self) -> None:
+        # Only after the flush succeeded (an exception skips this): listeners never hear of
+        # a change that is not durable; a failed flush keeps its events for the next one.
+        if not self._pending:
+            return
+        events, self._pending = self._pending, []
+        for listener in self.listeners:
+            for event in events:
+                try:
+                    listener(event)
+                except Exception:  # a broken listener must not undo a committed trade
+                    log.exception("engine listener failed on %s", type(event).__name__)
 
     def _clear_dirty(self) -> None:
         self._dirty = False

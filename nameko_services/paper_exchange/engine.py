@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 import uuid
 from collections.abc import Callable
+from dataclasses import replace
 from decimal import ROUND_HALF_UP, Decimal
 
 from shared.money import (
@@ -21,6 +22,7 @@ from shared.money import (
 )
 
 from .book import LIQUIDATION_PREFIX, Account, max_notional, now_ms, spec_of
+from .events import AccountEvent, AlgoEvent, OrderEvent
 from .market import SYMBOLS, Market, SymbolSpec
 from .models import ZERO, AlgoOrder, ApiError, Order, Position, Trade
 from .store import PaperStore
@@ -63,8 +65,11 @@ class Engine(Account):
         return given
 
     def fill_price(self, symbol: str, side: str) -> Decimal:
+        return self.price_for(symbol, side, self.market.price(symbol))
+
+    def price_for(self, symbol: str, side: str, base: Decimal) -> Decimal:
+        """The taker fill at market price ``base``: the book's best ask (BUY) or bid (SELL)."""
         spec = SYMBOLS[symbol]
-        base = self.market.price(symbol)
         factor = 1 + self.slippage if side == "BUY" else 1 - self.slippage
         return round_to_step(base * factor, spec.tick_size, ROUND_HALF_UP).quantize(spec.tick_size)
 
@@ -122,6 +127,7 @@ class Engine(Account):
     def _execute(self, order: Order, pos: Position, price: Decimal, closing: Decimal,
                  opening: Decimal, fee: Decimal) -> None:
         now = order.time
+        self._emit(OrderEvent(replace(order), "NEW", now))
         direction = 1 if order.side == "BUY" else -1
         realized = ZERO
         if closing:
@@ -147,8 +153,19 @@ class Engine(Account):
         order.update_time = now
         self._touch_order(order)
         self.client_ids.setdefault(order.client_order_id, order.order_id)
-        self._add_trade(Trade(self._new_id(), order.order_id, order.symbol, order.side, price,
-                              order.executed_qty, fee, realized, now))
+        trade = Trade(self._new_id(), order.order_id, order.symbol, order.side, price,
+                      order.executed_qty, fee, realized, now)
+        self._add_trade(trade)
+        self._emit_fill(order, trade)
+
+    def _emit_fill(self, order: Order, trade: Trade) -> None:
+        """ORDER_TRADE_UPDATE (TRADE) then ACCOUNT_UPDATE, as Binance sends them."""
+        self._emit(OrderEvent(replace(order), "TRADE", trade.time, replace(trade)))
+        pos = self.positions[order.symbol]
+        self._emit(AccountEvent(
+            trade.time, self.wallet, self.available(), ZERO, replace(pos),
+            self.market.mark_price(order.symbol),
+            sum((t.realized_pnl for t in self.trades if t.symbol == order.symbol), ZERO)))
 
     def find_order(self, symbol: str, order_id: int | None, client_id: str | None) -> Order:
         spec_of(symbol)
@@ -204,6 +221,7 @@ class Engine(Account):
             if algo.fires_at(self.market.mark_price(symbol)):
                 raise ApiError(-2021, "Order would immediately trigger.")
             self._touch_algo(algo)
+            self._emit(AlgoEvent(replace(algo), algo.create_time))
             return algo
 
     def find_algo(self, algo_id: int | None, client_algo_id: str | None) -> AlgoOrder:
@@ -229,6 +247,7 @@ class Engine(Account):
             algo.status = "CANCELED"
             algo.update_time = self.clock()
             self._touch_algo(algo)
+            self._emit(AlgoEvent(replace(algo), algo.update_time))
             return algo
 
     def open_algos(self, symbol: str | None) -> list[AlgoOrder]:
@@ -249,18 +268,24 @@ class Engine(Account):
         now = self.clock()
         algo.trigger_time = algo.update_time = now
         qty = None if algo.close_position else algo.quantity
+        mark = len(self._pending)  # the child order's events follow TRIGGERING/TRIGGERED
         try:
             order = self.place_market(algo.symbol, algo.side, qty, algo.reduce_only,
                                       algo.client_algo_id, algo.close_position, internal=True)
-        except ApiError:
+        except ApiError as exc:
             # Binance keeps SL/TP after the position is gone; they expire when they fire.
-            algo.status = "EXPIRED"
+            # Any other refusal of the child order (margin, size) rejects the algo order.
+            algo.status = "EXPIRED" if exc.code == -2022 else "REJECTED"
             self._touch_algo(algo)
+            self._emit(AlgoEvent(replace(algo), now, exc.msg))
             return
-        algo.status = "FINISHED"
         algo.actual_order_id = order.order_id
         algo.actual_price = order.avg_price
+        self._pending[mark:mark] = [AlgoEvent(replace(algo, status=status), now)
+                                    for status in ("TRIGGERING", "TRIGGERED")]
+        algo.status = "FINISHED"
         self._touch_algo(algo)
+        self._emit(AlgoEvent(replace(algo), now))
 
     def liquidation_price(self, symbol: str) -> Decimal | None:
         with self.lock:
@@ -291,12 +316,14 @@ class Engine(Account):
                       qty, True, now, status="FILLED", executed_qty=qty, avg_price=liq,
                       cum_quote=liq * qty, update_time=now)
         self._touch_order(order)
-        self._add_trade(Trade(self._new_id(), order.order_id, symbol, side, liq, qty,
-                              clearance, realized, now, liquidation=True))
+        trade = Trade(self._new_id(), order.order_id, symbol, side, liq, qty, clearance,
+                      realized, now, liquidation=True)
+        self._add_trade(trade)
         self.wallet -= lost
         pos.amount = pos.entry_price = pos.isolated_wallet = ZERO
         pos.update_time = self.update_time = now
         self._touch_position(symbol)
+        self._emit_fill(order, trade)
 
     def user_trades(self, symbol: str, start: int | None, end: int | None, limit: int,
                     from_id: int | None) -> list[Trade]:

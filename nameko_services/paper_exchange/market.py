@@ -11,6 +11,7 @@ exchange would accept back.
 
 from __future__ import annotations
 
+import itertools
 import math
 import random
 import threading
@@ -237,6 +238,27 @@ class Market:
             state = self._states[symbol]
             assert state.current is not None
             return [*state.candles, state.current]
+
+    def recent_klines(self, symbol: str, interval: str, count: int) -> list[Candle]:
+        """The newest ``count`` candles of ``interval``, as :meth:`klines` builds them, but
+        reading only the tail of the series (the WebSocket streams ask on every tick)."""
+        size = INTERVAL_MS[interval]
+        newest_first: list[Candle] = []
+        with self._lock:
+            state = self._states[symbol]
+            assert state.current is not None
+            for c in itertools.chain((state.current,), reversed(state.candles)):
+                open_time = c.open_time - c.open_time % size
+                if newest_first and newest_first[-1].open_time == open_time:
+                    last = newest_first[-1]  # ``c`` is older: it gives the bucket's open
+                    newest_first[-1] = replace(last, open=c.open, high=max(last.high, c.high),
+                                               low=min(last.low, c.low),
+                                               volume=last.volume + c.volume)
+                elif len(newest_first) == count:
+                    break
+                else:
+                    newest_first.append(replace(c, open_time=open_time))
+        return newest_first[::-1]
 
     def klines(self, symbol: str, interval: str, limit: int, start_time: int | None,
                end_time: int | None) -> list[Candle]:

@@ -53,7 +53,7 @@ def exchange_info(server_time: int, weight_limit: int = 2400) -> dict[str, Any]:
     }
 
 
-def _fmt_candle(c: Candle, interval_ms: int, tick: Decimal) -> list[Any]:
+def fmt_candle(c: Candle, interval_ms: int, tick: Decimal) -> list[Any]:
     vol = Decimal(repr(round(c.volume, 3)))
     mid = quantise((c.open + c.close) / 2, tick)
     return [c.open_time, str(quantise(c.open, tick)), str(quantise(c.high, tick)),
@@ -66,7 +66,7 @@ def klines(market: Market, symbol: str, interval: str, limit: int, start: int | 
            end: int | None) -> list[list[Any]]:
     spec = spec_of(symbol)
     size = INTERVAL_MS[interval]
-    return [_fmt_candle(c, size, spec.tick_size)
+    return [fmt_candle(c, size, spec.tick_size)
             for c in market.klines(symbol, interval, limit, start, end)]
 
 

@@ -16,7 +16,7 @@ import pytest
 import redis
 from sqlalchemy import create_engine, text
 
-from nameko_services.execute.engine import ExecutionEngine, SymbolLock
+from nameko_services.execute.engine import AccountSource, ExecutionEngine, SymbolLock
 from nameko_services.execute.store import TradeStore
 from nameko_services.paper_exchange.server import PaperExchange
 from shared.db import Base, make_sessionmaker
@@ -55,8 +55,7 @@ def exec_paper(secrets_module_env: None, tmp_path_factory: pytest.TempPathFactor
     state = tmp_path_factory.mktemp("paper") / "paper_exchange.db"
     settings = exec_settings("sqlite://", state_path=str(state))
     exchange = PaperExchange(settings, host="127.0.0.1", port=0,
-                             stream=f"test:exec:market:{uuid.uuid4().hex[:8]}",
-                             slippage=Decimal(0), publish=False)
+                             slippage=Decimal(0))
     exchange.start()
     yield exchange
     exchange.stop()
@@ -100,11 +99,12 @@ def make_engine(exec_paper: PaperExchange, database_url: str) -> Iterator[Engine
     """Build execute instances sharing one exchange, one database and one Redis lock."""
     settings = exec_settings(database_url)
 
-    def build(client: ccxt.binanceusdm | None = None) -> ExecutionEngine:
+    def build(client: ccxt.binanceusdm | None = None,
+              state: AccountSource | None = None) -> ExecutionEngine:
         client = client or make_exchange(settings, base_url=exec_paper.base_url)
         return ExecutionEngine(settings, ExchangeGateway(settings, client),
                                TradeStore(make_sessionmaker(settings)),
-                               SymbolLock(redis.Redis.from_url(EXEC_REDIS_URL)))
+                               SymbolLock(redis.Redis.from_url(EXEC_REDIS_URL)), state)
 
     paper_admin(exec_paper, "/paper/reset")
     pin_price(exec_paper, 60000)

@@ -6,12 +6,15 @@ from __future__ import annotations
 import threading
 from decimal import Decimal
 from typing import Any
+from urllib.parse import urlsplit
 
 import ccxt
 import pytest
 
 from nameko_services.execute.engine import ExecutionEngine
+from nameko_services.execute.store import OrderRecord
 from shared.exchange import client_order_id
+from shared.models import TradeIntent
 from tests.integration.conftest import (
     CCXT_SYMBOL,
     SYMBOL,
@@ -69,16 +72,35 @@ def test_redelivered_intent_never_opens_a_second_position(engine):
     assert engine.gw.positions()[0]["contracts"] == 0.01
 
 
+def _send_entry_and_die(engine: ExecutionEngine, it: TradeIntent, *, recorded: bool) -> None:
+    """The previous worker prepared the symbol, sent the entry and died."""
+    engine.ops.preflight(SYMBOL)
+    cid = client_order_id("p95e", it.idempotency_key)
+    if recorded:
+        engine.store.record_pending(OrderRecord(cid, it.signal_id, SYMBOL, "entry", "BUY",
+                                                "MARKET", it.quantity))
+    engine.gw.client.create_order(CCXT_SYMBOL, "market", "buy", 0.01, None,
+                                  {"clientOrderId": cid})
+
+
 def test_crash_after_sending_entry_adopts_the_exchange_order_instead_of_resending(
         engine, make_engine):
     it = intent()
-    # the previous worker sent the entry and died before recording anything
-    engine.gw.call(engine.gw.client.set_leverage, 20, CCXT_SYMBOL)
-    engine.gw.client.create_order(CCXT_SYMBOL, "market", "buy", 0.01, None,
-                                  {"clientOrderId": client_order_id("p95e",
-                                                                    it.idempotency_key)})
+    _send_entry_and_die(engine, it, recorded=True)
 
     outcome = make_engine().open(it)
+
+    assert outcome.status == "opened"
+    assert len(_entry_trades(engine)) == 1
+    assert len(_algo(engine)) == 2
+
+
+def test_entry_the_book_lost_is_looked_up_on_duplicate_client_id_not_failed(
+        engine, make_engine):
+    it = intent()
+    _send_entry_and_die(engine, it, recorded=False)  # the record never reached the book
+
+    outcome = make_engine().open(it)  # sends, gets -4116, looks the order up
 
     assert outcome.status == "opened"
     assert len(_entry_trades(engine)) == 1
@@ -170,3 +192,97 @@ def test_leverage_not_applied_blocks_the_symbol_and_sends_nothing(engine, make_e
     assert again.status == "blocked"
     assert engine.gw.positions() == []
     assert _entry_trades(engine) == []
+
+
+class _Counting(ccxt.binanceusdm):
+    """Counts every REST request (method, path) the engine makes."""
+
+    requests: list[tuple[str, str]]
+
+    def fetch(self, url, method="GET", headers=None, body=None):
+        self.requests.append((method, urlsplit(url).path))
+        return super().fetch(url, method, headers, body)
+
+
+def _counting(engine: ExecutionEngine) -> _Counting:
+    client = subclassed_client(engine.gw.client, _Counting)
+    client.requests = []
+    return client
+
+
+def test_warm_alert_costs_three_rest_requests_the_entry_then_both_brackets(engine, make_engine):
+    client = _counting(engine)
+    warm = make_engine(client)
+    warm.prepare((SYMBOL,))  # what the service does at start-up
+    client.requests.clear()
+
+    outcome = warm.open(intent())
+
+    assert outcome.status == "opened"
+    assert outcome.details["stop_loss_armed"] and outcome.details["take_profit_armed"]
+    assert client.requests[0] == ("POST", "/fapi/v1/order")
+    assert client.requests[1:] == [("POST", "/fapi/v1/algoOrder")] * 2
+    assert len(_algo(engine)) == 2
+
+
+def test_first_alert_after_an_exchange_outage_at_start_up_prepares_the_symbol(
+        engine, make_engine):
+    down = make_engine(subclassed_client(engine.gw.client, _Unreachable))
+    down.prepare((SYMBOL,))  # the exchange is down at start-up: postponed, not blocked
+    assert not down.ops.is_prepared(SYMBOL) and SYMBOL not in down.blocked
+
+    down.gw.client.__class__ = _Counting  # the exchange is back
+    down.gw.client.requests = []
+    outcome = down.open(intent())
+
+    assert outcome.status == "opened"
+    assert ("POST", "/fapi/v1/leverage") in down.gw.client.requests
+    assert down.ops.is_prepared(SYMBOL)
+
+
+class _Unreachable(ccxt.binanceusdm):
+    def fetch(self, url, method="GET", headers=None, body=None):
+        raise ccxt.NetworkError("connection refused")
+
+
+class _BracketsMeet(ccxt.binanceusdm):
+    """An algo order's request waits until the other one is in flight as well: sent one
+    after the other, the first would wait in vain and fail."""
+
+    barrier: threading.Barrier
+
+    def fetch(self, url, method="GET", headers=None, body=None):
+        if method == "POST" and urlsplit(url).path == "/fapi/v1/algoOrder":
+            self.barrier.wait()
+        return super().fetch(url, method, headers, body)
+
+
+def test_stop_loss_and_take_profit_are_in_flight_at_the_same_time(engine, make_engine):
+    client = subclassed_client(engine.gw.client, _BracketsMeet)
+    client.barrier = threading.Barrier(2, timeout=10)
+
+    outcome = make_engine(client).open(intent())
+
+    assert outcome.status == "opened"
+    assert outcome.details["stop_loss_armed"] and outcome.details["take_profit_armed"]
+    assert not client.barrier.broken
+
+
+def test_redelivered_intent_after_a_refused_take_profit_arms_only_what_is_missing(
+        engine, make_engine):
+    it = intent()
+    partial = make_engine(subclassed_client(engine.gw.client, _TakeProfitRefused)).open(it)
+    assert partial.status == "opened" and not partial.details["take_profit_armed"]
+
+    from nameko_services.execute.reconcile import Reconciler
+    [rearmed] = Reconciler(make_engine()).run()
+
+    assert (rearmed.kind, rearmed.details["kind"]) == ("rearmed", "take_profit")
+    assert set(_algo(engine)) == {"STOP_MARKET", "TAKE_PROFIT_MARKET"}
+
+
+class _TakeProfitRefused(ccxt.binanceusdm):
+    def create_order(self, symbol, type, side, amount, price=None, params=None):
+        if type == "TAKE_PROFIT_MARKET":
+            raise ccxt.InvalidOrder("take profit refused")
+        return super().create_order(symbol, type, side, amount, price, params or {})

@@ -1,6 +1,6 @@
 """The paper exchange through the same ccxt client the rest of Phoenix 95 uses.
 
-A real HTTP server runs in-process on a free port; Redis (db 15, a unique stream) is real.
+A real HTTP server runs in-process on a free port.
 """
 
 from __future__ import annotations
@@ -8,25 +8,21 @@ from __future__ import annotations
 import json
 import time
 import urllib.request
-import uuid
 from collections.abc import Iterator
 from decimal import Decimal
 from typing import Any
 
 import ccxt
 import pytest
-import redis
 
 from nameko_services.paper_exchange import PaperExchange
 from shared.exchange import make_exchange
-from shared.records import Record
 from shared.settings import Settings, load_settings
 
 API_KEY = "paper-test-key"
 API_SECRET = "paper-test-secret"
-REDIS_URL = "redis://127.0.0.1:6379/15"
 SYMBOL = "BTC/USDT:USDT"
-pytestmark = pytest.mark.integration  # real Redis on 127.0.0.1:6379
+pytestmark = pytest.mark.integration
 
 
 def _settings() -> Settings:
@@ -39,24 +35,16 @@ def _settings() -> Settings:
         mp.setenv("PHOENIX__EXCHANGE__MODE", "paper")
         return load_settings(
             paper_exchange={"tick_interval_ms": 100, "port": 8110},
-            redis_streams={"url": REDIS_URL, "maxlen": 1000},
         )
 
 
 @pytest.fixture(scope="module")
-def stream() -> str:
-    return f"test:paper:market:{uuid.uuid4().hex[:8]}"
-
-
-@pytest.fixture(scope="module")
-def paper(stream: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[PaperExchange]:
-    exchange = PaperExchange(_settings(), host="127.0.0.1", port=0, stream=stream,
-                             slippage=Decimal(0),
+def paper(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PaperExchange]:
+    exchange = PaperExchange(_settings(), host="127.0.0.1", port=0, slippage=Decimal(0),
                              state_path=tmp_path_factory.mktemp("paper") / "state.db")
     exchange.start()
     yield exchange
     exchange.stop()
-    redis.Redis.from_url(REDIS_URL).delete(stream)
 
 
 @pytest.fixture(scope="module")
@@ -239,21 +227,6 @@ def test_stale_timestamp_is_invalid_nonce(paper: PaperExchange) -> None:
     client.options["timeDifference"] = 20_000  # nonce 20 s in the past, window 10 s
     with pytest.raises(ccxt.InvalidNonce):
         client.fetch_balance()
-
-
-def test_market_records_on_redis_stream(paper: PaperExchange, stream: str) -> None:
-    client = redis.Redis.from_url(REDIS_URL)
-    deadline = time.monotonic() + 5
-    entries: list[Any] = []
-    while time.monotonic() < deadline and len(entries) < 10:
-        entries = list(client.xrange(stream, count=50) or [])
-        time.sleep(0.1)
-    records = [Record.from_stream_fields(fields) for _, fields in entries]
-    ticks = [r for r in records if r.type == "tick"]
-    assert {r.data["symbol"] for r in ticks} == {"BTCUSDT", "ETHUSDT", "BNBUSDT", "ADAUSDT",
-                                                 "DOGEUSDT"}
-    assert all({"symbol", "price", "mark_price"} <= set(r.data) for r in ticks)
-    assert all(r.ts > 0 for r in ticks)
 
 
 def test_state_endpoint(ex: ccxt.binanceusdm, paper: PaperExchange) -> None:

@@ -39,7 +39,6 @@ def _settings(**paper: Any) -> Settings:
 @pytest.fixture(scope="module")
 def paper(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PaperExchange]:
     exchange = PaperExchange(_settings(), host="127.0.0.1", port=0, slippage=Decimal(0),
-                             publish=False,
                              state_path=tmp_path_factory.mktemp("errors") / "paper.db")
     exchange.start()
     yield exchange
@@ -142,7 +141,7 @@ def test_ccxt_rounds_the_amount_that_the_raw_endpoint_rejects(ex: ccxt.binanceus
 
 def test_request_weight_limit_answers_429_with_retry_after() -> None:
     paper = PaperExchange(_settings(max_requests_per_minute=10), host="127.0.0.1", port=0,
-                          publish=False, state_path="")
+                          state_path="")
     paper.start()
     try:
         assert paper.api.limiter is not None and paper.api.limiter.limit == 10

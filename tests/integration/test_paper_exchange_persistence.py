@@ -38,7 +38,7 @@ def started() -> Iterator[list[PaperExchange]]:
 
 def start(settings: Settings, state: Path, started: list[PaperExchange]) -> PaperExchange:
     exchange = PaperExchange(settings, host="127.0.0.1", port=0, slippage=Decimal(0),
-                             publish=False, state_path=state)
+                             state_path=state)
     exchange.start()
     started.append(exchange)
     return exchange
@@ -127,7 +127,7 @@ def test_reset_clears_the_state_file(settings: Settings, tmp_path: Path,
 def test_same_seed_same_price_path(secrets_env: dict[str, str]) -> None:
     def path_of(seed: int) -> list[list[str]]:
         cfg = load_settings(paper_exchange={"seed": seed})
-        exchange = PaperExchange(cfg, host="127.0.0.1", port=0, publish=False, state_path="")
+        exchange = PaperExchange(cfg, host="127.0.0.1", port=0, state_path="")
         try:
             history = [c.close for c in exchange.market.candles_1m("ETHUSDT")]
             walk = [[str(t.price) for t in exchange.tick_once()] for _ in range(200)]

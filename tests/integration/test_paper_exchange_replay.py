@@ -23,8 +23,7 @@ def paper(secrets_env: dict[str, str]) -> Iterator[PaperExchange]:
     # Relative paths are anchored at the repository root, like database.url.
     settings = load_settings(paper_exchange={
         "replay_csv": "nameko_services/paper_exchange/data/btcusdt_1m_sample.csv"})
-    exchange = PaperExchange(settings, host="127.0.0.1", port=0, publish=False,
-                             state_path="")
+    exchange = PaperExchange(settings, host="127.0.0.1", port=0, state_path="")
     yield exchange
     exchange.stop()
 

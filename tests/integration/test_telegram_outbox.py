@@ -1,4 +1,4 @@
-"""Durable Telegram delivery: real Redis (DB 13) + the local Telegram stand-in + the worker.
+"""Durable Telegram delivery: real Redis (DB 9) + the local Telegram stand-in + the worker.
 
 The worker's coroutines run in-process, each run bounded by a deadline.
 """
@@ -6,6 +6,7 @@ The worker's coroutines run in-process, each run bounded by a deadline.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import subprocess
 import sys
@@ -17,6 +18,7 @@ import pytest
 import redis
 import redis.asyncio as aioredis
 import telegram
+from prometheus_client import REGISTRY
 
 from nameko_services.notify.outbox import AlertOutbox
 from nameko_services.notify.telegram_worker import (
@@ -28,16 +30,18 @@ from nameko_services.notify.telegram_worker import (
     split_text,
 )
 from shared import names
+from shared.records import Record
 from tests.support.telegram_standin import TelegramStandin
 
 pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
-REDIS_URL = "redis://127.0.0.1:6379/13"
+REDIS_URL = "redis://127.0.0.1:6379/9"
 TOKEN = "123456:TEST-TOKEN"
 CHAT = "4242"
 STREAM = names.ALERT_OUTBOX_STREAM
 GROUP = names.TELEGRAM_GROUP
+DEAD_LETTERS = names.TELEGRAM_DEAD_LETTERS_KEY
 
 
 @pytest.fixture()
@@ -50,11 +54,11 @@ def rds() -> Iterator[redis.Redis]:
     # another checkout's test run may use the same DB at the same time: take turns
     lock = client.lock("phoenix95:test-lock:telegram-outbox", timeout=300,
                        blocking_timeout=300)
-    assert lock.acquire(), "could not get the test lock on Redis DB 13"
+    assert lock.acquire(), "could not get the test lock on Redis DB 9"
     try:
-        client.delete(STREAM)
+        client.delete(STREAM, DEAD_LETTERS)
         yield client
-        client.delete(STREAM)
+        client.delete(STREAM, DEAD_LETTERS)
     finally:
         lock.release()
         client.close()
@@ -233,6 +237,82 @@ def test_outbox_validates_and_trims(rds: redis.Redis) -> None:
     groups = rds.xinfo_groups(STREAM)
     assert [g["name"] for g in groups] == [GROUP.encode()]
     assert box.backlog() == rds.xlen(STREAM)
+
+
+# --------------------------------------------------------------------------- permanent errors
+
+
+def test_a_blocked_chat_is_dead_lettered_and_never_holds_up_later_alerts(
+    rds: redis.Redis, outbox: AlertOutbox, tg: TelegramStandin
+) -> None:
+    tg.block_chat("111")  # 403 Forbidden: bot was blocked by the user
+    outbox.append("warning", "first")
+    outbox.append("critical", "second")
+
+    worker = run(run_worker(tg, until=lambda: len(tg.sent) >= 2, chats=("111", "222")))
+
+    assert sorted(m.text for m in tg.sent) == ["⚠️ WARNING\nfirst", "🚨 CRITICAL\nsecond"]
+    assert {str(m.chat_id) for m in tg.sent} == {"222"}
+    refused = [c for c in tg.calls_of("sendMessage") if str(c.params["chat_id"]) == "111"]
+    assert [c.status for c in refused] == [403, 403]  # once each, never retried
+    assert worker.acked == 2 and pending(rds) == 0
+    letters = outbox.dead_letters()
+    assert [(d["chat"], d["level"]) for d in letters] == [("111", "info"), ("111", "critical")]
+    assert all("Forbidden" in d["error"] for d in letters)
+    assert "first" in letters[0]["text"]
+    assert outbox.dead_letter_count() == 2
+    assert REGISTRY.get_sample_value("phoenix95_telegram_dead_letters") == 2
+
+
+def test_chat_not_found_is_dead_lettered_with_an_error_in_the_log(
+    rds: redis.Redis, outbox: AlertOutbox, tg: TelegramStandin,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    tg.block_chat(CHAT, status=400, description="Bad Request: chat not found")
+    outbox.append("critical", "liquidation risk SOLUSDT")
+
+    with caplog.at_level(logging.ERROR, logger="phoenix95.telegram_worker"):
+        worker = run(run_worker(tg, until=lambda: rds.llen(DEAD_LETTERS) >= 1))
+
+    assert len(tg.calls_of("sendMessage")) == 1
+    assert worker.acked == 1 and worker.dead_lettered == 1 and pending(rds) == 0
+    [letter] = outbox.dead_letters()
+    assert letter["chat"] == CHAT and "chat not found" in letter["error"].lower()
+    assert any("dead-lettered" in r.getMessage() for r in caplog.records)
+
+
+def test_a_full_outbox_never_trims_an_undelivered_critical_alert(rds: redis.Redis) -> None:
+    box = AlertOutbox(rds, maxlen=100)
+    box.ensure_group()
+    dropped_before = REGISTRY.get_sample_value("phoenix95_alert_outbox_dropped_total",
+                                               {"level": "info"}) or 0.0
+    for i in range(30):
+        box.append("critical", f"CRIT-{i}")
+    for i in range(370):
+        box.append("info", f"n{i}")
+
+    texts = [Record.from_stream_fields(f).data["text"] for _, f in rds.xrange(STREAM)]
+    assert [t for t in texts if t.startswith("CRIT-")] == [f"CRIT-{i}" for i in range(30)]
+    assert rds.xlen(STREAM) <= 100
+    assert texts[-1] == "n369"  # the newest stay
+    dropped = REGISTRY.get_sample_value("phoenix95_alert_outbox_dropped_total",
+                                        {"level": "info"}) or 0.0
+    assert dropped - dropped_before == 400 - rds.xlen(STREAM)
+
+
+def test_trimming_takes_delivered_alerts_before_undelivered_ones(rds: redis.Redis) -> None:
+    box = AlertOutbox(rds, maxlen=100)
+    for i in range(60):
+        box.append("info", f"old{i}")
+    delivered = rds.xreadgroup(GROUP, "w1", {STREAM: ">"}, count=100)
+    rds.xack(STREAM, GROUP, *[eid for eid, _ in delivered[0][1]])
+
+    for i in range(60):
+        box.append("info", f"new{i}")
+
+    texts = [Record.from_stream_fields(f).data["text"] for _, f in rds.xrange(STREAM)]
+    assert [t for t in texts if t.startswith("new")] == [f"new{i}" for i in range(60)]
+    assert len(texts) <= 100
 
 
 # --------------------------------------------------------------------------- pure logic

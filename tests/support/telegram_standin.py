@@ -56,6 +56,7 @@ class _State:
     sent: list[SentMessage] = field(default_factory=list)
     updates: list[dict[str, Any]] = field(default_factory=list)
     failures: list[_Failure] = field(default_factory=list)
+    blocked: dict[str, tuple[int, str]] = field(default_factory=dict)  # chat -> refusal
     next_message_id: int = 1
     # time-based, so a bot that confirmed ids of an earlier stand-in (its offset is kept
     # in Redis) still receives the updates of a new one, like real, monotonic update ids
@@ -148,6 +149,12 @@ class TelegramStandin:
             retry_after = 1
         with self._cond:
             self._state.failures.append(_Failure(count, status, retry_after, method))
+
+    def block_chat(self, chat_id: int | str, status: int = 403,
+                   description: str = "Forbidden: bot was blocked by the user") -> None:
+        """Refuse every sendMessage to ``chat_id`` for good (403 blocked, 400 chat not found)."""
+        with self._cond:
+            self._state.blocked[str(chat_id)] = (status, description)
 
     def queue_update(self, update: dict[str, Any]) -> dict[str, Any]:
         """Queue a raw Update for getUpdates (``update_id`` assigned if missing)."""
@@ -277,7 +284,14 @@ class TelegramStandin:
                                        "description": "Unauthorized"})
             return
         with self._cond:
-            failure = self._take_failure(method)
+            refusal = (self._state.blocked.get(str(params.get("chat_id")))
+                       if method == "sendMessage" else None)
+            failure = None if refusal else self._take_failure(method)
+        if refusal is not None:
+            self._record(method, params, refusal[0])
+            self._reply(handler, refusal[0], {"ok": False, "error_code": refusal[0],
+                                              "description": refusal[1]})
+            return
         if failure is not None:
             self._record(method, params, failure.status)
             if failure.status == 429:

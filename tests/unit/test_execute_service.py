@@ -133,3 +133,14 @@ def test_reconciliation_close_is_booked_announced_and_alerted_when_critical(make
     dispatched = [c.args[0] for c in service.dispatch.call_args_list]
     assert dispatched == ["reconciliation", "position_closed"]
     assert service.bus.published[0][2].code == "RECONCILIATION_BOOKED_CLOSE"
+
+
+def test_own_telemetry_and_balance_records_on_trade_stream_are_ignored(make_service):
+    service = make_service(FakeEngine())  # has no store: touching it would raise
+
+    service.on_exchange_event({"type": "entry_filled", "signal_id": "sig-1", "ts": "1",
+                               "data": "{not even json"})
+    service.on_exchange_event({"type": "exchange_balance", "signal_id": "", "ts": "1",
+                               "data": '{"asset": "USDT", "wallet": "1000"}'})
+
+    assert service.engine.opened == []

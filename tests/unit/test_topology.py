@@ -56,13 +56,29 @@ def test_work_queues_have_dead_letter_arguments(defs: dict[str, Any]) -> None:
         assert queues[queue]["arguments"] == names.queue_arguments(queue)
 
 
-def test_queue_set_is_work_queues_plus_their_dlqs(defs: dict[str, Any]) -> None:
+def test_queue_set_is_work_queues_plus_their_retry_and_dead_letter_queues(
+        defs: dict[str, Any]) -> None:
     expected = set(names.QUEUE_BINDINGS) | {q + names.DLQ_SUFFIX for q in names.QUEUE_BINDINGS}
+    expected |= {q + names.RETRY_SUFFIX for q in names.QUEUE_BINDINGS}
     assert {q["name"] for q in defs["queues"]} == expected
     for queue in names.QUEUE_BINDINGS:
         dlq = next(q for q in defs["queues"] if q["name"] == queue + names.DLQ_SUFFIX)
         assert dlq["durable"] is True
         assert not dlq.get("arguments")
+
+
+def test_retry_queues_dead_letter_back_to_their_work_queue(defs: dict[str, Any]) -> None:
+    queues = {q["name"]: q for q in defs["queues"]}
+    for queue in names.QUEUE_BINDINGS:
+        retry = queues[queue + names.RETRY_SUFFIX]
+        assert retry["durable"] is True and retry["auto_delete"] is False
+        # the default exchange routes by queue name: an expired retry lands on the work queue
+        assert retry["arguments"] == {"x-dead-letter-exchange": "",
+                                      "x-dead-letter-routing-key": queue}
+        assert retry["arguments"] == names.retry_queue_arguments(queue)
+        kq = names.kombu_retry_queue(queue)
+        assert kq.name == retry["name"]
+        assert kq.queue_arguments == retry["arguments"]  # type: ignore[attr-defined]
 
 
 def _bindings(defs: dict[str, Any]) -> set[tuple[str, str, str]]:

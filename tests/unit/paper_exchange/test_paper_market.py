@@ -13,7 +13,6 @@ from nameko_services.paper_exchange.market import (
     Market,
     quantise,
 )
-from nameko_services.paper_exchange.server import tick_records
 
 T0 = 1_795_473_300_000 - 1_795_473_300_000 % MINUTE_MS + 10_000  # 10 s into a minute
 
@@ -86,28 +85,3 @@ def test_pin_and_hold(market: Market) -> None:
     assert abs(market.price("BTCUSDT") - 50000) < 500
 
 
-def test_tick_and_kline_records(market: Market) -> None:
-    live_open = T0 - T0 % MINUTE_MS
-    ticks = market.step(live_open + MINUTE_MS)
-    records = tick_records(ticks, {s: spec.tick_size for s, spec in SYMBOLS.items()})
-    kinds = [r.type for r in records]
-    assert kinds.count("tick") == len(SYMBOLS) and kinds.count("kline") == len(SYMBOLS)
-    kline = next(r for r in records if r.type == "kline" and r.data["symbol"] == "BTCUSDT")
-    assert kline.data["interval"] == "1m" and kline.data["open_time"] == live_open
-    fields = kline.stream_fields()
-    assert set(fields) == {"type", "signal_id", "ts", "data"} and '"open":"60000.00"' in fields[
-        "data"]
-
-
-def test_publisher_survives_redis_down(caplog: pytest.LogCaptureFixture) -> None:
-    from nameko_services.paper_exchange.publisher import StreamPublisher
-    from shared.records import Record
-
-    pub = StreamPublisher("redis://127.0.0.1:1/0", "test:paper:down", 1000)
-    record = Record("tick", {"symbol": "BTCUSDT", "price": Decimal(1), "mark_price": Decimal(1)})
-    assert pub.publish([record]) is False
-    assert pub.publish([record]) is False  # still no exception
-    assert pub.failures == 2
-    warnings = [r for r in caplog.records if "publish failed" in r.getMessage()]
-    assert len(warnings) == 1  # rate-limited to one a minute
-    pub.close()
