@@ -29,9 +29,6 @@ from tests.unit.feed.harness import FeedThread, wait_for
 
 pytestmark = pytest.mark.integration
 
-if not hasattr(PaperExchange, "ws_url"):  # until main has the paper exchange's WebSocket
-    pytest.skip("the paper exchange has no WebSocket side yet", allow_module_level=True)
-
 REDIS_URL = "redis://127.0.0.1:6379/11"
 SYMBOL = "BTCUSDT"
 CCXT_SYMBOL = "BTC/USDT:USDT"
