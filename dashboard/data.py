@@ -185,6 +185,8 @@ class CandleBook:
         if not symbol:
             return
         if e.record.type == "kline":
+            if str(data.get("interval") or "1m") != "1m":
+                return  # the feed records 5m and 1h closes too; the chart is of 1m candles
             open_time = _num(data.get("open_time"))
             o, h, low, c = (_num(data.get(k)) for k in ("open", "high", "low", "close"))
             if open_time is None or o is None or h is None or low is None or c is None:
