@@ -9,11 +9,12 @@ import pytest
 
 from nameko_services.paper_exchange.replay import load_csv
 
+T0 = 1_735_603_200_000  # 2024-12-31, epoch ms as in the shared files
 HEADER = "open_time_ms,open,high,low,close,volume\n"
 
 
 def _write(folder: Path, name: str, start_ms: int, n: int, step_ms: int) -> None:
-    body = "".join(f"{start_ms + i * step_ms},100,101,99,100.5,7\n" for i in range(n))
+    body = "".join(f"{T0 + start_ms + i * step_ms},100,101,99,100.5,7\n" for i in range(n))
     with gzip.open(folder / name, "wt") as fh:
         fh.write(HEADER + body)
 
@@ -28,7 +29,7 @@ def test_a_folder_replays_each_symbols_finest_file_from_a_common_start(tmp_path:
 
     assert sorted(series) == ["BTCUSDT", "ETHUSDT"]
     assert len(series["ETHUSDT"]) == 20  # the 1m file, not the 5m one
-    assert series["BTCUSDT"][0].open_time == 600_000  # aligned on ETH's first candle
+    assert series["BTCUSDT"][0].open_time == T0 + 600_000  # aligned on ETH's first candle
     assert len(series["BTCUSDT"]) == 8
 
 
