@@ -32,7 +32,11 @@ FAST_TIMEFRAME = "5m"
 SLOW_TIMEFRAME = "1h"
 FAST_MS = 5 * 60_000
 SLOW_MS = 60 * 60_000
-KLINE_LIMIT = 150  # bars fetched per timeframe; indicators need ~60 to settle
+# Candles fetched per timeframe (the feed keeps 300 closed ones). Indicators are EMAs seeded
+# at the first candle; after 300 candles the seed's weight in the slowest one (EMA48) is
+# (47/49)**300 ~ 4e-6, so a live row equals the training row of the same bar computed on
+# the whole history (tests/unit/brain/test_phoenix_features_parity.py checks it).
+KLINE_LIMIT = 300
 WARMUP = 60  # bars before a feature row is trusted (training skips them)
 
 FEATURE_NAMES: tuple[str, ...] = (
@@ -157,6 +161,20 @@ def signed_row(unsigned: dict[str, Array], i: int, side_sign: int) -> dict[str, 
     row = {k: float(v[i]) * (side_sign if k in SIGNED else 1) for k, v in unsigned.items()}
     row["side"] = float(side_sign)
     return {name: round(row[name], 6) for name in FEATURE_NAMES}
+
+
+def signed_matrix(unsigned: dict[str, Array], idx: npt.NDArray[np.intp],
+                  side_sign: int) -> Array:
+    """The rows ``idx`` as a matrix, column order FEATURE_NAMES: ``signed_row`` for many bars
+    at once (the same numbers, rounded the same way)."""
+    cols = []
+    for name in FEATURE_NAMES:
+        if name == "side":
+            cols.append(np.full(len(idx), float(side_sign)))
+        else:
+            col = unsigned[name][idx] * (side_sign if name in SIGNED else 1)
+            cols.append(np.round(col, 6))
+    return np.stack(cols, axis=1) if len(idx) else np.zeros((0, len(FEATURE_NAMES)))
 
 
 def completed(rows: Sequence[Sequence[float]], period_ms: int, now_ms: int) -> Candles:

@@ -123,9 +123,18 @@ def test_shipped_model_loads_with_a_version_and_its_evaluation():
 
     assert model.version.startswith("phoenix95-lr-")
     assert model.features == FEATURE_NAMES
-    evaluation = model.meta["evaluation"]
-    assert {"brier_model", "brier_base_rate", "log_loss_model",
+    evaluation = model.meta["evaluation"]["pooled"]
+    assert {"auc", "brier_model", "brier_base_rate", "log_loss_model",
             "log_loss_base_rate"} <= set(evaluation)
+
+
+def test_shipped_model_carries_its_provenance():
+    prov = PhoenixModel.load(DEFAULT_MODEL_PATH).provenance()
+
+    assert prov["data"] and all(len(d["sha256"]) == 16 for d in prov["data"])
+    assert prov["period"]["from"] < prov["period"]["to"]
+    assert {"numpy", "scikit-learn", "python"} <= set(prov["libraries"])
+    assert "auc" in prov["walk_forward"]
 
 
 def test_a_malformed_model_file_is_refused_with_a_clear_error(tmp_path):
