@@ -137,7 +137,7 @@ OFFLINE_SECRETS = ("SECURITY__WEBHOOK_SECRET", "SECURITY__API_KEYS", "MESSAGE_QU
                    "EXCHANGE__API_KEY", "EXCHANGE__API_SECRET")
 
 
-def analysis_settings() -> Any:
+def analysis_settings(**overrides: Any) -> Any:
     """config.yaml (and .env) as the services read it, for an offline analysis that talks to
     nothing: missing secrets get inert placeholders in this process only."""
     import os
@@ -147,4 +147,4 @@ def analysis_settings() -> Any:
     for key in OFFLINE_SECRETS:
         value = '["offline-analysis"]' if key.endswith("API_KEYS") else "offline-analysis"
         os.environ.setdefault(ENV_PREFIX + key, value)
-    return load_settings()
+    return load_settings(**overrides)

@@ -215,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
     paths = list(args.data or []) + ([args.csv] if args.csv else [])
     if not paths:
         ap.error("--data (or --csv) is required")
-    series = entry_series(read_paths(paths, ROOT))
+    series = entry_series(read_paths(paths, ROOT, FAST_MS))
     if not series:
         ap.error("no 5m (or finer) series in the given files")
     model, ev = fit_history(series, args, tp, sl, fee, settings)

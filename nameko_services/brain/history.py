@@ -102,11 +102,20 @@ def read_file(path: Path, root: Path | None = None) -> list[Series]:
     return out
 
 
-def read_paths(paths: list[Path], root: Path | None = None) -> list[Series]:
-    """Files and folders; a folder contributes its top-level kline files (not sub-folders)."""
+def read_paths(paths: list[Path], root: Path | None = None,
+               max_interval_ms: int | None = None) -> list[Series]:
+    """Files and folders; a folder contributes its top-level kline files (not sub-folders),
+    those of at most ``max_interval_ms`` when given."""
     out: list[Series] = []
     for p in paths:
-        files = sorted(f for f in p.iterdir() if SHARED_NAME.match(f.name)) if p.is_dir() else [p]
+        files = [p]
+        if p.is_dir():
+            files = []
+            for f in sorted(p.iterdir()):
+                m = SHARED_NAME.match(f.name)
+                if m and (max_interval_ms is None
+                          or int(m.group(2)) * UNIT_MS[m.group(3)] <= max_interval_ms):
+                    files.append(f)
         for f in files:
             out.extend(read_file(f, root))
     return out
