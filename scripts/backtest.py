@@ -16,6 +16,7 @@ dashboard's Backtest page shows).
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import sys
 import time
@@ -40,6 +41,11 @@ VARIANTS: dict[str, dict[str, Any]] = {
                         "phoenix_95": {"threshold": 0.0, "execute_threshold": 0.0}},
     "gates, fixed": {"trading": {"sizing": "fixed"}},
     "gates, Kelly": {},
+}
+# risk's account limits halt trading at a 20 % drawdown (until an operator resumes); "off"
+# lifts them so that a whole year of each variant's signals can be compared
+RISK_LIMITS: dict[str, dict[str, Any]] = {
+    "on": {}, "off": {"risk": {"max_drawdown": 1.0, "max_daily_loss": 1.0}},
 }
 
 
@@ -114,7 +120,8 @@ def write_report(path: Path, meta: dict[str, Any], results: dict[str, dict[str, 
                       for d in meta["data"])
     section = "\n".join([
         START,
-        f"Run {meta['run_at']} in {meta['seconds']:.0f} s: model `{meta['model']}`, "
+        f"Run {meta['run_at']} in {meta['seconds']:.0f} s ({meta['cpu_seconds']:.0f} s of CPU)"
+        f": model `{meta['model']}`, "
         f"initial equity {meta['initial']:,.0f} USDT, taker fee {meta['fee']} per side; "
         f"candles {files}.",
         "",
@@ -147,9 +154,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out-dir", type=Path, default=OUT_DIR,
                     help="where backtest_last.json and backtest_equity.png go")
     ap.add_argument("--report", type=Path, default=OUT_DIR / "backtest.md")
+    ap.add_argument("--risk-limits", choices=("on", "off", "both"), default="both",
+                    help="risk's drawdown and daily-loss halts (default: both ways)")
     args = ap.parse_args(argv)
 
-    started = time.monotonic()
+    started, cpu = time.monotonic(), time.process_time()
     candles, sources = load(args.data, args.symbols.split(",") if args.symbols else None,
                             args.days)
     if not candles:
@@ -157,14 +166,17 @@ def main(argv: list[str] | None = None) -> int:
     model = PhoenixModel.load(args.model)
     curves: dict[str, RunResult] = {}
     results: dict[str, dict[str, Any]] = {}
-    fee = 0.0
+    base = analysis_settings()
+    fee = base.paper_exchange.taker_fee
     for strat in args.strategies.split(","):
         alerts = [a for sym, c in candles.items() for a in STRATEGIES[strat](sym, c)]
-        for variant, overrides in VARIANTS.items():
-            settings = analysis_settings(**overrides)
-            fee = settings.paper_exchange.taker_fee
+        modes = ("on", "off") if args.risk_limits == "both" else (args.risk_limits,)
+        for (variant, overrides), mode in itertools.product(VARIANTS.items(), modes):
+            settings = base.model_copy(update={
+                section: getattr(base, section).model_copy(update=values)
+                for section, values in {**overrides, **RISK_LIMITS[mode]}.items()})
             r = run(candles, alerts, settings, model, fee, args.initial)
-            key = f"{strat} | {variant}"
+            key = f"{strat} | {variant}, risk limits {mode}"
             curves[key], results[key] = r, summary(r, args.initial)
             print(f"{key}: {results[key]['trades']} trades, win rate "
                   f"{results[key]['win_rate']}, PnL {results[key]['pnl_net']:,.0f}",
@@ -175,7 +187,8 @@ def main(argv: list[str] | None = None) -> int:
     meta = {"run_at": datetime.now(UTC).strftime("%Y-%m-%dT%H:%MZ"), "model": model.version,
             "initial": args.initial, "fee": fee, "data": sources,
             "bars": {s: len(c) for s, c in candles.items()}, "bar_ms": FAST_MS,
-            "seconds": time.monotonic() - started, "json": js.name}
+            "seconds": time.monotonic() - started, "cpu_seconds": time.process_time() - cpu,
+            "json": js.name}
     js.write_text(json.dumps({"meta": meta, "results": results}, indent=1) + "\n")
     write_report(args.report, meta, results, png)
     print(json.dumps({"seconds": round(meta["seconds"], 1),
