@@ -159,3 +159,27 @@ def test_track_record_moves_the_probability_toward_the_strategy_win_rate():
     assert none == pytest.approx(0.5)
     assert winning == pytest.approx((10 + 30) / 60)
     assert losing == pytest.approx((10 + 2) / 40)
+
+
+def test_on_the_paper_markets_random_walk_08_trades_and_06_does_not():
+    """The e2e/README promise with the shipped model: on the simulated market an alert of
+    confidence 0.8 clears the execute threshold and one of 0.6 does not, at every bar."""
+    from pathlib import Path
+
+    from nameko_services.brain.history import read_file
+    from shared.settings import Phoenix95Settings
+
+    paper = Path(DEFAULT_MODEL_PATH).parent / "paper_market_5m.csv"
+    model = PhoenixModel.load(DEFAULT_MODEL_PATH)
+    series = read_file(paper)[:4]
+    data = build_dataset([s.candles for s in series], 0.02, 0.02, horizon=300)
+    p95 = Phoenix95Settings()
+
+    def final(confidence: float) -> np.ndarray:
+        edge = predict(model, data.x) - model.base_rate
+        p = np.clip(confidence + edge, 0.01, 0.99)
+        return np.minimum(1.0, (p95.weight * p + (1 - p95.weight) * confidence)
+                          * p95.multiplier)
+
+    assert (final(0.8) >= p95.execute_threshold).all()
+    assert (final(0.6) < p95.execute_threshold).all()
