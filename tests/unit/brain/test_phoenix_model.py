@@ -183,3 +183,12 @@ def test_on_the_paper_markets_random_walk_08_trades_and_06_does_not():
 
     assert (final(0.8) >= p95.execute_threshold).all()
     assert (final(0.6) < p95.execute_threshold).all()
+
+
+def test_loading_the_model_logs_its_provenance(caplog):
+    import logging
+
+    with caplog.at_level(logging.INFO, logger="nameko_services.brain.model"):
+        model = PhoenixModel.load(DEFAULT_MODEL_PATH)
+
+    assert model.version in caplog.text and "sha256" in caplog.text
