@@ -102,15 +102,16 @@ def table(results: dict[str, dict[str, Any]]) -> list[str]:
         return "—" if v is None else format(v, spec)
 
     lines = ["| strategy | variant | alerts | brain approved | trades | win rate | PnL net "
-             "(USDT) | fees | return | max drawdown | time in market | mean exposure |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "(USDT) | fees | return | max drawdown | time in market | mean exposure | halted |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for key, s in results.items():
         strat, variant = key.split(" | ")
         lines.append(
             f"| {strat} | {variant} | {s['alerts']} | {s['brain_approved']} | {s['trades']} | "
             f"{fmt(s['win_rate'], '.3f')} | {s['pnl_net']:,.0f} | {s['fees']:,.0f} | "
             f"{s['return_pct']:+.1f} % | {s['max_drawdown_pct']:.1f} % | "
-            f"{s['time_in_market_pct']:.0f} % | {s['mean_exposure']:.2f}x |")
+            f"{s['time_in_market_pct']:.0f} % | {s['mean_exposure']:.2f}x | "
+            f"{s.get('halted_at') or '—'} |")
     return lines
 
 

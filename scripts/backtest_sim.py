@@ -36,7 +36,7 @@ from nameko_services.brain.features import (
 )
 from nameko_services.brain.model import PhoenixModel
 from nameko_services.brain.track_record import Record
-from nameko_services.risk.engine import OpenPosition, RiskEngine, Snapshot
+from nameko_services.risk.engine import OpenPosition, RiskEngine, Snapshot, breaches
 from shared.models import Signal
 from shared.money import DEFAULT_BRACKETS, liquidation_price
 from shared.settings import Settings
@@ -187,7 +187,8 @@ class Account:
     closed: list[Trade] = field(default_factory=list)
     peak: Decimal = Decimal(0)
     day: int = -1
-    day_start: Decimal = Decimal(0)
+    day_start: Decimal = Decimal(0)  # the wallet (realised) at the day's start, as risk's ledger
+    halted_at: float | None = None  # risk halts on a breach until an operator resumes
 
     @property
     def equity(self) -> Decimal:
@@ -262,6 +263,7 @@ class RunResult:
     equity_time: Array
     equity: Array
     exposure: Array  # open notional / equity at each sample
+    halted_at: float | None = None
 
 
 def run(candles: dict[str, Candles], alerts: list[Alert], settings: Settings,
@@ -286,7 +288,7 @@ def run(candles: dict[str, Candles], alerts: list[Alert], settings: Settings,
         mtm = account.wallet + Decimal(str(_unrealised(account, candles, now)))
         day = int(now // 86_400_000)
         if day != account.day:
-            account.day, account.day_start = day, mtm
+            account.day, account.day_start = day, account.wallet
         account.peak = max(account.peak, mtm)
         brain.clock = _clock(now / 1000 + 1)
         real_wallet, account.wallet = account.wallet, mtm  # the brain sizes on equity
@@ -304,20 +306,23 @@ def run(candles: dict[str, Candles], alerts: list[Alert], settings: Settings,
         brain_ok += 1
         intent = decision.intent
         used = sum((Decimal(str(t.margin)) for t in account.open), Decimal(0))
-        realised_today = min(Decimal(0), mtm - account.day_start)
+        realised_loss = max(Decimal(0), account.day_start - account.wallet)
         snap = Snapshot(
-            state="ACTIVE", equity=mtm, available=account.wallet - used,
+            state="ACTIVE" if account.halted_at is None else "HALTED", equity=mtm,
+            available=account.wallet - used,
             positions=[OpenPosition(t.symbol, t.side, Decimal(str(t.margin)),
                                     Decimal(str(t.quantity * t.entry))) for t in account.open],
             last_price=intent.reference_price, price_age_ms=0,
             min_quantity=market.min_quantity(a.symbol),
             min_notional=market.min_notional(a.symbol),
             brackets=DEFAULT_BRACKETS[a.symbol],
-            daily_loss_ratio=(-realised_today / account.day_start) if account.day_start > 0
+            daily_loss_ratio=(realised_loss / account.day_start) if account.day_start > 0
             else Decimal(0),
             drawdown=(account.peak - mtm) / account.peak if account.peak > 0 else Decimal(0),
         )
         verdict = risk.check(intent, snap)
+        if breaches(verdict.reasons) and account.halted_at is None:
+            account.halted_at = now
         if not verdict.approved:
             for r in verdict.reasons:
                 reasons["risk:" + r] = reasons.get("risk:" + r, 0) + 1
@@ -337,7 +342,7 @@ def run(candles: dict[str, Candles], alerts: list[Alert], settings: Settings,
     _close_until(account, track, float("inf"), fee)
     times, equity, exposure = _curve(account.closed, candles, initial, sample_ms)
     return RunResult(account.closed, len(alerts), brain_ok, risk_ok, reasons, times, equity,
-                     exposure)
+                     exposure, account.halted_at)
 
 
 def _clock(at: float) -> Callable[[], float]:
@@ -400,5 +405,7 @@ def summary(r: RunResult, initial: float) -> dict[str, Any]:
         "time_in_market_pct": float(100 * (r.exposure > 0).mean()),
         "mean_exposure": float(r.exposure.mean()), "max_exposure": float(r.exposure.max()),
         "exits": exits,
+        "halted_at": None if r.halted_at is None else datetime.fromtimestamp(
+            r.halted_at / 1000, UTC).strftime("%Y-%m-%d %H:%M"),
         "top_rejections": dict(sorted(r.reasons.items(), key=lambda kv: -kv[1])[:6]),
     }
