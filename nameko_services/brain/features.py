@@ -35,7 +35,8 @@ SLOW_MS = 60 * 60_000
 # Candles fetched per timeframe (the feed keeps 300 closed ones). Indicators are EMAs seeded
 # at the first candle; after 300 candles the seed's weight in the slowest one (EMA48) is
 # (47/49)**300 ~ 4e-6, so a live row equals the training row of the same bar computed on
-# the whole history to 1e-3 (tests/unit/brain/test_phoenix_training_properties.py).
+# the whole history to 1e-3 or 0.5 % in a long trend
+# (tests/unit/brain/test_phoenix_training_properties.py).
 KLINE_LIMIT = 300
 WARMUP = 60  # bars before a feature row is trusted (training skips them)
 

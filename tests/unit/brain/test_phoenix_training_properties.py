@@ -124,7 +124,8 @@ def test_auc_is_one_for_a_perfect_ranking_and_half_for_ties():
 def test_live_features_from_the_feeds_window_equal_the_training_row(seed, momentum, side):
     """Serving sees KLINE_LIMIT candles per timeframe; training sees the whole history.
     Same function, and the EMA seed has faded to (47/49)**300 ~ 4e-6 of its offset (the
-    trend's lag, a few dozen ATR at most): the same numbers to 1e-3."""
+    trend's lag, which in a long trend can be hundreds of ATR): the same numbers to 1e-3
+    or 0.5 %."""
     c = synthetic_market(40 * 12 + KLINE_LIMIT * 12, seed=seed, momentum=momentum)
     slow = c.resample(SLOW_MS)
     now_ms = int(c.open_time[-1]) + FAST_MS
@@ -136,7 +137,7 @@ def test_live_features_from_the_feeds_window_equal_the_training_row(seed, moment
 
     assert signed_row(training, i, side) == dict(zip(FEATURE_NAMES, row.tolist(), strict=True))
     for name, value in zip(FEATURE_NAMES, row, strict=True):
-        assert live[name] == pytest.approx(value, abs=1e-3), name
+        assert live[name] == pytest.approx(value, rel=5e-3, abs=1e-3), name
 
 
 def _shared_file(path: Path, c: Candles) -> None:
