@@ -1,29 +1,35 @@
-"""Fit the Phoenix 95 model and write its evaluation report.
+"""Fit the Phoenix 95 model on kline history, walk forward, and write its report.
 
-    # the shipped default: history from the paper exchange's market simulator
+    # the shipped model: real Binance USD-M history (the shared kline folder)
+    .venv/bin/python scripts/train_phoenix.py --data ../shared/data/klines
+
+    # score any kline files with the shipped model (JSON metrics on the last line)
+    .venv/bin/python scripts/train_phoenix.py --evaluate ../shared/data/klines/ETHUSDT-5m.csv.gz
+
+    # the paper exchange's simulated market (a random walk), as a CSV with a symbol column
     .venv/bin/python scripts/train_phoenix.py --make-paper-csv \
         nameko_services/brain/model/paper_market_5m.csv
-    .venv/bin/python scripts/train_phoenix.py --csv nameko_services/brain/model/paper_market_5m.csv
 
-    # real history (needs internet): download 5m klines through ccxt, then fit on them
-    .venv/bin/python scripts/train_phoenix.py --fetch BTCUSDT,ETHUSDT --days 365 \
-        --csv var/binance_5m.csv
+Inputs (``--data`` / ``--evaluate``): files or folders in the shared kline format
+(``SYMBOL-5m.csv.gz``, header ``open_time_ms,open,high,low,close,volume``; 1m files are
+aggregated to 5m, 15m/1h files are left out of fitting) or CSVs with a ``symbol`` column.
 
-Every 5m bar is a candidate entry, long and short; its label is whether the bracket
-(TP +take_profit_percent before SL -stop_loss_percent, from config) is hit in profit
-first. The earlier part of the history trains an L2 logistic regression, the later part
-(``--test-fraction``) evaluates it against the base rate: Brier score, log-loss, a
-reliability table and plot. The L2 strength is chosen by walk-forward validation inside
-the training period, with "the base rate alone" as a candidate (no invented edge). The
-model JSON is what the brain loads at start.
+Every 5m bar is a candidate entry, long and short; its label is whether the bracket (TP
++take_profit_percent before SL -stop_loss_percent, from config) ends in a net profit, fees
+included, a bar touching both counting as the stop. A walk-forward split in time scores
+the model out of sample, pooled and per symbol (Brier, log-loss and AUC against the base
+rate, reliability, the win rate of the brackets the gates would take). The shipped model
+is then fitted on all of the history, unless the walk-forward found no edge: then it is
+the base rate alone. The model file carries its provenance (data files and hashes,
+periods, metrics, library versions).
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
+import json
+import platform
 import sys
-import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -32,34 +38,32 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from nameko_services.brain.features import FAST_MS, Candles  # noqa: E402
+import numpy as np  # noqa: E402
+
+from nameko_services.brain.evaluation import gate_mask, report, scores, walk_forward  # noqa: E402
+from nameko_services.brain.features import FAST_MS, KLINE_LIMIT, Candles  # noqa: E402
+from nameko_services.brain.history import Series, entry_series, iso, read_paths  # noqa: E402
 from nameko_services.brain.model import DEFAULT_MODEL_PATH, PhoenixModel  # noqa: E402
 from nameko_services.brain.training import (  # noqa: E402
+    DEFAULT_HORIZON,
+    base_rate_model,
     build_dataset,
-    candles_from_csv_rows,
-    evaluate,
     fit_selected,
+    predict,
+    reliability,
+)
+from scripts.phoenix_report import (  # noqa: E402
+    analysis_settings,
+    reliability_plot,
+    report_section,
+    write_csv,
+    write_report,
 )
 
-CSV_FIELDS = ("symbol", "open_time", "open", "high", "low", "close", "volume")
 REPORT = ROOT / "docs" / "phoenix95.md"
 PLOT = ROOT / "docs" / "phoenix95_reliability.png"
-START, END = "<!-- report:start -->", "<!-- report:end -->"
 PAPER_EPOCH_MS = 1_767_225_600_000  # 2026-01-01T00:00Z, so the generated CSV is reproducible
-
-
-def write_csv(path: Path, series: dict[str, Candles]) -> int:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    n = 0
-    with path.open("w", newline="") as fh:
-        w = csv.writer(fh)
-        w.writerow(CSV_FIELDS)
-        for symbol, c in series.items():
-            for i in range(len(c)):
-                w.writerow([symbol, int(c.open_time[i]), f"{c.open[i]:.8g}", f"{c.high[i]:.8g}",
-                            f"{c.low[i]:.8g}", f"{c.close[i]:.8g}", f"{c.volume[i]:.6g}"])
-                n += 1
-    return n
+DAY_MS = 86_400_000
 
 
 def _paper_market_module() -> Any:
@@ -91,154 +95,138 @@ def paper_history(seeds: list[int], volatility: float) -> dict[str, Candles]:
     return out
 
 
-def fetch_history(symbols: list[str], days: int) -> dict[str, Candles]:  # pragma: no cover
-    """5m klines from Binance USD-M through ccxt (public endpoint, no keys)."""
-    import ccxt
+def library_versions() -> dict[str, str]:
+    import sklearn
 
-    client = ccxt.binanceusdm({"enableRateLimit": True})
-    since = int((time.time() - days * 86400) * 1000)
-    out: dict[str, Candles] = {}
-    for symbol in symbols:
-        rows: list[list[float]] = []
-        cursor = since
-        while True:
-            batch = client.fetch_ohlcv(symbol, "5m", cursor, 1500)
-            if not batch:
-                break
-            rows.extend(batch)
-            cursor = int(batch[-1][0]) + FAST_MS
-            if len(batch) < 1500:
-                break
-        out[symbol] = Candles.from_rows(rows[:-1])  # the last bar is still forming
-        print(f"{symbol}: {len(rows)} bars", file=sys.stderr)
-    return out
+    return {"python": platform.python_version(), "numpy": np.__version__,
+            "scikit-learn": sklearn.__version__}
 
 
-def reliability_plot(ev: dict[str, Any], path: Path, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    bins = ev["reliability"]
-    fig, ax = plt.subplots(figsize=(5.5, 5))
-    ax.plot([0, 1], [0, 1], "--", color="grey", label="perfect calibration")
-    ax.plot([b["mean_p"] for b in bins], [b["observed"] for b in bins], "o-",
-            label="Phoenix 95 model (held-out)")
-    ax.axhline(ev["base_rate_test"], color="tab:orange", lw=1, label="base rate (test)")
-    for b in bins:
-        ax.annotate(str(int(b["count"])), (b["mean_p"], b["observed"]), fontsize=7,
-                    textcoords="offset points", xytext=(4, -10))
-    ax.set_xlim(0, 1)
-    ax.set_ylim(0, 1)
-    ax.set_xlabel("predicted probability of TP before SL")
-    ax.set_ylabel("observed frequency")
-    ax.set_title(title, fontsize=10)
-    ax.legend(loc="upper left", fontsize=8)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
-def report_section(model: PhoenixModel, ev: dict[str, Any], plot: Path, source: str) -> str:
-    lines = [
-        START,
-        f"Model `{model.version}`, fitted {model.meta.get('trained_at', '')} on `{source}` "
-        f"(bracket TP +{model.meta.get('tp_pct')} / SL -{model.meta.get('sl_pct')}).",
-        "",
-        f"Held-out later period: {ev['n_test']} candidate entries (train: {ev['n_train']}).",
-        "",
-        "| metric | model | base rate |",
-        "|---|---|---|",
-        f"| Brier score | {ev['brier_model']:.5f} | {ev['brier_base_rate']:.5f} |",
-        f"| log-loss | {ev['log_loss_model']:.5f} | {ev['log_loss_base_rate']:.5f} |",
-        "",
-        f"Base rate: train {ev['base_rate_train']:.4f}, test {ev['base_rate_test']:.4f}. "
-        f"Model probabilities on the test period: mean {ev['p_mean']:.4f}, "
-        f"range {ev['p_min']:.4f}-{ev['p_max']:.4f}.",
-        "",
-        "| predicted bin | mean predicted | observed | entries |",
-        "|---|---|---|---|",
-        *[f"| {b['lo']:.1f}-{b['hi']:.1f} | {b['mean_p']:.4f} | {b['observed']:.4f} | "
-          f"{int(b['count'])} |" for b in ev["reliability"]],
-        "",
-        "| feature | coefficient (standardised) |",
-        "|---|---|",
-        *[f"| {f} | {w:+.5f} |" for f, w in zip(model.features, model.coef, strict=True)],
-        f"| intercept | {model.intercept:+.5f} |",
-        "",
-        f"Regularisation chosen by walk-forward validation: "
-        f"`{model.meta.get('selection', {}).get('selected')}` (candidates and their "
-        f"validation log-loss are in the model file's `meta.selection`).",
-        "",
-        f"![reliability]({plot.name})",
-        END,
-    ]
-    return "\n".join(lines)
-
-
-def write_report(path: Path, section: str) -> None:
-    text = path.read_text() if path.exists() else "# Phoenix 95 model\n\n"
-    if START in text and END in text:
-        head, rest = text.split(START, 1)
-        text = head + section + rest.split(END, 1)[1]
+def fit_history(series: list[Series], args: argparse.Namespace, tp: float, sl: float,
+                fee: float, settings: Any) -> tuple[PhoenixModel, dict[str, Any]]:
+    names = [s.symbol for s in series]
+    data = build_dataset([s.candles for s in series], tp, sl, args.horizon, fee=fee)
+    purge = args.horizon * FAST_MS
+    wf = walk_forward(data, test_fraction=args.test_fraction, folds=args.folds, purge_ms=purge)
+    ev = report(wf, names, settings)
+    pooled = ev["pooled"]
+    edge = (pooled["log_loss_model"] < pooled["log_loss_base_rate"]
+            and pooled["brier_model"] < pooled["brier_base_rate"])
+    meta: dict[str, Any] = {
+        "trained_at": datetime.now(UTC).strftime("%Y-%m-%dT%H:%MZ"),
+        "data": [s.source for s in series], "series": names,
+        "period": {"from": iso(float(data.time.min())), "to": iso(float(data.time.max()))},
+        "tp_pct": tp, "sl_pct": sl, "fee_per_side": fee, "horizon_bars": args.horizon,
+        "test_fraction": args.test_fraction, "folds": args.folds, "purge_ms": purge,
+        "kline_limit": KLINE_LIMIT, "n_entries": int(len(data.y)),
+        "libraries": library_versions(),
+        "shipped": "fitted" if edge else "base_rate",
+        "shipped_reason": (
+            "walk-forward log-loss and Brier beat the base rate" if edge else
+            "walk-forward log-loss or Brier did not beat the base rate: no edge, "
+            "the model is the base rate"),
+    }
+    if edge:
+        model, _ = fit_selected(data, embargo_ms=purge, meta=meta)
     else:
-        text = text.rstrip("\n") + "\n\n## Evaluation\n\n" + section + "\n"
-    path.write_text(text)
+        model = base_rate_model(data, meta=meta)
+    slim = {"pooled": {k: v for k, v in pooled.items() if k != "reliability"},
+            "per_symbol": {k: {m: v for m, v in s.items() if m != "reliability"}
+                           for k, s in ev["per_symbol"].items()},
+            "folds": ev["folds"]}
+    model = PhoenixModel.from_json({**model.to_json(),
+                                    "meta": {**model.meta, "evaluation": slim}})
+    return model, ev
+
+
+def evaluate_files(paths: list[Path], model: PhoenixModel, tp: float, sl: float, fee: float,
+                   settings: Any) -> dict[str, Any]:
+    """The shipped model's scores on any kline files, per series and pooled."""
+    ps: list[np.ndarray[Any, Any]] = []
+    ys: list[np.ndarray[Any, Any]] = []
+    rs: list[np.ndarray[Any, Any]] = []
+    out: dict[str, Any] = {"model": model.version, "per_series": {}}
+    for s in read_paths(paths):
+        c, interval = s.candles, s.interval_ms
+        if interval < FAST_MS and FAST_MS % interval == 0:
+            c, interval = c.resample(FAST_MS), FAST_MS
+        horizon = max(1, int(DEFAULT_HORIZON * FAST_MS // interval))
+        data = build_dataset([c], tp, sl, horizon, fee=fee)
+        if len(data.y) < 10:
+            continue
+        p = predict(model, data.x)
+        key = f"{s.symbol}@{interval // 60_000}m"
+        res = scores(p, data.y, data.ret, model.base_rate, gate_mask(p, settings))
+        res.update(file=s.source["file"], sha256=s.source["sha256"], first=s.source["first"],
+                   last=s.source["last"])
+        if interval != FAST_MS:
+            res["warning"] = (f"the model scores 5m entries; these are {interval // 60_000}m "
+                              "bars, so its features mean something else here")
+        out["per_series"][key] = res
+        ps.append(p)
+        ys.append(data.y)
+        if data.ret is not None:
+            rs.append(data.ret)
+    if not ps:
+        raise SystemExit("no series with enough candles to score")
+    p, y = np.concatenate(ps), np.concatenate(ys)
+    out["pooled"] = scores(p, y, np.concatenate(rs), model.base_rate, gate_mask(p, settings))
+    out["pooled"]["reliability"] = reliability(p, y)
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--csv", type=Path, help="5m OHLCV: " + ",".join(CSV_FIELDS))
+    ap.add_argument("--data", type=Path, nargs="+", help="kline files or folders to fit on")
+    ap.add_argument("--csv", type=Path, help="alias of --data for one file")
+    ap.add_argument("--evaluate", type=Path, nargs="+", metavar="FILE",
+                    help="score these kline files with --model; JSON on the last line")
+    ap.add_argument("--model", type=Path, default=DEFAULT_MODEL_PATH, help="for --evaluate")
     ap.add_argument("--make-paper-csv", type=Path, metavar="PATH",
                     help="write history from the paper exchange's simulator to PATH and stop")
     ap.add_argument("--seeds", default="95,96", help="simulator seeds for --make-paper-csv")
-    ap.add_argument("--fetch", metavar="SYMBOLS", help="download 5m klines via ccxt to --csv")
-    ap.add_argument("--days", type=int, default=365)
     ap.add_argument("--out", type=Path, default=DEFAULT_MODEL_PATH)
     ap.add_argument("--report", type=Path, default=REPORT)
     ap.add_argument("--plot", type=Path, default=PLOT)
-    ap.add_argument("--test-fraction", type=float, default=0.3)
-    ap.add_argument("--horizon", type=int, default=864, help="5m bars to wait for TP/SL")
+    ap.add_argument("--test-fraction", type=float, default=0.4,
+                    help="share of the history (latest) scored out of sample")
+    ap.add_argument("--folds", type=int, default=4, help="walk-forward folds")
+    ap.add_argument("--horizon", type=int, default=DEFAULT_HORIZON,
+                    help="5m bars to wait for TP/SL")
     args = ap.parse_args(argv)
 
-    from shared.settings import LeverageSettings, PaperExchangeSettings
-
-    lev, paper = LeverageSettings(), PaperExchangeSettings()  # config.yaml defaults
+    settings = analysis_settings()
+    lev, paper = settings.leverage, settings.paper_exchange
+    tp, sl, fee = lev.take_profit_percent, lev.stop_loss_percent, paper.taker_fee
     if args.make_paper_csv:
         seeds = [int(s) for s in args.seeds.split(",")]
         n = write_csv(args.make_paper_csv, paper_history(seeds, paper.volatility_annual))
         print(f"wrote {n} 5m bars to {args.make_paper_csv} (seeds {seeds})")
         return 0
-    if args.csv is None:
-        ap.error("--csv is required")
-    if args.fetch:
-        write_csv(args.csv, fetch_history(args.fetch.split(","), args.days))
-    with args.csv.open() as fh:
-        series = candles_from_csv_rows(list(csv.DictReader(fh)))
-    tp, sl = lev.take_profit_percent, lev.stop_loss_percent
-    data = build_dataset(list(series.values()), tp, sl, args.horizon)
-    train, test = data.split(args.test_fraction, embargo_ms=args.horizon * FAST_MS)
-    try:
-        source = str(args.csv.resolve().relative_to(ROOT))
-    except ValueError:
-        source = args.csv.name
-    model, _ = fit_selected(train, embargo_ms=args.horizon * FAST_MS, meta={
-        "trained_at": datetime.now(UTC).strftime("%Y-%m-%dT%H:%MZ"), "source": source,
-        "series": sorted(series), "tp_pct": tp, "sl_pct": sl, "horizon_bars": args.horizon,
-        "test_fraction": args.test_fraction,
-    })
-    ev = evaluate(model, train, test)
-    model = PhoenixModel.from_json({**model.to_json(), "meta": {**model.meta, "evaluation": {
-        k: v for k, v in ev.items() if k != "reliability"}}})
+    if args.evaluate:
+        result = evaluate_files(args.evaluate, PhoenixModel.load(args.model), tp, sl, fee,
+                                settings)
+        for key, res in result["per_series"].items():
+            print(f"{key}: n={res['n']} brier {res['brier_model']:.5f} vs "
+                  f"{res['brier_base_rate']:.5f}, auc {res['auc']:.4f}", file=sys.stderr)
+        print(json.dumps(result, default=float))
+        return 0
+    paths = list(args.data or []) + ([args.csv] if args.csv else [])
+    if not paths:
+        ap.error("--data (or --csv) is required")
+    series = entry_series(read_paths(paths, ROOT, FAST_MS))
+    if not series:
+        ap.error("no 5m (or finer) series in the given files")
+    model, ev = fit_history(series, args, tp, sl, fee, settings)
     model.save(args.out)
-    reliability_plot(ev, args.plot, f"Phoenix 95 reliability, held-out ({ev['n_test']} entries)")
-    write_report(args.report, report_section(model, ev, args.plot, source))
-    print(f"{model.version}: Brier {ev['brier_model']:.5f} vs base rate "
-          f"{ev['brier_base_rate']:.5f}; log-loss {ev['log_loss_model']:.5f} vs "
-          f"{ev['log_loss_base_rate']:.5f} -> {args.out}, {args.report}, {args.plot}")
+    reliability_plot(ev, args.plot)
+    write_report(args.report, report_section(model, ev, args.plot))
+    pooled = ev["pooled"]
+    print(f"{model.version} ({model.meta['shipped']}): walk-forward Brier "
+          f"{pooled['brier_model']:.5f} vs base rate {pooled['brier_base_rate']:.5f}; "
+          f"log-loss {pooled['log_loss_model']:.5f} vs {pooled['log_loss_base_rate']:.5f}; "
+          f"AUC {pooled['auc']:.4f} -> {args.out}, {args.report}, {args.plot}")
     return 0
 
 

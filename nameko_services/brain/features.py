@@ -32,7 +32,12 @@ FAST_TIMEFRAME = "5m"
 SLOW_TIMEFRAME = "1h"
 FAST_MS = 5 * 60_000
 SLOW_MS = 60 * 60_000
-KLINE_LIMIT = 150  # bars fetched per timeframe; indicators need ~60 to settle
+# Candles fetched per timeframe (the feed keeps 300 closed ones). Indicators are EMAs seeded
+# at the first candle; after 300 candles the seed's weight in the slowest one (EMA48) is
+# (47/49)**300 ~ 4e-6, so a live row equals the training row of the same bar computed on
+# the whole history to 1e-3 or 0.5 % in a long trend
+# (tests/unit/brain/test_phoenix_training_properties.py).
+KLINE_LIMIT = 300
 WARMUP = 60  # bars before a feature row is trusted (training skips them)
 
 FEATURE_NAMES: tuple[str, ...] = (
@@ -81,13 +86,17 @@ class Candles:
 
 
 def ema(values: Array, span: int) -> Array:
+    # a plain-float loop: the recurrence is sequential, and Python floats are the same
+    # IEEE doubles as numpy's but several times faster to step through one by one
     alpha = 2.0 / (span + 1)
-    out = np.empty_like(values)
-    acc = values[0] if len(values) else 0.0
-    for i, v in enumerate(values):
-        acc = alpha * v + (1 - alpha) * acc
-        out[i] = acc
-    return out
+    beta = 1 - alpha
+    out: list[float] = []
+    append = out.append
+    acc = float(values[0]) if len(values) else 0.0
+    for v in values.tolist():
+        acc = alpha * v + beta * acc
+        append(acc)
+    return np.asarray(out, dtype=np.float64)
 
 
 def _rolling_mean(values: Array, n: int) -> Array:
@@ -157,6 +166,20 @@ def signed_row(unsigned: dict[str, Array], i: int, side_sign: int) -> dict[str, 
     row = {k: float(v[i]) * (side_sign if k in SIGNED else 1) for k, v in unsigned.items()}
     row["side"] = float(side_sign)
     return {name: round(row[name], 6) for name in FEATURE_NAMES}
+
+
+def signed_matrix(unsigned: dict[str, Array], idx: npt.NDArray[np.intp],
+                  side_sign: int) -> Array:
+    """The rows ``idx`` as a matrix, column order FEATURE_NAMES: ``signed_row`` for many bars
+    at once (the same numbers, rounded the same way)."""
+    cols = []
+    for name in FEATURE_NAMES:
+        if name == "side":
+            cols.append(np.full(len(idx), float(side_sign)))
+        else:
+            col = unsigned[name][idx] * (side_sign if name in SIGNED else 1)
+            cols.append(np.round(col, 6))
+    return np.stack(cols, axis=1) if len(idx) else np.zeros((0, len(FEATURE_NAMES)))
 
 
 def completed(rows: Sequence[Sequence[float]], period_ms: int, now_ms: int) -> Candles:

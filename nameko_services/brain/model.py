@@ -22,6 +22,7 @@ alert confidence (``confidence=None``) the prior mean is ``p_market`` itself.
 from __future__ import annotations
 
 import json
+import logging
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +30,7 @@ from typing import Any
 
 from nameko_services.brain.features import FEATURE_NAMES
 
+log = logging.getLogger(__name__)
 DEFAULT_MODEL_PATH = Path(__file__).resolve().parent / "model" / "phoenix95_model.json"
 TRACK_WINS = "track_wins"
 TRACK_LOSSES = "track_losses"
@@ -90,6 +92,25 @@ class PhoenixModel:
         k = self.prior_strength
         return (k * m + wins) / (k + wins + losses)
 
+    # --- provenance ---
+    def provenance(self) -> dict[str, Any]:
+        """Where the model came from, in brief: data files and hashes, periods, metrics,
+        library versions (the full record is ``meta``)."""
+        m = self.meta
+        pooled = m.get("evaluation", {}).get("pooled", m.get("evaluation", {}))
+        metrics = {k: pooled[k] for k in ("n", "n_test", "brier_model", "brier_base_rate",
+                                          "log_loss_model", "log_loss_base_rate", "auc")
+                   if k in pooled}
+        return {
+            "version": self.version, "base_rate": self.base_rate,
+            "shipped": m.get("shipped", "fitted"), "trained_at": m.get("trained_at"),
+            "period": m.get("period"),
+            "data": [{"file": d.get("file"), "sha256": str(d.get("sha256", ""))[:16],
+                      "first": d.get("first"), "last": d.get("last")}
+                     for d in m.get("data", [])] or m.get("source"),
+            "walk_forward": metrics, "libraries": m.get("libraries"),
+        }
+
     # --- file ---
     def to_json(self) -> dict[str, Any]:
         return {
@@ -127,4 +148,7 @@ class PhoenixModel:
             obj = json.loads(path.read_text())
         except (OSError, ValueError) as exc:
             raise ModelFileError(f"cannot read model file {path}: {exc}") from exc
-        return cls.from_json(obj)
+        model = cls.from_json(obj)
+        log.info("Phoenix 95 model loaded from %s: %s", path,
+                 json.dumps(model.provenance(), default=str))
+        return model

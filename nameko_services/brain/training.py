@@ -20,7 +20,7 @@ from nameko_services.brain.features import (
     WARMUP,
     Array,
     Candles,
-    signed_row,
+    signed_matrix,
     unsigned_features,
 )
 from nameko_services.brain.model import PhoenixModel
@@ -28,27 +28,52 @@ from nameko_services.brain.model import PhoenixModel
 DEFAULT_HORIZON = 864  # 5m bars = 3 days; entries unresolved by then are not labelled
 
 
-def bracket_labels(c: Candles, tp_pct: float, sl_pct: float, side_sign: int,
-                   horizon: int = DEFAULT_HORIZON) -> Array:
-    """1.0 if a trade entered at bar i's close hits TP before SL, 0.0 if SL first, NaN if
-    neither within ``horizon`` bars. A bar that touches both counts as a loss (the stop
-    may have come first: assume the worst)."""
+def bracket_outcomes(c: Candles, tp_pct: float, sl_pct: float, side_sign: int,
+                     horizon: int = DEFAULT_HORIZON, fee: float = 0.0) -> tuple[Array, Array]:
+    """(label, net return) of a trade entered at bar i's close with a TP/SL bracket.
+
+    The bracket is watched from bar i+1 on, for ``horizon`` bars. The first bar that touches
+    either level decides; a bar that touches both counts as the stop (the order of prices
+    inside a bar is unknown: assume the worst). A stop gapped through (the bar opens beyond
+    it) exits at the open; a take-profit never fills better than its price. ``fee`` is the
+    taker fee per side, on the notional at entry and at exit. Label 1.0 when the net return
+    is positive, 0.0 otherwise, NaN (and return NaN) when neither level is hit in time.
+    """
     n = len(c)
-    out = np.full(n, np.nan)
+    label, net = np.full(n, np.nan), np.full(n, np.nan)
+    up_hit, down_hit = (c.high, c.low) if side_sign > 0 else (c.low, c.high)
     for i in range(n - 1):
         entry = c.close[i]
-        hi = c.high[i + 1: i + 1 + horizon]
-        lo = c.low[i + 1: i + 1 + horizon]
-        if side_sign > 0:
-            tp_hit, sl_hit = hi >= entry * (1 + tp_pct), lo <= entry * (1 - sl_pct)
-        else:
-            tp_hit, sl_hit = lo <= entry * (1 - tp_pct), hi >= entry * (1 + sl_pct)
-        t_tp = int(np.argmax(tp_hit)) if tp_hit.any() else math.inf
-        t_sl = int(np.argmax(sl_hit)) if sl_hit.any() else math.inf
-        if t_tp == t_sl == math.inf:
-            continue
-        out[i] = 1.0 if t_tp < t_sl else 0.0
-    return out
+        tp = entry * (1 + side_sign * tp_pct)
+        sl = entry * (1 - side_sign * sl_pct)
+        lo = i + 1
+        end = min(n, i + 1 + horizon)
+        while lo < end:  # growing windows: most brackets resolve within a day
+            hi_ = min(end, lo + 288)
+            if side_sign > 0:
+                tp_hit, sl_hit = up_hit[lo:hi_] >= tp, down_hit[lo:hi_] <= sl
+            else:
+                tp_hit, sl_hit = up_hit[lo:hi_] <= tp, down_hit[lo:hi_] >= sl
+            either = tp_hit | sl_hit
+            if either.any():
+                k = int(np.argmax(either))
+                if sl_hit[k]:
+                    gap = (c.open[lo + k] - sl) * side_sign < 0
+                    exit_ = c.open[lo + k] if gap else sl
+                else:
+                    exit_ = tp
+                gross = side_sign * (exit_ - entry) / entry
+                net[i] = gross - fee * (1.0 + exit_ / entry)
+                label[i] = 1.0 if net[i] > 0 else 0.0
+                break
+            lo = hi_
+    return label, net
+
+
+def bracket_labels(c: Candles, tp_pct: float, sl_pct: float, side_sign: int,
+                   horizon: int = DEFAULT_HORIZON, fee: float = 0.0) -> Array:
+    """1.0 if the bracket ends in a net profit (TP first), 0.0 if not, NaN if unresolved."""
+    return bracket_outcomes(c, tp_pct, sl_pct, side_sign, horizon, fee)[0]
 
 
 @dataclass(frozen=True)
@@ -56,6 +81,13 @@ class Dataset:
     x: Array  # (n, len(FEATURE_NAMES))
     y: Array  # (n,) 0/1
     time: Array  # entry bar open time, for the chronological split
+    group: Array | None = None  # index of the series (symbol) each entry comes from
+    ret: Array | None = None  # net return of the bracket (fees included)
+
+    def take(self, mask: np.ndarray[Any, Any]) -> Dataset:
+        return Dataset(self.x[mask], self.y[mask], self.time[mask],
+                       None if self.group is None else self.group[mask],
+                       None if self.ret is None else self.ret[mask])
 
     def split(self, test_fraction: float, embargo_ms: float = 0.0
               ) -> tuple[Dataset, Dataset]:
@@ -63,32 +95,39 @@ class Dataset:
         ``embargo_ms`` of the cut are dropped: their labels were decided by prices of the
         test period, and keeping them would leak it into the fit."""
         cut = float(np.quantile(self.time, 1.0 - test_fraction))
-        early, late = self.time < cut - embargo_ms, self.time >= cut
-        return (Dataset(self.x[early], self.y[early], self.time[early]),
-                Dataset(self.x[late], self.y[late], self.time[late]))
+        return self.take(self.time < cut - embargo_ms), self.take(self.time >= cut)
 
 
 def build_dataset(series: list[Candles], tp_pct: float, sl_pct: float,
-                  horizon: int = DEFAULT_HORIZON, stride: int = 1) -> Dataset:
-    """One long and one short candidate entry every ``stride`` bars of every series."""
-    xs: list[list[float]] = []
-    ys: list[float] = []
-    ts: list[float] = []
-    for fast in series:
-        slow = fast.resample(SLOW_MS)
+                  horizon: int = DEFAULT_HORIZON, stride: int = 1, fee: float = 0.0,
+                  slow: list[Candles | None] | None = None) -> Dataset:
+    """One long and one short candidate entry every ``stride`` bars of every series.
+
+    ``slow`` gives each series' higher-timeframe candles (default: its own 5m bars
+    aggregated); features are the live brain's, computed by the same functions."""
+    xs: list[Array] = []
+    ys: list[Array] = []
+    ts: list[Array] = []
+    gs: list[Array] = []
+    rs: list[Array] = []
+    for g, fast in enumerate(series):
+        higher = (slow[g] if slow else None) or fast.resample(SLOW_MS)
         # only completed higher-timeframe bars: unsigned_features aligns by close time
-        cols = unsigned_features(fast, slow, sl_pct)
+        cols = unsigned_features(fast, higher, sl_pct)
+        idx = np.arange(WARMUP, len(fast), stride)
         for side in (1, -1):
-            labels = bracket_labels(fast, tp_pct, sl_pct, side, horizon)
-            for i in range(WARMUP, len(fast), stride):
-                if np.isnan(labels[i]):
-                    continue
-                row = signed_row(cols, i, side)
-                xs.append([row[n] for n in FEATURE_NAMES])
-                ys.append(float(labels[i]))
-                ts.append(float(fast.open_time[i]))
-    return Dataset(np.asarray(xs, dtype=np.float64).reshape(-1, len(FEATURE_NAMES)),
-                   np.asarray(ys), np.asarray(ts))
+            labels, net = bracket_outcomes(fast, tp_pct, sl_pct, side, horizon, fee)
+            keep = idx[~np.isnan(labels[idx])]
+            xs.append(signed_matrix(cols, keep, side))
+            ys.append(labels[keep])
+            ts.append(fast.open_time[keep])
+            gs.append(np.full(len(keep), float(g)))
+            rs.append(net[keep])
+    if not xs:
+        empty = np.zeros(0)
+        return Dataset(np.zeros((0, len(FEATURE_NAMES))), empty, empty, empty, empty)
+    return Dataset(np.concatenate(xs), np.concatenate(ys), np.concatenate(ts),
+                   np.concatenate(gs), np.concatenate(rs))
 
 
 def fit(train: Dataset, *, c_reg: float = 0.1, version_tag: str = "",

@@ -5,6 +5,12 @@ column (rows without one drive BTCUSDT). ``timestamp`` is the candle's open time
 milliseconds (a value below 1e11 is taken as seconds) or ISO 8601 (naive = UTC). Rows of
 one symbol must be in strictly increasing time order.
 
+``replay_csv`` may also name a **folder of the shared kline format** (``/work/shared/data/
+klines``: one gzip or plain CSV per symbol and interval, ``SYMBOL-5m.csv.gz`` with the header
+``open_time_ms,open,high,low,close,volume``) or one such file. From a folder, each symbol
+replays its finest file (1m, else 5m), and every series starts at the latest first candle
+among them so that the symbols move through the same real hours together.
+
 Each candle is walked in four ticks of the exchange's tick interval: open, the nearer
 extreme, the other extreme, close (open -> low -> high -> close for a rising candle,
 open -> high -> low -> close for a falling one), so stops and liquidations see the bar's
@@ -15,6 +21,9 @@ symbol no longer moves (it can still be pinned).
 from __future__ import annotations
 
 import csv
+import gzip
+import io
+import re
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -23,6 +32,9 @@ from .models import Candle
 DEFAULT_SYMBOL = "BTCUSDT"
 REQUIRED = ("timestamp", "open", "high", "low", "close", "volume")
 SUBTICKS = 4
+SHARED_HEADER = "open_time_ms"
+SHARED_NAME = re.compile(r"^([A-Z0-9]+)-(\d+[mhd])\.csv(\.gz)?$")
+REPLAY_INTERVALS = ("1m", "5m")  # finest first; coarser files are never replayed
 
 
 def parse_timestamp(raw: str) -> int:
@@ -47,18 +59,55 @@ def _candle(row: dict[str, str]) -> Candle:
     return candle
 
 
+def _open_text(path: Path) -> io.TextIOBase:
+    if path.suffix == ".gz":
+        return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8", newline="")
+    return io.TextIOWrapper(path.open("rb"), encoding="utf-8", newline="")
+
+
+def shared_files(folder: Path, symbols: frozenset[str] | None = None) -> dict[str, Path]:
+    """The file each symbol of a shared-format folder replays: its 1m file, else its 5m."""
+    found: dict[str, dict[str, Path]] = {}
+    for f in sorted(folder.iterdir()):
+        m = SHARED_NAME.match(f.name)
+        if m and m.group(2) in REPLAY_INTERVALS and (symbols is None or m.group(1) in symbols):
+            found.setdefault(m.group(1), {})[m.group(2)] = f
+    return {sym: by_tf[next(tf for tf in REPLAY_INTERVALS if tf in by_tf)]
+            for sym, by_tf in sorted(found.items())}
+
+
 def load_csv(path: Path, symbols: frozenset[str] | None = None) -> dict[str, list[Candle]]:
-    """Candles per symbol; a malformed file fails at start-up, naming file and line."""
+    """Candles per symbol; a malformed file fails at start-up, naming file and line.
+
+    ``path`` is a CSV (optionally with a ``symbol`` column), one shared-format kline file, or
+    a folder of them (see the module docstring)."""
+    if path.is_dir():
+        files = shared_files(path, symbols)
+        if not files:
+            raise ValueError(f"{path}: no SYMBOL-1m/5m.csv[.gz] kline files"
+                             + (f" for {sorted(symbols)}" if symbols else ""))
+        out = {sym: _load_one(f, symbols, sym)[sym] for sym, f in files.items()}
+        start = max(series[0].open_time for series in out.values())
+        aligned = {s: [c for c in series if c.open_time >= start] for s, series in out.items()}
+        return {s: series for s, series in aligned.items() if series}
+    m = SHARED_NAME.match(path.name)
+    return _load_one(path, symbols, m.group(1) if m else None)
+
+
+def _load_one(path: Path, symbols: frozenset[str] | None,
+              file_symbol: str | None) -> dict[str, list[Candle]]:
     out: dict[str, list[Candle]] = {}
-    with path.open(newline="", encoding="utf-8") as handle:
+    with _open_text(path) as handle:
         reader = csv.DictReader(handle)
         header = [h.strip().lower() for h in reader.fieldnames or []]
+        if SHARED_HEADER in header and "timestamp" not in header:
+            header = ["timestamp" if h == SHARED_HEADER else h for h in header]
         missing = [c for c in REQUIRED if c not in header]
         if missing:
             raise ValueError(f"{path}: missing column(s) {', '.join(missing)}")
         reader.fieldnames = header
         for line, row in enumerate(reader, start=2):
-            symbol = (row.get("symbol") or DEFAULT_SYMBOL).strip().upper()
+            symbol = (row.get("symbol") or file_symbol or DEFAULT_SYMBOL).strip().upper()
             try:
                 if symbols is not None and symbol not in symbols:
                     raise ValueError(f"unknown symbol {symbol}")

@@ -123,9 +123,18 @@ def test_shipped_model_loads_with_a_version_and_its_evaluation():
 
     assert model.version.startswith("phoenix95-lr-")
     assert model.features == FEATURE_NAMES
-    evaluation = model.meta["evaluation"]
-    assert {"brier_model", "brier_base_rate", "log_loss_model",
+    evaluation = model.meta["evaluation"]["pooled"]
+    assert {"auc", "brier_model", "brier_base_rate", "log_loss_model",
             "log_loss_base_rate"} <= set(evaluation)
+
+
+def test_shipped_model_carries_its_provenance():
+    prov = PhoenixModel.load(DEFAULT_MODEL_PATH).provenance()
+
+    assert prov["data"] and all(len(d["sha256"]) == 16 for d in prov["data"])
+    assert prov["period"]["from"] < prov["period"]["to"]
+    assert {"numpy", "scikit-learn", "python"} <= set(prov["libraries"])
+    assert "auc" in prov["walk_forward"]
 
 
 def test_a_malformed_model_file_is_refused_with_a_clear_error(tmp_path):
@@ -150,3 +159,36 @@ def test_track_record_moves_the_probability_toward_the_strategy_win_rate():
     assert none == pytest.approx(0.5)
     assert winning == pytest.approx((10 + 30) / 60)
     assert losing == pytest.approx((10 + 2) / 40)
+
+
+def test_on_the_paper_markets_random_walk_08_trades_and_06_does_not():
+    """The e2e/README promise with the shipped model: on the simulated market an alert of
+    confidence 0.8 clears the execute threshold and one of 0.6 does not, at every bar."""
+    from pathlib import Path
+
+    from nameko_services.brain.history import read_file
+    from shared.settings import Phoenix95Settings
+
+    paper = Path(DEFAULT_MODEL_PATH).parent / "paper_market_5m.csv"
+    model = PhoenixModel.load(DEFAULT_MODEL_PATH)
+    series = read_file(paper)[:4]
+    data = build_dataset([s.candles for s in series], 0.02, 0.02, horizon=300)
+    p95 = Phoenix95Settings()
+
+    def final(confidence: float) -> np.ndarray:
+        edge = predict(model, data.x) - model.base_rate
+        p = np.clip(confidence + edge, 0.01, 0.99)
+        return np.minimum(1.0, (p95.weight * p + (1 - p95.weight) * confidence)
+                          * p95.multiplier)
+
+    assert (final(0.8) >= p95.execute_threshold).all()
+    assert (final(0.6) < p95.execute_threshold).all()
+
+
+def test_loading_the_model_logs_its_provenance(caplog):
+    import logging
+
+    with caplog.at_level(logging.INFO, logger="nameko_services.brain.model"):
+        model = PhoenixModel.load(DEFAULT_MODEL_PATH)
+
+    assert model.version in caplog.text and "sha256" in caplog.text
