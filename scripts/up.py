@@ -75,7 +75,7 @@ def process_specs(settings: Settings, dashboard: bool = True) -> list[lib.ProcSp
              "--server.headless", "true", "--browser.gatherUsageStats", "false"),
             f"http://{svc.host}:{svc.dashboard_port}/_stcore/health",
         ))
-    if settings.telegram.enabled:
+    if settings.telegram.active:
         specs.append(lib.ProcSpec(TELEGRAM, (py, "-m", "nameko_services.notify.telegram_worker")))
     return specs
 
