@@ -13,6 +13,7 @@ import hashlib
 import os
 import re
 import shlex
+import signal
 import sys
 import tempfile
 import time
@@ -271,18 +272,66 @@ def pid_alive(pid: int) -> bool:
     return state not in {"Z", "X"}
 
 
-def shutdown(run_dir: Path, timeout: float = 90.0) -> str:
-    """Stop every program (supervisord waits for each group) and then supervisord itself."""
+def group_alive(pgid: int) -> bool:
+    """True while a live (non-zombie) process is left in process group ``pgid``."""
+    proc = Path("/proc")
+    if not proc.is_dir():
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
+    for entry in proc.iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if len(fields) > 2 and fields[2] == str(pgid) and fields[0] not in {"Z", "X"}:
+            return True
+    return False
+
+
+def _reap_groups(pgids: Sequence[int], timeout: float) -> list[int]:
+    """Wait for ``pgids`` to empty; SIGKILL what is left; return the groups that needed it.
+
+    supervisord waits for each program's main process only; a child of it that outlives
+    its parent (and may still hold its port) is in the program's group.
+    """
+    deadline = time.monotonic() + timeout
+    pending = [g for g in pgids if group_alive(g)]
+    while pending and time.monotonic() < deadline:
+        time.sleep(0.1)
+        pending = [g for g in pending if group_alive(g)]
+    for pgid in pending:
+        try:
+            os.killpg(pgid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+    return pending
+
+
+def shutdown(run_dir: Path, timeout: float = 90.0,
+             leftover_timeout: float = STOP_WAIT_SECS) -> str:
+    """Stop every program (supervisord waits for each) and supervisord itself, then make
+    sure no process is left in any program's process group."""
     pid = read_pid(run_dir)
     if not answering(run_dir):
         if pid is not None and pid_alive(pid):
             raise SupervisorError(f"supervisord (pid {pid}) does not answer on "
                                   f"{socket_path(run_dir)}; stop it by hand")
         return "supervisord not running"
+    # supervisord starts each program in a process group of its own (pgid = its pid).
+    groups = [info.pid for info in programs(run_dir).values() if info.pid]
     client(run_dir).supervisor.shutdown()
     deadline = time.monotonic() + timeout
     while pid is not None and pid_alive(pid):
         if time.monotonic() > deadline:
             raise SupervisorError(f"supervisord (pid {pid}) still running after {timeout:.0f}s")
         time.sleep(0.1)
-    return f"supervisord stopped with every program (pid {pid})"
+    killed = _reap_groups(groups, leftover_timeout)
+    extra = f"; killed leftovers in process groups {killed}" if killed else ""
+    return f"supervisord stopped with every program (pid {pid}){extra}"

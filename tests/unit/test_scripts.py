@@ -326,6 +326,25 @@ def test_second_start_reloads_the_changed_config(tmp_path: Path) -> None:
         supervise.shutdown(run_dir, timeout=30)
 
 
+@pytest.mark.skipif(os.name == "nt", reason="supervisord is POSIX only (WSL on Windows)")
+def test_shutdown_kills_a_child_that_outlives_its_program(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    lib.prepare_run_dir(run_dir)
+    child_pid = tmp_path / "child.pid"
+    stubborn = ("import os, signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+                f"open({str(child_pid)!r}, 'w').write(str(os.getpid())); time.sleep(120)")
+    parent = (f"import subprocess, sys, time; subprocess.Popen([sys.executable, '-c', "
+              f"{stubborn!r}]); time.sleep(120)")
+    supervise.start_daemon(run_dir, [lib.ProcSpec("parent", (sys.executable, "-c", parent))])
+    supervise.start_programs(run_dir, ["parent"])
+    pid = int(_wait_for(lambda: child_pid.exists() and child_pid.read_text(), "the child"))
+
+    message = supervise.shutdown(run_dir, timeout=30, leftover_timeout=1)
+
+    assert "killed leftovers" in message
+    _wait_for(lambda: not supervise.pid_alive(pid), "the stubborn child to be gone", 5)
+
+
 def test_shutdown_without_supervisord_is_a_no_op(tmp_path: Path) -> None:
     assert supervise.shutdown(tmp_path) == "supervisord not running"
 
