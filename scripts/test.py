@@ -1,7 +1,8 @@
 """The test command CI runs: ``python scripts/test.py [pytest args]`` (or ``scripts/test``).
 
 Runs lint (ruff), types (mypy), then brings the stack up in an ISOLATED test environment
-(own ports, run folder ``.run-test``, vhost ``/trading_test``, Redis db 1, Kafka on 19092,
+(own ports 181xx with the feed on 18104, run folder ``.run-test`` with its own supervisord,
+vhost ``/trading_test``, Redis db 1, Kafka on 19092,
 SQLite in ``.run-test``, generated secrets in ``.run-test/.env.test``), runs pytest with
 that environment and always stops the test stack afterwards. Exits with pytest's code
 (exit 5, "no tests collected", counts as a failure). Never touches the user's ``.env``,
