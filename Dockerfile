@@ -28,6 +28,6 @@ RUN mkdir -p /app/.run /app/var \
 
 USER 10095:10095
 
-EXPOSE 8100 8101 8102 8103 8110 8501
+EXPOSE 8100 8101 8102 8103 8104 8110 8501
 
-CMD ["python", "-c", "print('''Phoenix 95 image. Run one process per container:\n  python -m nameko_services.runner brain|risk|execute|notify   (HTTP 8100-8103)\n  python -m nameko_services.paper_exchange                     (HTTP 8110)\n  python -m nameko_services.notify.telegram_worker\n  python -m streamlit run dashboard/app.py --server.port 8501 --server.address 0.0.0.0 --server.headless true\nConfiguration: PHOENIX__<SECTION>__<KEY> environment variables (see config.yaml, docs/deployment.md).''')"]
+CMD ["python", "-c", "print('''Phoenix 95 image. Run one process per container:\n  python -m nameko_services.runner brain|risk|execute|notify   (HTTP 8100-8103)\n  python -m nameko_services.feed                               (HTTP 8104)\n  python -m nameko_services.paper_exchange                     (HTTP 8110)\n  python -m nameko_services.notify.telegram_worker\n  python -m streamlit run dashboard/app.py --server.port 8501 --server.address 0.0.0.0 --server.headless true\nConfiguration: PHOENIX__<SECTION>__<KEY> environment variables (see config.yaml, docs/deployment.md).''')"]

@@ -150,16 +150,21 @@ def burst(settings: Settings, n: int, threads: int) -> dict[str, Any]:
 
 
 def peak_rss(settings: Settings) -> dict[str, float]:
+    """Peak RSS of every program the run folder's supervisord runs (scripts/up)."""
+    from scripts import supervise
+
     out: dict[str, float] = {}
-    for pid_file in sorted((settings.services.run_path() / "pids").glob("*.pid")):
+    run_dir = settings.services.run_path()
+    if not supervise.answering(run_dir):
+        return out
+    for name, info in sorted(supervise.programs(run_dir).items()):
         try:
-            pid = int(pid_file.read_text().split()[0])
-            status = Path(f"/proc/{pid}/status").read_text()
-        except (OSError, ValueError):
+            status = Path(f"/proc/{info.pid}/status").read_text()
+        except OSError:
             continue
         for line in status.splitlines():
             if line.startswith("VmHWM:"):
-                out[pid_file.stem] = round(int(line.split()[1]) / 1024, 1)
+                out[name] = round(int(line.split()[1]) / 1024, 1)
     return out
 
 

@@ -3,6 +3,7 @@
 A broker that already answers is used as is. One that does not is started locally (and
 recorded in ``<run_dir>/started-by-up`` so that ``down`` stops only what ``up`` started),
 installed with apt on Debian/Ubuntu as root, or else the one docker command is printed.
+RabbitMQ and Redis daemonise themselves; the embedded Kafka (Tansu) is a supervisord program.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import os
 import shutil
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -267,21 +269,49 @@ def tansu_command(host: str, port: int) -> list[str]:
             "--advertised-listener-url", url, "--storage-engine", "memory://tansu/"]
 
 
-def ensure_kafka(settings: Settings, run_dir: Path, timeout: float = 60.0) -> None:
+def embedded_kafka_spec(settings: Settings, run_dir: Path) -> lib.ProcSpec | None:
+    """The supervised Tansu program when up runs Kafka itself, else ``None``.
+
+    Up runs it when nothing answers on a local bootstrap address, or when it already runs it
+    (the marker in ``started-by-up``); a remote Kafka that does not answer is an error.
+    """
+    host, port = lib.split_host_port(settings.kafka.bootstrap_servers, 9092)
+    ours = started_marker(run_dir, KAFKA_PROC).exists()
+    if not ours and lib.tcp_open(host, port):
+        return None
+    if not lib.is_local_host(host):
+        raise InfraError(f"kafka at {host}:{port} is not reachable (remote host)")
+    # priority 1: supervisord starts it first and stops it after every client
+    return lib.ProcSpec(KAFKA_PROC, tuple(tansu_command(host, port)), priority=1)
+
+
+def ensure_kafka(settings: Settings, run_dir: Path, start: Callable[[str], object],
+                 timeout: float = 60.0) -> None:
+    """Kafka reachable (``start`` runs the supervised Tansu program if needed), topics created."""
     host, port = lib.split_host_port(settings.kafka.bootstrap_servers, 9092)
     if lib.tcp_open(host, port):
         lib.info(f"kafka: reachable at {host}:{port}")
     elif not lib.is_local_host(host):
         raise InfraError(f"kafka at {host}:{port} is not reachable (remote host)")
     else:
-        spec = lib.ProcSpec(KAFKA_PROC, tuple(tansu_command(host, port)))
-        lib.start_process(run_dir, spec, os.environ)
+        marker = started_marker(run_dir, KAFKA_PROC)
+        marker.write_text(json.dumps({"host": host, "port": port, "at": time.time()}),
+                          encoding="utf-8")
+        start(KAFKA_PROC)
         if not lib.wait_tcp(host, port, 30):
             lib.print_tail(lib.log_file(run_dir, KAFKA_PROC))
             raise InfraError(f"kafka: Tansu did not open {host}:{port} within 30s")
-        lib.info(f"kafka: started Tansu (memory storage) at {host}:{port}, "
+        lib.info(f"kafka: started Tansu (memory storage, supervised) at {host}:{port}, "
                  f"log {lib.log_file(run_dir, KAFKA_PROC)}")
     create_topics(settings.kafka.bootstrap_servers, names.TOPIC_PARTITIONS, timeout)
+
+
+def forget_kafka(run_dir: Path) -> None:
+    """Drop the marker once supervisord (and with it Tansu) has stopped."""
+    marker = started_marker(run_dir, KAFKA_PROC)
+    if marker.exists():
+        marker.unlink()
+        lib.info("kafka: stopped (Tansu started by up)")
 
 
 def create_topics(bootstrap: str, topics: dict[str, int], timeout: float = 60.0) -> None:

@@ -1,4 +1,4 @@
-"""Helpers shared by the operator scripts: .env handling, pid files, processes, health.
+"""Helpers shared by the operator scripts: .env handling, network, health, output.
 
 Nothing here imports the project settings, so the helpers are easy to test on their own.
 """
@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import os
 import secrets
-import signal
 import socket
 import subprocess
 import sys
@@ -20,7 +19,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-MANAGED_ENV = "PHOENIX_MANAGED"  # set in every child we start: "<run_dir>::<name>"
 STARTED_BY_US = "started-by-up"  # run-dir subfolder recording brokers that up started
 
 
@@ -164,197 +162,30 @@ def http_ok(url: str, timeout: float = 2.0) -> tuple[bool, str]:
 
 @dataclass(frozen=True)
 class ProcSpec:
-    """One process `up` starts: its name, command line and health URL (if any)."""
+    """One program supervisord runs for `up`: name, command line, health URL (if any)."""
 
     name: str
     argv: tuple[str, ...]
     health_url: str | None = None
     env: Mapping[str, str] = field(default_factory=dict)
-
-
-def pid_dir(run_dir: Path) -> Path:
-    return run_dir / "pids"
+    priority: int = 50  # supervisord starts low numbers first and stops them last
 
 
 def log_dir(run_dir: Path) -> Path:
     return run_dir / "logs"
 
 
-def pid_file(run_dir: Path, name: str) -> Path:
-    return pid_dir(run_dir) / f"{name}.pid"
-
-
 def log_file(run_dir: Path, name: str) -> Path:
     return log_dir(run_dir) / f"{name}.log"
 
 
-def managed_tag(run_dir: Path, name: str) -> str:
-    return f"{run_dir.resolve()}::{name}"
-
-
 def prepare_run_dir(run_dir: Path) -> None:
     """Create the run folder layout; it ignores itself in git (it holds secrets and logs)."""
-    for sub in (run_dir, pid_dir(run_dir), log_dir(run_dir), run_dir / STARTED_BY_US):
+    for sub in (run_dir, log_dir(run_dir), run_dir / STARTED_BY_US):
         sub.mkdir(parents=True, exist_ok=True)
     ignore = run_dir / ".gitignore"
     if not ignore.exists():
         ignore.write_text("*\n", encoding="utf-8")
-
-
-def read_pid(path: Path) -> int | None:
-    try:
-        first = path.read_text(encoding="utf-8").split()[0]
-        return int(first)
-    except (OSError, IndexError, ValueError):
-        return None
-
-
-def write_pid(path: Path, pid: int, tag: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(f"{pid}\n{tag}\n", encoding="utf-8")
-
-
-def pid_alive(pid: int) -> bool:
-    """True if ``pid`` exists and is not a zombie."""
-    if pid <= 0:
-        return False
-    if os.name == "nt":
-        out = subprocess.run(
-            ["tasklist", "/FI", f"PID eq {pid}", "/NH"], capture_output=True, text=True
-        ).stdout
-        return str(pid) in out
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    stat = Path(f"/proc/{pid}/stat")
-    if stat.exists():
-        try:
-            state = stat.read_text().rsplit(")", 1)[1].split()[0]
-        except (OSError, IndexError):
-            return True
-        return state not in {"Z", "X"}
-    return True
-
-
-def pid_is_ours(pid: int, tag: str) -> bool:
-    """True if ``pid`` is alive and was started by us with ``tag`` (guards against reuse)."""
-    if not pid_alive(pid):
-        return False
-    environ = Path(f"/proc/{pid}/environ")
-    if not environ.exists():
-        return True  # no /proc (macOS, Windows): trust the pid file
-    try:
-        data = environ.read_bytes()
-    except OSError:
-        return False
-    return f"{MANAGED_ENV}={tag}".encode() in data.split(b"\0")
-
-
-def running_pid(run_dir: Path, name: str) -> int | None:
-    """The pid recorded for ``name`` if that process is alive and ours, else ``None``."""
-    pid = read_pid(pid_file(run_dir, name))
-    if pid is not None and pid_is_ours(pid, managed_tag(run_dir, name)):
-        return pid
-    return None
-
-
-def start_process(run_dir: Path, spec: ProcSpec, base_env: Mapping[str, str]) -> int:
-    """Start ``spec`` detached in its own session/process group; log and pid in ``run_dir``."""
-    log = log_file(run_dir, spec.name)
-    log.parent.mkdir(parents=True, exist_ok=True)
-    env = dict(base_env)
-    env.update(spec.env)
-    env[MANAGED_ENV] = managed_tag(run_dir, spec.name)
-    env.setdefault("PYTHONUNBUFFERED", "1")
-    with log.open("ab") as out:
-        out.write(f"\n--- {time.strftime('%Y-%m-%d %H:%M:%S')} starting: "
-                  f"{' '.join(spec.argv)}\n".encode())
-        out.flush()
-        if os.name == "nt":
-            flags = getattr(subprocess, "CREATE_NEW_PROCESS_GROUP", 0)
-            proc = subprocess.Popen(
-                list(spec.argv), cwd=ROOT, env=env, stdin=subprocess.DEVNULL,
-                stdout=out, stderr=subprocess.STDOUT, creationflags=flags,
-            )
-        else:
-            proc = subprocess.Popen(
-                list(spec.argv), cwd=ROOT, env=env, stdin=subprocess.DEVNULL,
-                stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-            )
-    write_pid(pid_file(run_dir, spec.name), proc.pid, env[MANAGED_ENV])
-    return proc.pid
-
-
-def _reap(pid: int) -> None:
-    if os.name == "nt":
-        return
-    try:
-        os.waitpid(pid, os.WNOHANG)
-    except ChildProcessError:
-        pass
-    except OSError:
-        pass
-
-
-def _group_alive(pid: int) -> bool:
-    if os.name == "nt":
-        return pid_alive(pid)
-    try:
-        os.killpg(pid, 0)
-    except ProcessLookupError:
-        return pid_alive(pid)
-    except PermissionError:
-        return True
-    # The group exists; it only counts if a member is not a zombie.
-    if Path("/proc").is_dir():
-        for entry in Path("/proc").iterdir():
-            if not entry.name.isdigit():
-                continue
-            try:
-                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            except (OSError, IndexError):
-                continue
-            if len(fields) > 2 and fields[2] == str(pid) and fields[0] not in {"Z", "X"}:
-                return True
-        return False
-    return True
-
-
-def stop_process(pid: int, timeout: float = 15.0) -> str:
-    """SIGTERM the process group of ``pid``; SIGKILL after ``timeout``. Returns how it ended."""
-    if os.name == "nt":
-        subprocess.run(["taskkill", "/T", "/PID", str(pid)], capture_output=True)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and pid_alive(pid):
-            time.sleep(0.2)
-        if pid_alive(pid):
-            subprocess.run(["taskkill", "/T", "/F", "/PID", str(pid)], capture_output=True)
-            return "killed"
-        return "stopped"
-    try:
-        os.killpg(pid, signal.SIGTERM)
-    except ProcessLookupError:
-        try:
-            os.kill(pid, signal.SIGTERM)
-        except ProcessLookupError:
-            return "already gone"
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        _reap(pid)
-        if not _group_alive(pid):
-            return "stopped"
-        time.sleep(0.2)
-    for send in (os.killpg, os.kill):
-        try:
-            send(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-    time.sleep(0.3)
-    _reap(pid)
-    return "killed"
 
 
 # --------------------------------------------------------------------------- health

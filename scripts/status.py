@@ -1,8 +1,8 @@
 """Health of every Phoenix 95 part: ``python scripts/status.py`` (or ``scripts/status``).
 
-Checks the brokers (AMQP login, Redis PING, Kafka TCP), then each process `up` manages:
-alive (pid file points at a live process of ours) and, where it has one, ``/health``.
-Exits 1 if anything is down.
+Checks the brokers (AMQP login, Redis PING, Kafka TCP), then each program supervisord runs
+for `up`: its state, pid, uptime and restart count (from supervisord over XML-RPC) next to
+its ``/health``. Exits 1 if anything is down.
 """
 
 from __future__ import annotations
@@ -19,9 +19,44 @@ if __name__ == "__main__":
 import argparse
 from collections.abc import Sequence
 
-from scripts import infra, lib
+from scripts import infra, lib, supervise
 from scripts.up import process_specs
 from shared.settings import settings_or_exit
+
+Row = tuple[str, bool, str]
+TANSU_LABEL = "kafka (tansu)"  # the embedded broker program, next to the "kafka" reachability row
+
+
+def uptime(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    whole = int(seconds)
+    days, rest = divmod(whole, 86400)
+    text = f"{rest // 3600}:{rest % 3600 // 60:02d}:{rest % 60:02d}"
+    return f"{days}d {text}" if days else text
+
+
+def program_row(name: str, info: supervise.ProgramInfo | None, restarts: int,
+                health_url: str | None) -> Row:
+    """One line: supervisord's view (state, pid, uptime, restarts) next to /health."""
+    if info is None:
+        return name, False, "not configured in supervisord (run scripts/up)"
+    running = info.state == "RUNNING"
+    detail = (f"{info.state:<8} pid {info.pid or '-':<7} up {uptime(info.uptime_s):<10} "
+              f"restarts {restarts:<3}")
+    if health_url is None or not running:
+        return name, running, detail + ("" if running else f" {info.description}")
+    healthy, why = lib.http_ok(health_url)
+    return name, healthy, f"{detail} {health_url} -> {why}"
+
+
+def program_rows(run_dir: Path, names_urls: Sequence[tuple[str, str | None]]) -> list[Row]:
+    if not supervise.answering(run_dir):
+        return [(name, False, "supervisord not running") for name, _ in names_urls]
+    infos = supervise.programs(run_dir)
+    restarts = supervise.restart_counts(run_dir)
+    return [program_row(name, infos.get(name), restarts.get(name, 0), url)
+            for name, url in names_urls]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -30,9 +65,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="do not count a stopped dashboard as down")
     parser.add_argument("--only-infra", action="store_true", help="check the brokers only")
     args = parser.parse_args(argv)
+    supervise.require_posix()
     settings = settings_or_exit()
     run_dir = settings.services.run_path()
-    rows: list[tuple[str, bool, str]] = []
+    rows: list[Row] = []
 
     ok, detail = infra.rabbit_reachable(settings)
     rows.append(("rabbitmq", ok, detail))
@@ -42,16 +78,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     rows.append(("kafka", ok, settings.kafka.bootstrap_servers))
 
     if not args.only_infra:
-        for spec in process_specs(settings, dashboard=not args.no_dashboard):
-            pid = lib.running_pid(run_dir, spec.name)
-            if pid is None:
-                rows.append((spec.name, False, "not running"))
-                continue
-            if spec.health_url is None:
-                rows.append((spec.name, True, f"pid {pid}"))
-                continue
-            healthy, why = lib.http_ok(spec.health_url)
-            rows.append((spec.name, healthy, f"pid {pid}, {spec.health_url} -> {why}"))
+        wanted = [(s.name, s.health_url)
+                  for s in process_specs(settings, dashboard=not args.no_dashboard)]
+        if infra.started_marker(run_dir, infra.KAFKA_PROC).exists():
+            wanted.insert(0, (infra.KAFKA_PROC, None))
+        rows += [(TANSU_LABEL if name == infra.KAFKA_PROC else name, ok, detail)
+                 for name, ok, detail in program_rows(run_dir, wanted)]
 
     lib.section(f"Phoenix 95 status ({run_dir})")
     for name, ok, detail in rows:

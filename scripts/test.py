@@ -1,7 +1,8 @@
 """The test command CI runs: ``python scripts/test.py [pytest args]`` (or ``scripts/test``).
 
 Runs lint (ruff), types (mypy), then brings the stack up in an ISOLATED test environment
-(own ports, run folder ``.run-test``, vhost ``/trading_test``, Redis db 1, Kafka on 19092,
+(own ports 181xx with the feed on 18104, run folder ``.run-test`` with its own supervisord,
+vhost ``/trading_test``, Redis db 1, Kafka on 19092,
 SQLite in ``.run-test``, generated secrets in ``.run-test/.env.test``), runs pytest with
 that environment and always stops the test stack afterwards. Exits with pytest's code
 (exit 5, "no tests collected", counts as a failure). Never touches the user's ``.env``,
@@ -43,6 +44,7 @@ TEST_ENV: dict[str, str] = {
     "PHOENIX__SERVICES__RISK_PORT": "18101",
     "PHOENIX__SERVICES__EXECUTE_PORT": "18102",
     "PHOENIX__SERVICES__NOTIFY_PORT": "18103",
+    "PHOENIX__SERVICES__FEED_PORT": "18104",
     "PHOENIX__SERVICES__DASHBOARD_PORT": "18501",
     "PHOENIX__PAPER_EXCHANGE__PORT": "18110",
     "PHOENIX__SERVICES__RUN_DIR": TEST_RUN_DIR,
@@ -56,7 +58,11 @@ TEST_ENV: dict[str, str] = {
     "PHOENIX__PAPER_EXCHANGE__STATE_PATH": f"{TEST_RUN_DIR}/paper_exchange.db",
     "PHOENIX_DOTENV": f"{TEST_RUN_DIR}/.env.test",
     "PHOENIX__PAPER_EXCHANGE__TICK_INTERVAL_MS": "200",
-    "PHOENIX__EXCHANGE__MODE": "paper",
+    # The live code path end to end: live mode pointed at a paper exchange that this
+    # script starts separately (a dress rehearsal of trading on Binance).
+    "PHOENIX__EXCHANGE__MODE": "live",
+    "PHOENIX__EXCHANGE__REST_URL": "http://127.0.0.1:18110",
+    "PHOENIX__EXCHANGE__WS_URL": "ws://127.0.0.1:18110/ws",
 }
 # Keys of the user's shell that must not leak into the isolated run.
 SCRUBBED_PREFIXES = ("PHOENIX__", "PHOENIX_DOTENV", "PHOENIX_CONFIG")
@@ -240,10 +246,42 @@ def lint(env: Mapping[str, str]) -> list[str]:
     return failures
 
 
+def start_paper_exchange(env: Mapping[str, str]) -> subprocess.Popen[bytes] | None:
+    """The exchange the live-mode test stack trades on, started apart from the stack."""
+    lib.section("test environment: paper exchange (separately started)")
+    dotenv = lib.ROOT / env["PHOENIX_DOTENV"]
+    lib.ensure_env_file(dotenv)  # its keys are the ones the stack will sign with
+    log = lib.log_file(lib.ROOT / TEST_RUN_DIR, "paper_exchange")
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("ab") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "nameko_services.paper_exchange"],
+                                cwd=lib.ROOT, env=dict(env), stdout=out,
+                                stderr=subprocess.STDOUT)
+    url = env["PHOENIX__EXCHANGE__REST_URL"] + "/health"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and proc.poll() is None:
+        if lib.http_ok(url)[0]:
+            lib.info(f"paper exchange: healthy ({url})")
+            return proc
+        time.sleep(0.3)
+    lib.warn(f"paper exchange did not become healthy at {url}")
+    lib.print_tail(log)
+    stop_paper_exchange(proc)
+    return None
+
+
+def stop_paper_exchange(proc: subprocess.Popen[bytes] | None) -> None:
+    if proc is None or proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=10)
+
+
 def start_test_stack(env: Mapping[str, str], infra_only: bool, dashboard: bool) -> int:
-    lib.section("test environment: clean slate")
-    enable_rabbit_management()
-    clean_slate(env)
     lib.section("test environment: up")
     up_cmd = [sys.executable, str(lib.ROOT / "scripts" / "up.py")]
     if infra_only:
@@ -285,9 +323,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     failures = [] if args.no_lint else lint(env)
 
     code = 1
+    paper: subprocess.Popen[bytes] | None = None
     try:
-        up_code = 0 if args.no_up else start_test_stack(
-            env, args.infra_only, not args.no_dashboard)
+        up_code = 0
+        if not args.no_up:
+            lib.section("test environment: clean slate")
+            enable_rabbit_management()
+            clean_slate(env)
+            paper = start_paper_exchange(env)
+            up_code = 1 if paper is None else start_test_stack(
+                env, args.infra_only, not args.no_dashboard)
         if up_code != 0:
             failures.append("up")
         else:
@@ -298,6 +343,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not args.no_up:
             lib.section("test environment: down")
             _run([sys.executable, str(lib.ROOT / "scripts" / "down.py")], env)
+            stop_paper_exchange(paper)
     lib.section("summary")
     elapsed = time.monotonic() - started
     if failures:

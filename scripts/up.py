@@ -2,8 +2,9 @@
 
 Idempotent. Creates the virtualenv, generates missing secrets in ``.env``, makes the
 brokers reachable (RabbitMQ with vhost/user/topology, Redis with consumer groups, Kafka
-with topics), then starts the paper exchange, the four services, the dashboard and the
-Telegram sender as detached processes with logs and pid files in the run folder.
+with topics), then has supervisord (config, socket and logs in the run folder) start the
+paper exchange, the four services, the feed, the dashboard and the Telegram sender, and
+waits until each is healthy. supervisord restarts any of them that dies.
 """
 
 from __future__ import annotations
@@ -22,15 +23,15 @@ import os
 import time
 from collections.abc import Sequence
 
-from scripts import infra, lib
+from scripts import infra, lib, supervise
 from shared import names
 from shared.settings import DOTENV_ENV, Settings, get_settings, settings_or_exit
 
 HEALTH_TIMEOUT = 90.0
-NO_HEALTH_GRACE_S = 3.0
 PAPER = "paper_exchange"
 DASHBOARD = "dashboard"
 TELEGRAM = "telegram_worker"
+FEED_MODULE = "nameko_services.feed"
 
 
 def dotenv_path() -> Path:
@@ -53,19 +54,24 @@ def ensure_dotenv(path: Path) -> None:
 
 
 def process_specs(settings: Settings, dashboard: bool = True) -> list[lib.ProcSpec]:
-    """Everything `up` starts, in start order, with health URLs."""
+    """Every program supervisord runs for up, in start order, with health URLs."""
     py = sys.executable
     svc = settings.services
     specs: list[lib.ProcSpec] = []
-    if settings.exchange.mode == "paper":
+    # With exchange.rest_url set the exchange is someone else's, started separately.
+    if settings.exchange.mode == "paper" and not settings.exchange.rest_url:
         specs.append(lib.ProcSpec(
             PAPER, (py, "-m", "nameko_services.paper_exchange"),
-            f"{settings.paper_exchange.base_url}/health",
+            f"{settings.paper_exchange.base_url}/health", priority=10,
         ))
+    specs.append(lib.ProcSpec(
+        names.FEED, (py, "-m", FEED_MODULE), f"{svc.url_of(names.FEED)}/health",
+        priority=20,
+    ))
     for service in names.SERVICES:
         specs.append(lib.ProcSpec(
             service, (py, "-m", "nameko_services.runner", service),
-            f"{svc.url_of(service)}/health",
+            f"{svc.url_of(service)}/health", priority=30,
         ))
     if dashboard:
         specs.append(lib.ProcSpec(
@@ -73,35 +79,40 @@ def process_specs(settings: Settings, dashboard: bool = True) -> list[lib.ProcSp
             (py, "-m", "streamlit", "run", "dashboard/app.py",
              "--server.port", str(svc.dashboard_port), "--server.address", svc.host,
              "--server.headless", "true", "--browser.gatherUsageStats", "false"),
-            f"http://{svc.host}:{svc.dashboard_port}/_stcore/health",
+            f"http://{svc.host}:{svc.dashboard_port}/_stcore/health", priority=40,
         ))
-    if settings.telegram.enabled:
-        specs.append(lib.ProcSpec(TELEGRAM, (py, "-m", "nameko_services.notify.telegram_worker")))
+    if settings.telegram.active:
+        specs.append(lib.ProcSpec(
+            TELEGRAM, (py, "-m", "nameko_services.notify.telegram_worker"), priority=40))
     return specs
 
 
-def start_all(run_dir: Path, specs: Sequence[lib.ProcSpec]) -> None:
-    for spec in specs:
-        pid = lib.running_pid(run_dir, spec.name)
-        if pid is not None:
-            lib.info(f"{spec.name}: already running (pid {pid})")
-            continue
-        pid = lib.start_process(run_dir, spec, os.environ)
-        lib.info(f"{spec.name}: started (pid {pid}), log {lib.log_file(run_dir, spec.name)}")
-
-
 def wait_healthy(run_dir: Path, specs: Sequence[lib.ProcSpec], timeout: float) -> bool:
+    """Every spec answers /health (or, without one, supervisord calls it RUNNING).
+
+    A program supervisord gave up on (FATAL) fails at once; one that crashed and is being
+    restarted keeps its chance until the deadline.
+    """
+    def alive(name: str) -> bool:
+        return supervise.state_of(run_dir, name) in supervise.ALIVE_STATES
+
     targets = {s.name: s.health_url for s in specs if s.health_url}
-    result = lib.wait_for_health(
-        targets, timeout, alive=lambda name: lib.running_pid(run_dir, name) is not None
-    )
+    result = lib.wait_for_health(targets, timeout, alive=alive)
     for name, url in result.ok.items():
         lib.info(f"{name}: healthy ({url})")
-    if any(spec.health_url is None for spec in specs):
-        time.sleep(NO_HEALTH_GRACE_S)  # no /health: it must at least stay alive a moment
+    deadline = time.monotonic() + timeout
     for spec in specs:
-        if spec.health_url is None and lib.running_pid(run_dir, spec.name) is None:
-            result.failed[spec.name] = "process exited"
+        if spec.health_url is not None:
+            continue
+        state = supervise.state_of(run_dir, spec.name)
+        while state != "RUNNING" and state in supervise.ALIVE_STATES \
+                and time.monotonic() < deadline:
+            time.sleep(0.5)
+            state = supervise.state_of(run_dir, spec.name)
+        if state == "RUNNING":
+            lib.info(f"{spec.name}: running (up for {supervise.START_SECS}s)")
+        else:
+            result.failed[spec.name] = f"supervisord state {state}"
     for name, reason in result.failed.items():
         print(f"FAILED {name}: {reason}", file=sys.stderr)
         lib.print_tail(lib.log_file(run_dir, name))
@@ -153,8 +164,10 @@ def summary(settings: Settings, run_dir: Path, specs: Sequence[lib.ProcSpec],
     if any(s.name == DASHBOARD for s in specs):
         lib.info(f"  dashboard        http://{svc.host}:{svc.dashboard_port}/")
     lib.info(f"  webhook          {svc.url_of(names.BRAIN)}/webhook")
-    lib.info(f"  logs             {lib.log_dir(run_dir)}")
+    lib.info(f"  logs             {lib.log_dir(run_dir)} (rotated by supervisord)")
     lib.info("  stop with        python scripts/down.py   (status: python scripts/status.py)")
+    lib.info(f"  supervisorctl    {sys.executable} -m supervisor.supervisorctl "
+             f"-c {supervise.conf_path(run_dir)} status")
     lib.info("\nSend a test alert (secret read from the environment or " f"{env_file}):\n")
     lib.info(curl_example(settings, env_file))
 
@@ -164,9 +177,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--no-dashboard", action="store_true", help="do not start Streamlit")
     parser.add_argument("--only-infra", action="store_true",
                         help="brokers and topology only; start no Phoenix process")
-    parser.add_argument("--run-dir", help="override services.run_dir (pids, logs)")
+    parser.add_argument("--run-dir", help="override services.run_dir (supervisord, logs)")
     parser.add_argument("--health-timeout", type=float, default=HEALTH_TIMEOUT)
     args = parser.parse_args(argv)
+    supervise.require_posix()
     if args.run_dir:
         os.environ["PHOENIX__SERVICES__RUN_DIR"] = str(Path(args.run_dir).resolve())
 
@@ -183,8 +197,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         infra.ensure_rabbitmq(settings, run_dir)
         infra.ensure_redis(settings, run_dir)
-        infra.ensure_kafka(settings, run_dir)
-    except infra.InfraError as exc:
+        kafka = infra.embedded_kafka_spec(settings, run_dir)
+        specs = process_specs(settings, dashboard=not args.no_dashboard)
+        lib.info(supervise.start_daemon(run_dir, ([kafka] if kafka else []) + specs))
+        infra.ensure_kafka(settings, run_dir,
+                           start=lambda name: supervise.start_programs(run_dir, [name]))
+    except (infra.InfraError, supervise.SupervisorError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     if args.only_infra:
@@ -193,13 +211,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     lib.section("processes")
     prepare_database(settings)
-    specs = process_specs(settings, dashboard=not args.no_dashboard)
-    # The paper exchange first: execute talks to it as soon as it starts.
+    # The paper exchange first: the feed and execute talk to it as soon as they start.
     stages = [[s for s in specs if s.name == PAPER], [s for s in specs if s.name != PAPER]]
     for stage in stages:
         if not stage:
             continue
-        start_all(run_dir, stage)
+        for line in supervise.start_programs(run_dir, [s.name for s in stage]):
+            lib.info(line)
         if not wait_healthy(run_dir, stage, args.health_timeout):
             print("error: not every part became healthy; see the logs above. "
                   "Stop what started with scripts/down.", file=sys.stderr)

@@ -55,6 +55,8 @@ class TradingSettings(_Section):
     allow_same_symbol_position: bool = False
     sizing: Literal["kelly", "fixed"] = "kelly"
     fixed_margin_fraction: Fraction = 0.05
+    # The brief's name for phoenix_95.threshold; Settings folds it in (both set: must agree).
+    phoenix_95_threshold: Annotated[float | None, Field(ge=0.0, le=1.0)] = None
 
     @field_validator("allowed_symbols")
     @classmethod
@@ -101,6 +103,7 @@ class SecuritySettings(_Section):
 
 
 class TelegramSettings(_Section):
+    enabled: bool = True  # false keeps Telegram off even with a token and chat id
     token: SecretStr = SecretStr("")
     chat_id: str = ""
     api_base_url: str = "https://api.telegram.org/bot"
@@ -111,8 +114,9 @@ class TelegramSettings(_Section):
     command_poll_timeout: Annotated[int, Field(ge=0, le=50)] = 20  # getUpdates long poll, s
 
     @property
-    def enabled(self) -> bool:
-        return bool(self.token.get_secret_value() and self.chat_id)
+    def active(self) -> bool:
+        """Telegram is actually on: enabled, and a token and a chat id to send with."""
+        return bool(self.enabled and self.token.get_secret_value() and self.chat_id)
 
 
 class ExchangeSettings(_Section):
@@ -344,6 +348,26 @@ class Settings(BaseSettings):
             dotenv_settings,
             YamlConfigSettingsSource(settings_cls, yaml_file=yaml_path),
         )
+
+    @model_validator(mode="after")
+    def _threshold_alias(self) -> Settings:
+        alias = self.trading.phoenix_95_threshold
+        if alias is None:
+            return self
+        if "threshold" in self.phoenix_95.model_fields_set:
+            if self.phoenix_95.threshold != alias:
+                raise ValueError(
+                    f"trading.phoenix_95_threshold={alias} and phoenix_95.threshold="
+                    f"{self.phoenix_95.threshold} disagree: they are the same setting, set one "
+                    f"({env_name('trading.phoenix_95_threshold')} or "
+                    f"{env_name('phoenix_95.threshold')}) or give both the same value"
+                )
+            return self
+        # Frozen model: the validated alias replaces the default once, here at the edge.
+        object.__setattr__(
+            self, "phoenix_95", self.phoenix_95.model_copy(update={"threshold": alias})
+        )
+        return self
 
     @model_validator(mode="after")
     def _secrets_present(self) -> Settings:

@@ -281,7 +281,7 @@ class NotifyService:
     @api
     def health(self, request: Request) -> tuple[int, Any]:
         return 200, {"status": "ok", "service": NOTIFY,
-                     "telegram": "enabled" if self.config.telegram.enabled else "log only",
+                     "telegram": "enabled" if self.config.telegram.active else "log only",
                      "down": self.monitor.watch.down(),
                      "telegram_dead_letters": self.alerts.dead_letters()}
 

@@ -585,7 +585,7 @@ def main() -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)
     settings = settings_or_exit()
-    if not settings.telegram.enabled:
+    if not settings.telegram.active:
         print("telegram worker: telegram.token and telegram.chat_id are not configured "
               "(set PHOENIX__TELEGRAM__TOKEN and PHOENIX__TELEGRAM__CHAT_ID)", file=sys.stderr)
         return 2

@@ -16,7 +16,7 @@ import ccxt
 import pytest
 import redis
 
-from shared.exchange import make_exchange
+from shared.exchange import make_exchange, rest_origin
 from shared.settings import Settings, get_settings
 
 
@@ -35,9 +35,11 @@ def settings() -> Settings:
         s = get_settings()
     except Exception as exc:  # noqa: BLE001 - report why the system cannot be found
         pytest.fail(f"settings for the running system are invalid: {exc}")
-    urls = [s.services.url_of(n) + "/health" for n in ("brain", "risk", "execute", "notify")]
-    if s.exchange.mode == "paper":
-        urls.append(s.paper_exchange.base_url + "/health")
+    urls = [s.services.url_of(n) + "/health"
+            for n in ("brain", "risk", "execute", "notify", "feed")]
+    origin = rest_origin(s)  # the paper exchange, in paper mode or as live mode's endpoint
+    if origin:
+        urls.append(origin + "/health")
     down = [u for u in urls if not _healthy(u)]
     if down:
         message = f"the system is not running (no answer from {', '.join(down)}); " \
@@ -73,3 +75,12 @@ def rpc(settings: Settings) -> Iterator[Any]:
 @pytest.fixture(scope="session")
 def api_key(settings: Settings) -> str:
     return sorted(settings.security.api_key_values())[0]
+
+
+@pytest.fixture(scope="session")
+def paper_url(settings: Settings) -> str:
+    """The paper exchange the system trades on (its admin API pins prices); skip otherwise."""
+    origin = rest_origin(settings)
+    if not origin or not _healthy(origin + "/health"):
+        pytest.skip("the system does not trade on a paper exchange")
+    return origin

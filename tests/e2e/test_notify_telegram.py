@@ -57,13 +57,13 @@ def _local_port(url: str) -> int | None:
 def telegram(settings: Settings) -> Iterator[Telegram]:
     tg = settings.telegram
     port = _local_port(tg.api_base_url)
-    if tg.enabled and port is not None:  # the system's own worker talks to this port
+    if tg.active and port is not None:  # the system's own worker talks to this port
         token = tg.token.get_secret_value()
         chat = int(parse_chat_ids(tg.chat_id)[0])
         with TelegramStandin(token=token, port=port) as standin:
             yield Telegram(standin, chat)
         return
-    if tg.enabled:
+    if tg.active:
         pytest.skip("the system's Telegram points at a real Bot API; not messaging it")
     token, chat = "424242:E2E-TOKEN", 4242
     with TelegramStandin(token=token) as standin:

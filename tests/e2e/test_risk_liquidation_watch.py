@@ -22,9 +22,9 @@ pytestmark = pytest.mark.e2e
 SYMBOL, CCXT = "BNBUSDT", "BNB/USDT:USDT"
 
 
-def paper_price(settings: Any, price: Decimal, hold: bool) -> None:
+def paper_price(settings: Any, paper_url: str, price: Decimal, hold: bool) -> None:
     req = urllib.request.Request(
-        settings.paper_exchange.base_url + "/paper/price", method="POST",
+        paper_url + "/paper/price", method="POST",
         data=json.dumps({"symbol": SYMBOL, "price": float(price), "hold": hold}).encode(),
         headers={"X-MBX-APIKEY": settings.exchange.api_key.get_secret_value(),
                  "Content-Type": "application/json"})
@@ -33,15 +33,13 @@ def paper_price(settings: Any, price: Decimal, hold: bool) -> None:
 
 
 @pytest.fixture
-def pinned(settings: Any, exchange: Any, rpc: Any) -> Iterator[Decimal]:
-    if settings.exchange.mode != "paper":
-        pytest.skip("walks the paper exchange's price")
+def pinned(settings: Any, paper_url: str, exchange: Any, rpc: Any) -> Iterator[Decimal]:
     rpc.execute.close(SYMBOL)
     price = Decimal(str(exchange.fetch_ticker(CCXT)["last"]))
-    paper_price(settings, price, hold=True)
+    paper_price(settings, paper_url, price, hold=True)
     yield price
     rpc.execute.close(SYMBOL)
-    paper_price(settings, price, hold=False)
+    paper_price(settings, paper_url, price, hold=False)
 
 
 def _outbox_after(streams: Any, since_ms: int) -> list[str]:
@@ -51,7 +49,7 @@ def _outbox_after(streams: Any, since_ms: int) -> list[str]:
 
 
 def test_price_walk_toward_liquidation_raises_the_warning_through_notify(
-        settings: Any, exchange: Any, streams: Any, pinned: Decimal) -> None:
+        settings: Any, paper_url: str, exchange: Any, streams: Any, pinned: Decimal) -> None:
     market = exchange.market(CCXT)
     step = Decimal(str(market["precision"]["amount"]))
     need = Decimal(str(market["limits"]["cost"]["min"])) * Decimal("1.5") / pinned
@@ -74,7 +72,7 @@ def test_price_walk_toward_liquidation_raises_the_warning_through_notify(
     since = int(time.time() * 1000)
 
     for fraction in ("0.995", "0.99", "0.985"):  # the stop at -2 % is never crossed
-        paper_price(settings, entry * Decimal(fraction), hold=True)
+        paper_price(settings, paper_url, entry * Decimal(fraction), hold=True)
         time.sleep(1.0)
 
     texts = wait_for(lambda: [t for t in _outbox_after(streams, since)

@@ -189,6 +189,16 @@ def test_compose_kafka_topics_match_names(kind: str) -> None:
     assert {topic: int(n) for topic, n in specs} == names.TOPIC_PARTITIONS
 
 
+@pytest.mark.parametrize("kind", sorted(COMPOSE_FILES))
+def test_compose_runs_one_feed_with_its_health_check(kind: str) -> None:
+    feed = compose(kind)["services"]["feed"]
+
+    assert feed["command"] == ["python", "-m", "nameko_services.feed"]
+    assert "http://127.0.0.1:8104/health" in feed["healthcheck"]["test"]
+    assert feed.get("deploy", {}).get("replicas", 1) == 1  # the one writer of the state
+    assert "paper-exchange" in feed["depends_on"]
+
+
 def test_compose_dev_has_everything_and_paper_mode() -> None:
     services = compose("dev")["services"]
     assert {*CORE, "dashboard", "telegram-worker", "paper-exchange", "rabbitmq", "redis",
@@ -379,6 +389,21 @@ def test_k8s_core_deployments() -> None:
         hpa = k8s_find("HorizontalPodAutoscaler", name)
         assert hpa["spec"]["minReplicas"] >= 2
         assert hpa["spec"]["scaleTargetRef"]["name"] == name
+
+
+def test_k8s_feed_is_a_single_replica_with_health_probes() -> None:
+    dep = k8s_find("Deployment", "feed")
+    container = dep["spec"]["template"]["spec"]["containers"][0]
+
+    assert dep["spec"]["replicas"] == 1
+    assert dep["spec"]["strategy"]["type"] == "Recreate"  # never two writers during a rollout
+    assert container["command"] == ["python", "-m", "nameko_services.feed"]
+    assert container["image"] == k8s_find("Deployment", "brain")["spec"]["template"]["spec"][
+        "containers"][0]["image"]
+    assert container["ports"][0]["containerPort"] == 8104
+    assert k8s_find("Service", "feed")["spec"]["ports"][0]["port"] == 8104
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        assert container[probe]["httpGet"]["path"] == "/health"
 
 
 def test_k8s_namespace_and_secret_placeholders() -> None:

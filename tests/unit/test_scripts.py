@@ -5,17 +5,18 @@ from __future__ import annotations
 import json
 import os
 import stat
-import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from scripts import _bootstrap, lib
+from scripts import _bootstrap, lib, supervise
 from scripts import test as test_script
 from scripts import up as up_script
-from shared.settings import load_settings
+from shared.settings import Settings, load_settings
 
 # --------------------------------------------------------------------------- .env
 
@@ -216,64 +217,160 @@ def test_names_in_reads_first_column() -> None:
     assert lib.names_in(lines) == {"/", "/trading", "guest"}
 
 
-# --------------------------------------------------------------------------- processes
+# --------------------------------------------------------------------------- supervisord
 
 
-def test_start_and_stop_a_managed_process(tmp_path: Path) -> None:
-    run_dir = tmp_path / "run"
-    lib.prepare_run_dir(run_dir)
-    spec = lib.ProcSpec("sleeper", (sys.executable, "-c",
-                                    "import time; print('hello', flush=True); time.sleep(60)"))
-
-    pid = lib.start_process(run_dir, spec, os.environ)
-    try:
-        assert lib.running_pid(run_dir, "sleeper") == pid
-        deadline = time.monotonic() + 10
-        while "hello" not in lib.log_file(run_dir, "sleeper").read_text():
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
-    finally:
-        how = lib.stop_process(pid, timeout=5)
-
-    assert how == "stopped"
-    assert lib.running_pid(run_dir, "sleeper") is None
-    assert (run_dir / ".gitignore").read_text() == "*\n"
+def _sleeper(name: str) -> lib.ProcSpec:
+    code = f"import time; print('{name} up', flush=True); time.sleep(120)"
+    return lib.ProcSpec(name, (sys.executable, "-c", code), env={"MARK": "100%"})
 
 
-@pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="needs /proc")
-def test_foreign_pid_is_not_ours(tmp_path: Path) -> None:
-    # A pid file pointing at a live process we did not start (pid reuse) is ignored.
-    lib.write_pid(lib.pid_file(tmp_path, "brain"), os.getpid(), "x")
-
-    assert lib.running_pid(tmp_path, "brain") is None
-
-
-def test_stale_pid_file_is_not_running(tmp_path: Path) -> None:
-    proc = subprocess.Popen([sys.executable, "-c", "pass"])
-    proc.wait()
-    lib.write_pid(lib.pid_file(tmp_path, "risk"), proc.pid, lib.managed_tag(tmp_path, "risk"))
-
-    assert lib.running_pid(tmp_path, "risk") is None
+def _wait_for(condition: Callable[[], Any], what: str, timeout: float = 20.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
 
 
-def test_down_stops_only_recorded_processes(tmp_path: Path) -> None:
-    from scripts import down
+def test_config_restarts_stops_groups_and_rotates_logs(tmp_path: Path) -> None:
+    import configparser
 
     run_dir = tmp_path / "run"
-    lib.prepare_run_dir(run_dir)
-    ours = lib.start_process(run_dir, lib.ProcSpec(
-        "notify", (sys.executable, "-c", "import time; time.sleep(60)")), os.environ)
-    bystander = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
-    try:
-        report = down.stop_all(run_dir, timeout=5)
+    specs = [_sleeper("brain"), lib.ProcSpec("kafka", ("tansu", "broker"), priority=1)]
 
-        assert report == [f"notify: stopped (pid {ours})"]
-        assert not lib.pid_alive(ours)
-        assert bystander.poll() is None
-        assert list(lib.pid_dir(run_dir).glob("*.pid")) == []
+    text = supervise.render_config(run_dir, specs)
+
+    conf = configparser.RawConfigParser()
+    conf.read_string(text)
+    assert conf["unix_http_server"]["file"] == str(supervise.socket_path(run_dir))
+    assert conf["supervisord"]["pidfile"] == str(run_dir.resolve() / "supervisord.pid")
+    for name in ("brain", "kafka"):
+        program = conf[f"program:{name}"]
+        assert program["autorestart"] == "true"
+        assert program["autostart"] == "false"
+        assert int(program["startsecs"]) > 0 and int(program["startretries"]) > 0
+        assert program["stopasgroup"] == program["killasgroup"] == "true"
+        assert program["stdout_logfile"] == str(lib.log_file(run_dir.resolve(), name))
+        assert program["stdout_logfile_maxbytes"] and int(program["stdout_logfile_backups"]) > 0
+    assert conf["program:kafka"]["priority"] == "1"
+    assert 'MARK="100%%"' in conf["program:brain"]["environment"]  # % escaped for supervisord
+
+
+def test_long_run_dir_gets_a_short_socket_path(tmp_path: Path) -> None:
+    deep = tmp_path / ("x" * 120)
+
+    path = supervise.socket_path(deep)
+
+    assert len(str(path)) <= supervise.SOCKET_PATH_MAX
+    assert path == supervise.socket_path(deep)  # stable: status and down find it again
+
+
+def test_spawn_counts_restart_with_supervisord() -> None:
+    lines = [
+        "2026-01-01 00:00:00,000 INFO supervisord started with pid 10",
+        "2026-01-01 00:00:01,000 INFO spawned: 'brain' with pid 11",
+        "2026-01-01 00:00:02,000 INFO supervisord started with pid 20",
+        "2026-01-01 00:00:03,000 INFO spawned: 'brain' with pid 21",
+        "2026-01-01 00:00:04,000 WARN exited: brain (terminated by SIGKILL; not expected)",
+        "2026-01-01 00:00:04,100 INFO spawned: 'brain' with pid 22",
+        "2026-01-01 00:00:05,000 INFO spawned: 'risk' with pid 23",
+    ]
+
+    assert supervise.spawn_counts(lines) == {"brain": 2, "risk": 1}
+
+
+@pytest.mark.skipif(os.name == "nt", reason="supervisord is POSIX only (WSL on Windows)")
+def test_supervisord_restarts_a_killed_program_and_shutdown_stops_all(tmp_path: Path) -> None:
+    import signal
+
+    run_dir = tmp_path / "run"
+    lib.prepare_run_dir(run_dir)
+    specs = [_sleeper("alpha"), _sleeper("beta")]
+    try:
+        supervise.start_daemon(run_dir, specs)
+        supervise.start_programs(run_dir, ["alpha", "beta"])
+        first = _wait_for(lambda: supervise.programs(run_dir)["alpha"].pid, "alpha to start")
+
+        os.kill(first, signal.SIGKILL)
+
+        again = _wait_for(
+            lambda: (info := supervise.programs(run_dir)["alpha"]).pid not in (0, first)
+            and info.pid, "alpha to be restarted")
+        assert supervise.restart_counts(run_dir) == {"alpha": 1, "beta": 0}
+        _wait_for(lambda: "alpha up" in lib.log_file(run_dir, "alpha").read_text(), "log")
+        pids = [again, supervise.programs(run_dir)["beta"].pid]
     finally:
-        bystander.kill()
-        bystander.wait()
+        supervise.shutdown(run_dir, timeout=30)
+
+    assert not supervise.answering(run_dir)
+    assert not any(supervise.pid_alive(pid) for pid in pids)
+
+
+@pytest.mark.skipif(os.name == "nt", reason="supervisord is POSIX only (WSL on Windows)")
+def test_second_start_reloads_the_changed_config(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    lib.prepare_run_dir(run_dir)
+    try:
+        supervise.start_daemon(run_dir, [_sleeper("alpha")])
+
+        message = supervise.start_daemon(run_dir, [_sleeper("alpha"), _sleeper("beta")])
+
+        assert "added ['beta']" in message
+        assert set(supervise.programs(run_dir)) == {"alpha", "beta"}
+        assert "already running" in supervise.start_daemon(
+            run_dir, [_sleeper("alpha"), _sleeper("beta")])
+    finally:
+        supervise.shutdown(run_dir, timeout=30)
+
+
+@pytest.mark.skipif(os.name == "nt", reason="supervisord is POSIX only (WSL on Windows)")
+def test_shutdown_kills_a_child_that_outlives_its_program(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    lib.prepare_run_dir(run_dir)
+    child_pid = tmp_path / "child.pid"
+    stubborn = ("import os, signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+                f"open({str(child_pid)!r}, 'w').write(str(os.getpid())); time.sleep(120)")
+    parent = (f"import subprocess, sys, time; subprocess.Popen([sys.executable, '-c', "
+              f"{stubborn!r}]); time.sleep(120)")
+    supervise.start_daemon(run_dir, [lib.ProcSpec("parent", (sys.executable, "-c", parent))])
+    supervise.start_programs(run_dir, ["parent"])
+    pid = int(_wait_for(lambda: child_pid.exists() and child_pid.read_text(), "the child"))
+
+    message = supervise.shutdown(run_dir, timeout=30, leftover_timeout=1)
+
+    assert "killed leftovers" in message
+    _wait_for(lambda: not supervise.pid_alive(pid), "the stubborn child to be gone", 5)
+
+
+def test_shutdown_without_supervisord_is_a_no_op(tmp_path: Path) -> None:
+    assert supervise.shutdown(tmp_path) == "supervisord not running"
+
+
+def test_status_row_shows_state_uptime_restarts_and_health() -> None:
+    from scripts import status
+
+    info = supervise.ProgramInfo("brain", "RUNNING", 4242, 3725.0, "pid 4242, uptime 1:02:05")
+
+    name, ok, detail = status.program_row("brain", info, 2, "http://127.0.0.1:9/health")
+
+    assert (name, ok) == ("brain", False)  # running, but /health does not answer
+    assert "RUNNING" in detail and "pid 4242" in detail
+    assert "up 1:02:05" in detail and "restarts 2" in detail
+    assert "http://127.0.0.1:9/health ->" in detail
+
+
+def test_status_row_of_a_program_supervisord_gave_up_on() -> None:
+    from scripts import status
+
+    info = supervise.ProgramInfo("risk", "FATAL", 0, None, "Exited too quickly")
+
+    _, ok, detail = status.program_row("risk", info, 8, None)
+
+    assert ok is False
+    assert "FATAL" in detail and "restarts 8" in detail and "Exited too quickly" in detail
 
 
 # --------------------------------------------------------------------------- up / test
@@ -292,7 +389,8 @@ def test_process_specs_follow_settings(monkeypatch: pytest.MonkeyPatch,
 
     specs = {s.name: s for s in up_script.process_specs(settings, dashboard=False)}
 
-    assert set(specs) == {"paper_exchange", "brain", "risk", "execute", "notify"}
+    expected = {"paper_exchange", "brain", "risk", "execute", "notify"}
+    assert set(specs) == expected | {"feed"}
     assert specs["risk"].health_url == f"http://{settings.services.host}:18101/health"
     assert specs["brain"].argv[1:] == ("-m", "nameko_services.runner", "brain")
 
@@ -302,6 +400,53 @@ def test_process_specs_follow_settings(monkeypatch: pytest.MonkeyPatch,
     assert {"dashboard", "telegram_worker"} <= set(specs)
     assert specs["dashboard"].health_url is not None
     assert specs["dashboard"].health_url.endswith("/_stcore/health")
+    assert specs["paper_exchange"].priority < specs["brain"].priority  # started first
+
+
+def _settings_with(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, **env: str) -> Settings:
+    dotenv = tmp_path / ".env"
+    lib.ensure_env_file(dotenv)
+    for key in [k for k in os.environ if k.startswith("PHOENIX")]:
+        monkeypatch.delenv(key)
+    monkeypatch.setenv("PHOENIX_DOTENV", str(dotenv))
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    return load_settings()
+
+
+def test_paper_exchange_with_a_rest_url_is_started_separately(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    settings = _settings_with(monkeypatch, tmp_path,
+                              PHOENIX__EXCHANGE__REST_URL="http://127.0.0.1:9999")
+
+    names = {s.name for s in up_script.process_specs(settings, dashboard=False)}
+
+    assert "paper_exchange" not in names
+    assert "brain" in names
+
+
+def test_telegram_enabled_false_starts_no_telegram_worker(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    settings = _settings_with(monkeypatch, tmp_path, PHOENIX__TELEGRAM__TOKEN="t",
+                              PHOENIX__TELEGRAM__CHAT_ID="1", PHOENIX__TELEGRAM__ENABLED="false")
+
+    names = {s.name for s in up_script.process_specs(settings, dashboard=False)}
+
+    assert "telegram_worker" not in names
+
+
+def test_feed_is_started_and_health_checked(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    settings = _settings_with(monkeypatch, tmp_path, PHOENIX__SERVICES__FEED_PORT="18104")
+
+    specs = {s.name: s for s in up_script.process_specs(settings, dashboard=False)}
+
+    assert specs["feed"].argv[1:] == ("-m", "nameko_services.feed")
+    assert specs["feed"].health_url == f"http://{settings.services.host}:18104/health"
+    assert specs["paper_exchange"].priority < specs["feed"].priority
 
 
 def test_isolated_environment_never_points_at_user_resources() -> None:
@@ -317,6 +462,7 @@ def test_isolated_environment_never_points_at_user_resources() -> None:
     assert "PHOENIX__SECURITY__WEBHOOK_SECRET" not in env
     assert test_script.redis_db_index(env["PHOENIX__REDIS_STREAMS__URL"]) == 1
     assert env["PHOENIX__SERVICES__RUN_DIR"] == ".run-test"
+    assert env["PHOENIX__SERVICES__FEED_PORT"] == "18104"
     ports = [v for k, v in env.items() if k.endswith("_PORT")]
     assert ports and all(int(p) >= 18000 for p in ports)
 

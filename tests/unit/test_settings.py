@@ -96,3 +96,76 @@ def test_demo_mode_refuses_the_example_placeholder_secrets(secrets_env, monkeypa
 
     with pytest.raises(ConfigError, match="exchange.api_secret is still the .env.example"):
         load_settings()
+
+
+def _yaml_without_phoenix_threshold(tmp_path, monkeypatch):
+    import yaml
+
+    from shared.settings import ROOT
+
+    data = yaml.safe_load((ROOT / "config.yaml").read_text(encoding="utf-8"))
+    data.get("phoenix_95", {}).pop("threshold", None)
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(data), encoding="utf-8")
+    monkeypatch.setenv("PHOENIX_CONFIG", str(path))
+
+
+def test_trading_phoenix_95_threshold_sets_the_phoenix_threshold(
+        secrets_env, monkeypatch, tmp_path):
+    _yaml_without_phoenix_threshold(tmp_path, monkeypatch)
+    monkeypatch.setenv("PHOENIX__TRADING__PHOENIX_95_THRESHOLD", "0.6")
+
+    settings = load_settings()
+
+    assert settings.phoenix_95.threshold == 0.6
+
+
+def test_threshold_alias_agreeing_with_phoenix_threshold_is_accepted(secrets_env, monkeypatch):
+    monkeypatch.setenv("PHOENIX__TRADING__PHOENIX_95_THRESHOLD", "0.45")  # config.yaml: 0.45
+
+    assert load_settings().phoenix_95.threshold == 0.45
+
+
+def test_threshold_alias_disagreeing_with_phoenix_threshold_is_a_config_error(
+        secrets_env, monkeypatch):
+    monkeypatch.setenv("PHOENIX__TRADING__PHOENIX_95_THRESHOLD", "0.7")
+    monkeypatch.setenv("PHOENIX__PHOENIX_95__THRESHOLD", "0.5")
+
+    with pytest.raises(ConfigError) as err:
+        load_settings()
+
+    message = str(err.value)
+    assert "\n" not in message
+    assert "trading.phoenix_95_threshold=0.7" in message
+    assert "phoenix_95.threshold=0.5" in message
+
+
+def test_threshold_alias_out_of_range_is_rejected(secrets_env, monkeypatch):
+    monkeypatch.setenv("PHOENIX__TRADING__PHOENIX_95_THRESHOLD", "1.5")
+
+    with pytest.raises(ConfigError, match="trading.phoenix_95_threshold"):
+        load_settings()
+
+
+def test_telegram_is_active_with_token_and_chat_id(secrets_env, monkeypatch):
+    monkeypatch.setenv("PHOENIX__TELEGRAM__TOKEN", "123:abc")
+    monkeypatch.setenv("PHOENIX__TELEGRAM__CHAT_ID", "42")
+
+    telegram = load_settings().telegram
+
+    assert telegram.enabled is True
+    assert telegram.active is True
+
+
+def test_telegram_enabled_false_keeps_it_off_despite_a_token(secrets_env, monkeypatch):
+    monkeypatch.setenv("PHOENIX__TELEGRAM__TOKEN", "123:abc")
+    monkeypatch.setenv("PHOENIX__TELEGRAM__CHAT_ID", "42")
+    monkeypatch.setenv("PHOENIX__TELEGRAM__ENABLED", "false")
+
+    assert load_settings().telegram.active is False
+
+
+def test_telegram_without_a_chat_id_is_off(secrets_env, monkeypatch):
+    monkeypatch.setenv("PHOENIX__TELEGRAM__TOKEN", "123:abc")
+
+    assert load_settings().telegram.active is False
