@@ -35,7 +35,8 @@ def _requests_total(settings: Any) -> dict[str, float]:
     out: dict[str, float] = {}
     for m in re.finditer(r'^paper_exchange_requests_total\{([^}]*)\}\s+(\S+)$', text, re.M):
         labels = dict(re.findall(r'(\w+)="([^"]*)"', m.group(1)))
-        out[f"{labels['method']} {labels['path']}"] = float(m.group(2))
+        if labels["path"] != "/metrics":  # this very scrape is not the trade's cost
+            out[f"{labels['method']} {labels['path']}"] = float(m.group(2))
     return out
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import urllib.error
@@ -20,6 +21,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -120,7 +122,8 @@ def test_a_filled_trade_reaches_telegram(settings: Settings, rpc: Any, api_key: 
                                   if f"signal {signal_id}" in t
                                   and f"ENTRY FILLED {symbol}" in t), None))
     position = next(p for p in rpc.execute.positions() if p["symbol"] == symbol)
-    assert f"@ {position['entry_price']}" in fill
+    shown = re.search(r"@ ([0-9.]+)", fill)
+    assert shown and Decimal(shown.group(1)) == Decimal(position["entry_price"])
     for label in ("SL ", "TP ", "liq ", "margin "):
         assert label in fill
 

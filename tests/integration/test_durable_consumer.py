@@ -282,9 +282,11 @@ def test_dlq_command_line_prints_each_dead_letter(
     [letter] = dlq.list_dead_letters(probe.amqp_uri, [probe.queue])[probe.queue]
 
     # the shell wrapper, as the README shows it
+    # (as a user's shell runs it: not inside an already bootstrapped interpreter)
+    env = {k: v for k, v in os.environ.items() if k != "PHOENIX_BOOTSTRAPPED"}
     proc = subprocess.run([str(ROOT / "scripts" / "dlq"), "--amqp-uri", probe.amqp_uri,
                            "drop", f"{probe.queue}.dlq", "--id", letter.id],
-                          cwd=ROOT, capture_output=True, text=True, timeout=60)
+                          cwd=ROOT, capture_output=True, text=True, timeout=60, env=env)
     assert proc.returncode == 0, proc.stderr
     assert f"dropped 1 message(s) from {probe.queue}.dlq" in proc.stdout
     assert probe.depth(kombu_dead_letter_queue(probe.queue).name) == 0

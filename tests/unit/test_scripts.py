@@ -385,6 +385,8 @@ def test_process_specs_follow_settings(monkeypatch: pytest.MonkeyPatch,
     monkeypatch.delenv("PHOENIX__TELEGRAM__TOKEN", raising=False)
     monkeypatch.delenv("PHOENIX__TELEGRAM__CHAT_ID", raising=False)
     monkeypatch.setenv("PHOENIX__EXCHANGE__MODE", "paper")
+    monkeypatch.delenv("PHOENIX__EXCHANGE__REST_URL", raising=False)
+    monkeypatch.delenv("PHOENIX__EXCHANGE__WS_URL", raising=False)
     settings = load_settings()
 
     specs = {s.name: s for s in up_script.process_specs(settings, dashboard=False)}

@@ -48,6 +48,7 @@ def seeded(monkeypatch: pytest.MonkeyPatch) -> Iterator[redis.Redis]:
         "PHOENIX__MESSAGE_QUEUE__PASSWORD": "pw",
         "PHOENIX__EXCHANGE__API_KEY": "key",
         "PHOENIX__EXCHANGE__API_SECRET": "secret",
+        "PHOENIX__EXCHANGE__MODE": "paper",  # whatever mode the calling test system runs
     }
     for service in names.SERVICES:  # nothing listens: the health panel shows them down
         env[f"PHOENIX__SERVICES__{service.upper()}_PORT"] = str(_closed_port())
