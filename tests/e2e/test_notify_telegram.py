@@ -122,7 +122,9 @@ def test_a_filled_trade_reaches_telegram(settings: Settings, rpc: Any, api_key: 
                                   if f"signal {signal_id}" in t
                                   and f"ENTRY FILLED {symbol}" in t), None))
     position = next(p for p in rpc.execute.positions() if p["symbol"] == symbol)
-    shown = re.search(r"@ ([0-9.]+)", fill)
+    # a digest merges several alerts: read the one of this signal
+    mine = next(part for part in re.split(r"\n\s*\n", fill) if f"signal {signal_id}" in part)
+    shown = re.search(rf"ENTRY FILLED {symbol} \S+ \S+ @ ([0-9.]+)", mine)
     assert shown and Decimal(shown.group(1)) == Decimal(position["entry_price"])
     for label in ("SL ", "TP ", "liq ", "margin "):
         assert label in fill
