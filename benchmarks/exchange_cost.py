@@ -51,7 +51,8 @@ def requests_total(settings: Settings) -> dict[str, float]:
         m = pattern.match(line)
         if m:
             labels = dict(re.findall(r'(\w+)="([^"]*)"', m.group(1)))
-            out[f"{labels.get('method')} {labels.get('path')}"] = float(m.group(2))
+            if labels.get("path") != "/metrics":  # our own scrape is not a trade's cost
+                out[f"{labels.get('method')} {labels.get('path')}"] = float(m.group(2))
     return out
 
 

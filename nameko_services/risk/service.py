@@ -185,11 +185,11 @@ class RiskService:
         record = Record.from_stream_fields(fields)
         if record.type != REC_TICK:
             return
+        if record.ts and time.time() * 1000 - record.ts > self.config.risk.max_price_age_ms:
+            return  # a tick left pending across a restart: the market has moved on
         event_ms = int(record.data.get("event_ms") or 0)
         if event_ms:
             TICK_LATENCY.observe(max(0.0, time.time() - event_ms / 1000))
-        if record.ts and time.time() * 1000 - record.ts > self.config.risk.max_price_age_ms:
-            return  # a tick left pending across a restart: the market has moved on
         symbol = str(record.data.get("symbol", ""))
         mark = Decimal(str(record.data.get("mark_price") or record.data.get("price") or 0))
         if not symbol or mark <= 0:
