@@ -35,6 +35,7 @@ from nameko_services.notify.engine import (
 from nameko_services.notify.outbox import LEVELS, AlertOutbox
 from shared import lag as lag_probe
 from shared.consumer import durable_consume
+from shared.health import ReadinessChecks, ReadinessProbe
 from shared.models import RiskAlert
 from shared.nameko_deps import Config, make_redis
 from shared.names import (
@@ -288,3 +289,13 @@ class NotifyService:
     @http("GET", "/metrics")
     def metrics(self, request: Request) -> Response:
         return metrics_response()
+
+    # --- readiness (k8s readinessProbe, compose healthcheck) ---
+    readiness: ReadinessChecks = ReadinessProbe()
+
+    @http("GET", "/ready")
+    @api
+    def ready(self, request: Request) -> tuple[int, Any]:
+        """200 when this replica can do its job, else 503 with the failing checks."""
+        result = self.readiness.run()
+        return result.status, {**result.wire(), "service": NOTIFY}
