@@ -81,6 +81,12 @@ class Running:
         except OSError:
             return 0, {}
 
+    def ready_with_fresh_market(self) -> tuple[int, dict[str, Any]] | None:
+        """Ready (the feed's part kept fresh while the service starts), else None."""
+        self.fresh_market()
+        status, body = self.ready()
+        return (status, body) if status == 200 else None
+
     def fresh_market(self, age_ms: int = 0) -> None:
         now = now_ms()
         StateWriter(self.rds).prices(
@@ -119,9 +125,7 @@ def running(tmp_path: Path, secrets_env: dict[str, str]) -> Iterator[Running]:
 
 
 def test_ready_when_consumers_are_attached_and_the_market_is_fresh(running: Running) -> None:
-    running.fresh_market()
-
-    status, body = wait_for(lambda: (r := running.ready())[0] == 200 and r,
+    status, body = wait_for(running.ready_with_fresh_market, timeout=60,
                             what="the probe to be ready")
 
     assert body["ready"] is True and "failing" not in body
@@ -132,8 +136,7 @@ def test_ready_when_consumers_are_attached_and_the_market_is_fresh(running: Runn
 
 def test_stale_market_data_makes_it_unready_and_fresh_data_ready_again(
         running: Running) -> None:
-    running.fresh_market()
-    wait_for(lambda: running.ready()[0] == 200, what="ready")
+    wait_for(running.ready_with_fresh_market, timeout=60, what="ready")
 
     running.fresh_market(age_ms=60_000)
     status, body = running.ready()
@@ -141,14 +144,12 @@ def test_stale_market_data_makes_it_unready_and_fresh_data_ready_again(
     assert status == 503
     assert body["ready"] is False and body["failing"] == ["market_data"]
     assert body["checks"]["amqp"]["ok"] is True
-    running.fresh_market()
-    assert running.ready()[0] == 200
+    assert running.ready_with_fresh_market() is not None
 
 
 def test_a_lost_broker_connection_is_unready_until_the_consumers_are_back(
         running: Running) -> None:
-    running.fresh_market()
-    wait_for(lambda: running.ready()[0] == 200, what="ready")
+    wait_for(running.ready_with_fresh_market, timeout=60, what="ready")
     quoted = urllib.parse.quote(running.vhost, safe="")
 
     # the broker refuses this user from now on, and drops its connections
@@ -160,6 +161,5 @@ def test_a_lost_broker_connection_is_unready_until_the_consumers_are_back(
 
     assert "amqp" in body["failing"]
     assert body["checks"]["redis"]["ok"] is True
-    running.fresh_market()
     mgmt("PUT", f"/permissions/{quoted}/guest", FULL)
-    wait_for(lambda: running.ready()[0] == 200, timeout=60, what="ready again")
+    wait_for(running.ready_with_fresh_market, timeout=60, what="ready again")
