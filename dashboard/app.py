@@ -31,7 +31,7 @@ from shared.settings import ConfigError, Settings, get_settings  # noqa: E402
 
 REFRESH_S = 3.0
 RPC_TIMEOUT_S = 2.0
-HEALTH_TIMEOUT_S = 1.0
+HEALTH_TIMEOUT_S = 3.0  # /ready asks the broker, Redis and the database
 EVENT_COUNT = 500
 STALE_MARKET_S = 10.0
 
@@ -113,8 +113,7 @@ def _risk_panel(settings: Settings, snapshot: data.RpcSnapshot | None,
                 st.json(extra)
     else:
         st.error(f"risk.status() failed — {snapshot.risk_error}")
-    ports = {s: settings.services.port_of(s) for s in names.SERVICES}
-    urls = data.health_urls(settings.services.host, ports)
+    urls = data.ready_urls(settings.services, names.SERVICES)  # readiness, not liveness
     rows = [
         {"service": h.service, "up": "🟢" if h.ok else "🔴", "status": h.status,
          "latency ms": None if h.latency_ms is None else round(h.latency_ms, 1)}

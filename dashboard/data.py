@@ -22,6 +22,7 @@ import redis
 from shared import names
 from shared.lag import Lag
 from shared.records import Record
+from shared.settings import ServicesSettings
 
 CANDLE_COLUMNS = ["time", "open", "high", "low", "close", "volume"]
 SIGNAL_COLUMNS = [
@@ -537,14 +538,16 @@ def check_one(service: str, url: str, timeout: float = 1.0) -> ServiceHealth:
             status = str(resp.status)
             try:
                 parsed = json.loads(body)
-                if isinstance(parsed, dict) and "status" in parsed:
+                if isinstance(parsed, dict) and "ready" in parsed:
+                    status = "ready" if parsed["ready"] else "not ready"
+                elif isinstance(parsed, dict) and "status" in parsed:
                     status = str(parsed["status"])
             except ValueError:
                 pass
             return ServiceHealth(service, url, 200 <= resp.status < 300, status, latency)
     except urllib.error.HTTPError as exc:
         latency = (time.perf_counter() - started) * 1000
-        return ServiceHealth(service, url, False, f"HTTP {exc.code}", latency)
+        return ServiceHealth(service, url, False, _not_ready(exc) or f"HTTP {exc.code}", latency)
     except (OSError, ValueError) as exc:
         reason = getattr(exc, "reason", exc)
         return ServiceHealth(service, url, False, f"down ({reason})")
@@ -559,8 +562,24 @@ def check_health(urls: dict[str, str], timeout: float = 1.0) -> list[ServiceHeal
         return [f.result() for f in futures]
 
 
+def _not_ready(exc: urllib.error.HTTPError) -> str:
+    """A 503 from ``/ready`` names its failing checks."""
+    try:
+        parsed = json.loads(exc.read(4096))
+    except (OSError, ValueError):
+        return ""
+    if isinstance(parsed, dict) and isinstance(parsed.get("failing"), list):
+        return "not ready: " + ", ".join(map(str, parsed["failing"]))
+    return ""
+
+
 def health_urls(host: str, ports: dict[str, int]) -> dict[str, str]:
     return {service: f"http://{host}:{port}/health" for service, port in ports.items()}
+
+
+def ready_urls(services: ServicesSettings, names_: Iterable[str]) -> dict[str, str]:
+    """Each service's ``/ready`` at its advertised address (``services.hosts``)."""
+    return {name: f"{services.url_of(name)}/ready" for name in names_}
 
 
 # --------------------------------------------------------------------------- RPC

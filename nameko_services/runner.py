@@ -23,7 +23,9 @@ def nameko_config(settings: Settings, service: str) -> dict[str, object]:
     mq = settings.message_queue
     return {
         "AMQP_URI": mq.amqp_uri,
-        "WEB_SERVER_ADDRESS": f"{settings.services.host}:{settings.services.port_of(service)}",
+        # bind_host, not host: 0.0.0.0 in a container, while callers use its DNS name
+        "WEB_SERVER_ADDRESS": f"{settings.services.bind_address()}:"
+                              f"{settings.services.port_of(service)}",
         "max_workers": mq.max_workers,
         "HEARTBEAT": mq.heartbeat,
         "TRANSPORT_OPTIONS": {

@@ -2,7 +2,9 @@
 
 Checks the brokers (AMQP login, Redis PING, Kafka TCP), then each program supervisord runs
 for `up`: its state, pid, uptime and restart count (from supervisord over XML-RPC) next to
-its ``/health``. Exits 1 if anything is down.
+its ``/health`` (alive) and, for the services and the feed, its ``/ready`` (ready: broker
+consumers attached, Redis, the feed's state fresh, the database; the failing checks when
+not). Exits 1 if anything is down or not ready.
 """
 
 from __future__ import annotations
@@ -17,14 +19,19 @@ if __name__ == "__main__":
     ensure_venv(__file__)
 
 import argparse
+import json
+import urllib.error
+import urllib.request
 from collections.abc import Sequence
 
 from scripts import infra, lib, supervise
 from scripts.up import process_specs
+from shared import names
 from shared.settings import settings_or_exit
 
 Row = tuple[str, bool, str]
 TANSU_LABEL = "kafka (tansu)"  # the embedded broker program, next to the "kafka" reachability row
+WITH_READY = frozenset({*names.SERVICES, names.FEED})  # the programs answering GET /ready
 
 
 def uptime(seconds: float | None) -> str:
@@ -36,9 +43,32 @@ def uptime(seconds: float | None) -> str:
     return f"{days}d {text}" if days else text
 
 
+def ready_url_of(name: str, health_url: str | None) -> str | None:
+    if name not in WITH_READY or not health_url or not health_url.endswith("/health"):
+        return None
+    return health_url.removesuffix("/health") + "/ready"
+
+
+def readiness(url: str, timeout: float = 5.0) -> tuple[bool, str]:
+    """``(True, "ready")``, or ``(False, "NOT READY: <failing checks>")`` / the error."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:
+            return 200 <= int(resp.status) < 300, "ready"
+    except urllib.error.HTTPError as exc:
+        try:
+            failing = json.loads(exc.read(8192)).get("failing") or []
+        except (OSError, ValueError, AttributeError):
+            failing = []
+        return False, ("NOT READY: " + ", ".join(map(str, failing)) if failing
+                       else f"NOT READY: HTTP {exc.code}")
+    except (urllib.error.URLError, OSError) as exc:
+        return False, f"NOT READY: {getattr(exc, 'reason', exc)}"
+
+
 def program_row(name: str, info: supervise.ProgramInfo | None, restarts: int,
-                health_url: str | None) -> Row:
-    """One line: supervisord's view (state, pid, uptime, restarts) next to /health."""
+                health_url: str | None, ready_url: str | None = None) -> Row:
+    """One line: supervisord's view (state, pid, uptime, restarts) next to /health and
+    /ready."""
     if info is None:
         return name, False, "not configured in supervisord (run scripts/up)"
     running = info.state == "RUNNING"
@@ -47,7 +77,11 @@ def program_row(name: str, info: supervise.ProgramInfo | None, restarts: int,
     if health_url is None or not running:
         return name, running, detail + ("" if running else f" {info.description}")
     healthy, why = lib.http_ok(health_url)
-    return name, healthy, f"{detail} {health_url} -> {why}"
+    detail = f"{detail} {health_url} -> {why}"
+    if not healthy or ready_url is None:
+        return name, healthy, detail
+    ready, state = readiness(ready_url)
+    return name, ready, f"{detail}, {state}"
 
 
 def program_rows(run_dir: Path, names_urls: Sequence[tuple[str, str | None]]) -> list[Row]:
@@ -55,7 +89,8 @@ def program_rows(run_dir: Path, names_urls: Sequence[tuple[str, str | None]]) ->
         return [(name, False, "supervisord not running") for name, _ in names_urls]
     infos = supervise.programs(run_dir)
     restarts = supervise.restart_counts(run_dir)
-    return [program_row(name, infos.get(name), restarts.get(name, 0), url)
+    return [program_row(name, infos.get(name), restarts.get(name, 0), url,
+                        ready_url_of(name, url))
             for name, url in names_urls]
 
 
@@ -90,7 +125,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         lib.info(f"  {'UP  ' if ok else 'DOWN'}  {name:<16} {detail}")
     down = [name for name, ok, _ in rows if not ok]
     if down:
-        lib.info(f"\n{len(down)} part(s) down: {', '.join(down)}")
+        lib.info(f"\n{len(down)} part(s) down or not ready: {', '.join(down)}")
         return 1
     lib.info("\nall parts up")
     return 0

@@ -266,8 +266,23 @@ class DatabaseSettings(_Section):
         return self.url
 
 
+WILDCARDS = frozenset({"0.0.0.0", "::", "[::]"})
+SERVICE_NAMES = frozenset({"brain", "risk", "execute", "notify", "feed", "dashboard"})
+
+
 class ServicesSettings(_Section):
+    """Where the services listen and where they are called.
+
+    ``host`` is the address others CALL (advertised); ``bind_host`` the address a service
+    LISTENS on (default: ``host``). On one machine both are 127.0.0.1. In compose/k8s every
+    service listens on 0.0.0.0 and is called by its DNS name: ``hosts`` maps a service to
+    its advertised host (``PHOENIX__SERVICES__HOSTS__RISK=risk``); a service not in
+    ``hosts`` is called at ``host``. 0.0.0.0 is never an address to call.
+    """
+
     host: str = "127.0.0.1"
+    bind_host: str | None = None
+    hosts: dict[str, str] = {}
     brain_port: Port = 8100
     risk_port: Port = 8101
     execute_port: Port = 8102
@@ -280,7 +295,38 @@ class ServicesSettings(_Section):
         return int(getattr(self, f"{service}_port"))
 
     def url_of(self, service: str) -> str:
-        return f"http://{self.host}:{self.port_of(service)}"
+        return f"http://{self.host_of(service)}:{self.port_of(service)}"
+
+    def host_of(self, service: str) -> str:
+        """The advertised host of ``service`` (what a caller connects to)."""
+        return self.hosts.get(service, self.host)
+
+    def bind_address(self) -> str:
+        """The address this process listens on."""
+        return self.bind_host or self.host
+
+    @model_validator(mode="before")
+    @classmethod
+    def _wildcard_host_binds(cls, data: Any) -> Any:
+        """``host: 0.0.0.0`` (the old way to listen on every interface) means bind there and
+        be called on 127.0.0.1: a wildcard is never an address to call."""
+        if isinstance(data, dict) and str(data.get("host", "")) in WILDCARDS:
+            data = {**data, "bind_host": data.get("bind_host") or data["host"],
+                    "host": "127.0.0.1"}
+        return data
+
+    @field_validator("hosts")
+    @classmethod
+    def _callable_hosts(cls, value: dict[str, str]) -> dict[str, str]:
+        unknown = sorted(set(value) - SERVICE_NAMES)
+        if unknown:
+            raise ValueError(f"unknown service(s) {', '.join(unknown)}; "
+                             f"one of {', '.join(sorted(SERVICE_NAMES))}")
+        wild = sorted(k for k, v in value.items() if v in WILDCARDS or not v)
+        if wild:
+            raise ValueError(f"hosts.{wild[0]}: a bind address is not one to call; give the "
+                             "name callers use (e.g. the compose/k8s service name)")
+        return value
 
     def run_path(self) -> Path:
         path = Path(self.run_dir)

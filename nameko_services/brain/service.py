@@ -19,6 +19,7 @@ from nameko_services.brain.dependencies import Engine, Gate, IntakeGate
 from nameko_services.brain.engine import BrainEngine, Decision
 from nameko_services.brain.intake import check_source, client_address, parse_alert, read_body
 from shared.consumer import Retryable, durable_consume
+from shared.health import ReadinessChecks, ReadinessProbe
 from shared.market import ExchangeUnavailable
 from shared.models import CloseRequest, RiskDecision, Signal, SignalRejectedEvent
 from shared.nameko_deps import Bus, BusError, Config, MessageBus, Telemetry
@@ -258,3 +259,13 @@ class BrainService:
         self.telemetry.emit_nowait(SIGNAL_STREAM, Record("signal_rejected",
                                                   {"reason": reason, "detail": detail,
                                                    "client": client}))
+
+    # --- readiness (k8s readinessProbe, compose healthcheck) ---
+    readiness: ReadinessChecks = ReadinessProbe(market=True)
+
+    @http("GET", "/ready")
+    @api
+    def ready(self, request: Request) -> tuple[int, Any]:
+        """200 when this replica can do its job, else 503 with the failing checks."""
+        result = self.readiness.run()
+        return result.status, {**result.wire(), "service": BRAIN}

@@ -21,6 +21,7 @@ from nameko_services.execute.dependencies import Engine
 from nameko_services.execute.engine import ExecutionEngine, LockBusy, Outcome
 from nameko_services.execute.reconcile import Correction, Reconciler
 from shared.consumer import Retryable, durable_consume
+from shared.health import ReadinessChecks, ReadinessProbe, breaker_check
 from shared.market import ExchangeUnavailable
 from shared.models import CloseRequest, RiskAlert, TradeIntent
 from shared.money import bracket_prices
@@ -310,3 +311,13 @@ class ExecuteService:
         self.telemetry.emit(TRADE_STREAM, Record("position_closed", payload, outcome.signal_id))
         self.dispatch(EVT_POSITION_CLOSED, {"type": "position_closed",
                                             "signal_id": outcome.signal_id, **payload})
+
+    # --- readiness (k8s readinessProbe, compose healthcheck) ---
+    readiness: ReadinessChecks = ReadinessProbe(market=True, account=True, database=True)
+
+    @http("GET", "/ready")
+    @api
+    def ready(self, request: Request) -> tuple[int, Any]:
+        """200 when this replica can do its job, else 503 with the failing checks."""
+        result = self.readiness.run([breaker_check(self.engine.gw.breaker.current_state)])
+        return result.status, {**result.wire(), "service": EXECUTE}

@@ -57,7 +57,7 @@ class Feed:
         self.market = MarketBook(self.symbols, feed.timeframes, feed.candle_limit, self.writer,
                                  self.market_sink, self.metrics, market_stream)
         self.account = AccountBook(self.writer, self.trade_sink, self.metrics, trade_stream)
-        self.http = HealthServer(self, http_host or settings.services.host,
+        self.http = HealthServer(self, http_host or settings.services.bind_address(),
                                  settings.services.feed_port if http_port is None else http_port)
         self._base_url, self._ws_url = base_url, ws_url
         self.ex: TeeExchange | None = None

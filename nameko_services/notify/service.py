@@ -18,6 +18,7 @@ from werkzeug.utils import redirect
 from werkzeug.wrappers import Request, Response
 
 from nameko_services.notify import messages
+from nameko_services.notify.alertmanager import MAX_WEBHOOK_BYTES, parse_webhook, require_bearer
 from nameko_services.notify.commands import RpcControl
 from nameko_services.notify.engine import (
     AlertPolicy,
@@ -35,6 +36,7 @@ from nameko_services.notify.engine import (
 from nameko_services.notify.outbox import LEVELS, AlertOutbox
 from shared import lag as lag_probe
 from shared.consumer import durable_consume
+from shared.health import ReadinessChecks, ReadinessProbe
 from shared.models import RiskAlert
 from shared.nameko_deps import Config, make_redis
 from shared.names import (
@@ -288,3 +290,25 @@ class NotifyService:
     @http("GET", "/metrics")
     def metrics(self, request: Request) -> Response:
         return metrics_response()
+
+    # --- readiness (k8s readinessProbe, compose healthcheck) ---
+    readiness: ReadinessChecks = ReadinessProbe()
+
+    @http("GET", "/ready")
+    @api
+    def ready(self, request: Request) -> tuple[int, Any]:
+        """200 when this replica can do its job, else 503 with the failing checks."""
+        result = self.readiness.run()
+        return result.status, {**result.wire(), "service": NOTIFY}
+
+    # --- Alertmanager's webhook (receiver http_config: authorization Bearer <api key>) ---
+    @http("POST", "/alertmanager")
+    @api
+    def alertmanager(self, request: Request) -> tuple[int, Any]:
+        """Each alert of an Alertmanager group (payload version 4) into the outbox."""
+        require_bearer(request, self.config.security.api_key_values())
+        hook = parse_webhook(read_json_object(request, MAX_WEBHOOK_BYTES))
+        queued = [self.alerts.send(a.level, a.text(), "alertmanager", dedupe_key=a.dedupe_key)
+                  for a in hook.alerts]
+        return 202, {"status": "queued", "alerts": len(hook.alerts),
+                     "queued": sum(1 for q in queued if q)}

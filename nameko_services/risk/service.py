@@ -36,6 +36,7 @@ from nameko_services.risk.desk import RiskDesk, TickResult
 from nameko_services.risk.engine import breaches
 from nameko_services.risk.stores import STATES
 from nameko_services.risk.watch import missing_stop_alert
+from shared.health import ReadinessChecks, ReadinessProbe
 from shared.market import ExchangeUnavailable
 from shared.models import RiskAlert, TradeIntent
 from shared.money import liquidation_price as liq_price
@@ -320,3 +321,13 @@ class RiskService:
             log.warning("asked execute to re-arm the stop-loss of %s: %s", symbol, reply)
         except (Exception, eventlet.Timeout) as exc:  # noqa: BLE001 - RemoteError, timeout
             log.error("execute.rearm(%s) failed: %s", symbol, exc)
+
+    # --- readiness (k8s readinessProbe, compose healthcheck) ---
+    readiness: ReadinessChecks = ReadinessProbe(market=True, account=True, database=True)
+
+    @http("GET", "/ready")
+    @api
+    def ready(self, request: Request) -> tuple[int, Any]:
+        """200 when this replica can do its job, else 503 with the failing checks."""
+        result = self.readiness.run()
+        return result.status, {**result.wire(), "service": RISK}

@@ -16,6 +16,7 @@ A missing validator skips its test with the reason locally, and FAILS under CI
 from __future__ import annotations
 
 import importlib.metadata
+import ipaddress
 import json
 import os
 import re
@@ -68,6 +69,22 @@ SECRET_VARS = (
     "PHOENIX__TELEGRAM__TOKEN",
     "PHOENIX__TELEGRAM__CHAT_ID",
 )
+WEBHOOK, API, BROKER, EX_KEY, EX_SECRET, TG_TOKEN, TG_CHAT = SECRET_VARS
+# The secret matrix: what each container uses, and so the only secrets it is given.
+SECRETS_OF = {
+    "brain": {WEBHOOK, API, BROKER},
+    "risk": {API, BROKER, EX_KEY, EX_SECRET},
+    "execute": {API, BROKER, EX_KEY, EX_SECRET},
+    "notify": {API, BROKER},
+    "feed": {EX_KEY, EX_SECRET},
+    "telegram-worker": {WEBHOOK, BROKER, TG_TOKEN, TG_CHAT},  # webhook: the confirm HMAC key
+    "dashboard": {API, BROKER},
+    "paper-exchange": {EX_KEY, EX_SECRET},
+}
+NOT_GIVEN = "not-given-to-this-container"
+ADVERTISED = {f"PHOENIX__SERVICES__HOSTS__{s.upper()}": s
+              for s in (*CORE, "feed", "dashboard")}
+RULES_DIR = K8S / "monitoring"
 
 
 # --------------------------------------------------------------------------- helpers
@@ -160,7 +177,8 @@ def test_compose_services_run_the_documented_commands(kind: str) -> None:
     services = compose(kind)["services"]
     for name in CORE:
         assert services[name]["command"] == ["python", "-m", "nameko_services.runner", name]
-        assert f"http://127.0.0.1:{PORTS[name]}/health" in services[name]["healthcheck"]["test"]
+        # the healthcheck is readiness: broker consumers, Redis, the feed's state, the DB
+        assert f"http://127.0.0.1:{PORTS[name]}/ready" in services[name]["healthcheck"]["test"]
     assert services["paper-exchange"]["command"][-1] == "nameko_services.paper_exchange"
     assert services["telegram-worker"]["command"][-1] == "nameko_services.notify.telegram_worker"
     dash = services["dashboard"]["command"]
@@ -169,15 +187,41 @@ def test_compose_services_run_the_documented_commands(kind: str) -> None:
 
 
 @pytest.mark.parametrize("kind", sorted(COMPOSE_FILES))
-def test_compose_secrets_only_come_from_the_environment(kind: str) -> None:
+def test_compose_gives_each_container_only_its_secrets_from_the_environment(kind: str) -> None:
     services = compose(kind)["services"]
-    for name in (*CORE, "dashboard", "telegram-worker"):
+    for name, wanted in SECRETS_OF.items():
         env = services[name]["environment"]
         for var in SECRET_VARS:
-            assert re.fullmatch(rf"\$\{{{var}:[?-][^}}]*\}}", env[var]), (name, var, env[var])
-        for var in SECRET_VARS[:5]:  # the ones settings.py requires
-            assert env[var].startswith("${" + var + ":?"), (name, var)
-        assert env["PHOENIX__SERVICES__HOST"] == "0.0.0.0"
+            value = str(env.get(var, ""))
+            if var in wanted:
+                assert re.fullmatch(rf"\$\{{{var}:[?-][^}}]*\}}", value), (name, var, value)
+                if var in SECRET_VARS[:5]:  # the ones settings.py requires
+                    assert value.startswith("${" + var + ":?"), (name, var)
+            else:  # settings.py requires five everywhere: a value that is not a secret
+                assert "${" not in value and (not value or NOT_GIVEN in value), (name, var)
+
+
+@pytest.mark.parametrize("kind", sorted(COMPOSE_FILES))
+def test_compose_services_bind_everywhere_and_call_each_other_by_name(kind: str) -> None:
+    services = compose(kind)["services"]
+    for name in (*CORE, "feed", "dashboard", "telegram-worker"):
+        env = services[name]["environment"]
+        assert env["PHOENIX__SERVICES__BIND_HOST"] == "0.0.0.0", name
+        assert "PHOENIX__SERVICES__HOST" not in env, name  # 0.0.0.0 is not an address to call
+        assert {k: env[k] for k in ADVERTISED} == ADVERTISED, name
+        assert set(ADVERTISED.values()) <= set(services)
+
+
+@pytest.mark.parametrize("kind", ["prod", "ha"])
+def test_compose_brain_trusts_exactly_the_shipped_nginx(kind: str) -> None:
+    config = compose(kind)
+    nginx_ip = config["services"]["nginx"]["networks"]["default"]["ipv4_address"]
+    subnet = config["networks"]["default"]["ipam"]["config"][0]["subnet"]
+    trusted = json.loads(config["services"]["brain"]["environment"][
+        "PHOENIX__SECURITY__TRUSTED_PROXIES"])
+
+    assert trusted == [nginx_ip]
+    assert ipaddress.ip_address(nginx_ip) in ipaddress.ip_network(subnet)
 
 
 @pytest.mark.parametrize("kind", sorted(COMPOSE_FILES))
@@ -194,7 +238,7 @@ def test_compose_runs_one_feed_with_its_health_check(kind: str) -> None:
     feed = compose(kind)["services"]["feed"]
 
     assert feed["command"] == ["python", "-m", "nameko_services.feed"]
-    assert "http://127.0.0.1:8104/health" in feed["healthcheck"]["test"]
+    assert "http://127.0.0.1:8104/ready" in feed["healthcheck"]["test"]
     assert feed.get("deploy", {}).get("replicas", 1) == 1  # the one writer of the state
     assert "paper-exchange" in feed["depends_on"]
 
@@ -303,24 +347,63 @@ def test_prometheus_scrapes_every_service() -> None:
         sd = jobs[f"phoenix95-{name}"]["dns_sd_configs"][0]
         assert sd["names"] == [name] and sd["port"] == PORTS[name]
         assert jobs[f"phoenix95-{name}"]["metrics_path"] == "/metrics"
-    rules = [r for g in load_yaml(PROMETHEUS / "alerts.yml")["groups"] for r in g["rules"]]
+    sd = jobs["phoenix95-feed"]["dns_sd_configs"][0]
+    assert sd["names"] == ["feed"] and sd["port"] == 8104
+
+
+def test_every_alert_rule_has_a_promtool_unit_test() -> None:
+    rules = [r for g in load_yaml(RULES_DIR / "alerts.yml")["groups"] for r in g["rules"]]
     alerts = {r["alert"] for r in rules}
-    assert {"Phoenix95ServiceDown", "Phoenix95WebhookLatencyHigh", "Phoenix95TradingHalted",
-            "Phoenix95ConsumerLagHigh", "Phoenix95LiquidationDistanceLow"} <= alerts
+    tested = {t["alertname"] for case in load_yaml(RULES_DIR / "alerts_test.yml")["tests"]
+              for t in case["alert_rule_test"] if t.get("exp_alerts")}
+
+    # the list: a service down, dead letters arriving, stale market data, trading
+    # HALTED, consumer lag (and no consumer at all)
+    assert {"Phoenix95ServiceDown", "Phoenix95ServiceAllReplicasDown",
+            "Phoenix95DeadLetterArrived", "Phoenix95MarketDataStale",
+            "Phoenix95AccountStateStale", "Phoenix95TradingHalted", "Phoenix95ConsumerLagHigh",
+            "Phoenix95QueueWithoutConsumers", "Phoenix95WebhookLatencyHigh",
+            "Phoenix95LiquidationDistanceLow"} <= alerts
+    assert alerts == tested, f"rules without a firing test: {sorted(alerts - tested)}"
 
 
-def test_promtool_check_config_and_rules() -> None:
+def test_one_rules_file_serves_compose_and_k8s() -> None:
+    ha = compose("ha")["services"]
+    assert "../k8s/monitoring/alerts.yml:/etc/prometheus/alerts.yml:ro" in ha["prometheus"][
+        "volumes"]
+    assert load_yaml(PROMETHEUS / "prometheus.yml")["rule_files"] == ["alerts.yml"]
+    generators = load_yaml(K8S / "kustomization.yaml")["configMapGenerator"]
+    rules = next(g for g in generators if g["name"] == "phoenix95-prometheus-rules")
+    assert rules["files"] == ["monitoring/alerts.yml"]
+    assert not list(PROMETHEUS.glob("alerts*.yml")), "a second copy of the rules"
+
+
+def test_alertmanager_sends_to_notify_alertmanager_with_a_bearer_key_file() -> None:
+    config = load_yaml(COMPOSE / "alertmanager" / "alertmanager.yml")
+    hooks = [h for r in config["receivers"] for h in r.get("webhook_configs", [])]
+    assert hooks
+    for hook in hooks:
+        assert hook["url"] == f"http://notify:{PORTS['notify']}/alertmanager"
+        auth = hook["http_config"]["authorization"]
+        assert auth["type"] == "Bearer" and auth["credentials_file"].startswith("/run/secrets/")
+    assert "phoenix95_api_key" in compose("ha")["services"]["alertmanager"]["secrets"]
+
+
+def test_promtool_check_config_and_rules(tmp_path: Path) -> None:
     promtool = need("promtool", which("promtool"), "apt-get install prometheus")
-    result = run([promtool, "check", "config", str(PROMETHEUS / "prometheus.yml")])
+    # as the container sees them: the rules mounted beside prometheus.yml
+    shutil.copy(PROMETHEUS / "prometheus.yml", tmp_path / "prometheus.yml")
+    shutil.copy(RULES_DIR / "alerts.yml", tmp_path / "alerts.yml")
+    result = run([promtool, "check", "config", str(tmp_path / "prometheus.yml")])
     assert result.returncode == 0, result.stdout + result.stderr
-    result = run([promtool, "check", "rules", str(PROMETHEUS / "alerts.yml")])
+    result = run([promtool, "check", "rules", str(RULES_DIR / "alerts.yml")])
     assert result.returncode == 0, result.stdout + result.stderr
 
 
 def test_promtool_rule_unit_tests() -> None:
     promtool = need("promtool", which("promtool"), "apt-get install prometheus")
-    result = run([promtool, "test", "rules", str(PROMETHEUS / "alerts_test.yml")],
-                 cwd=PROMETHEUS)
+    result = run([promtool, "test", "rules", str(RULES_DIR / "alerts_test.yml")],
+                 cwd=RULES_DIR)
     assert result.returncode == 0, result.stdout + result.stderr
 
 
@@ -373,10 +456,12 @@ def test_k8s_core_deployments() -> None:
         container = dep["spec"]["template"]["spec"]["containers"][0]
         port = PORTS.get(name, 8501)
         health = "/health" if name in CORE else "/_stcore/health"
+        ready = "/ready" if name in CORE else "/_stcore/health"
         assert container["ports"][0]["containerPort"] == port
         assert svc["spec"]["ports"][0]["port"] == port
+        assert container["readinessProbe"]["httpGet"]["path"] == ready
+        assert container["livenessProbe"]["httpGet"]["path"] == health  # alive: cheap
         for probe in ("readinessProbe", "livenessProbe"):
-            assert container[probe]["httpGet"]["path"] == health
             assert container[probe]["timeoutSeconds"] == 5
         assert container["livenessProbe"]["periodSeconds"] == 30
         assert memory_bytes(container["resources"]["limits"]["memory"]) <= 500 * 2**20
@@ -402,8 +487,9 @@ def test_k8s_feed_is_a_single_replica_with_health_probes() -> None:
         "containers"][0]["image"]
     assert container["ports"][0]["containerPort"] == 8104
     assert k8s_find("Service", "feed")["spec"]["ports"][0]["port"] == 8104
-    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+    for probe in ("startupProbe", "livenessProbe"):
         assert container[probe]["httpGet"]["path"] == "/health"
+    assert container["readinessProbe"]["httpGet"]["path"] == "/ready"
 
 
 def test_k8s_namespace_and_secret_placeholders() -> None:
@@ -416,6 +502,30 @@ def test_k8s_namespace_and_secret_placeholders() -> None:
         assert "CHANGE_ME" in value, f"{key} must be a placeholder"
     config = k8s_find("ConfigMap", "phoenix95-config")["data"]
     assert not set(SECRET_VARS) & set(config)
+    assert config["PHOENIX__SERVICES__BIND_HOST"] == "0.0.0.0"
+    assert "PHOENIX__SERVICES__HOST" not in config
+    assert {k: config[k] for k in ADVERTISED} == ADVERTISED
+    for name in ADVERTISED.values():
+        k8s_find("Service", name)
+
+
+def test_k8s_gives_each_container_only_its_secrets() -> None:
+    for name, wanted in SECRETS_OF.items():
+        if name == "paper-exchange":
+            continue  # not deployed on k8s
+        container = k8s_find("Deployment", name)["spec"]["template"]["spec"]["containers"][0]
+        assert all("secretRef" not in source for source in container.get("envFrom", [])), name
+        env = {e["name"]: e for e in container["env"]}
+        for var in SECRET_VARS:
+            entry = env.get(var)
+            if var in wanted:
+                assert entry is not None, (name, var)
+                ref = entry["valueFrom"]["secretKeyRef"]
+                assert (ref["name"], ref["key"]) == ("phoenix95-secrets", var), (name, var)
+            elif var in SECRET_VARS[:5]:  # required by settings.py: a value, not a secret
+                assert entry is not None and NOT_GIVEN in entry["value"], (name, var)
+            else:
+                assert entry is None, (name, var)
 
 
 def test_k8s_kustomization_lists_every_manifest_but_the_example_secret() -> None:

@@ -250,8 +250,12 @@ _HEALTH_SERVER = """
 import http.server, sys
 class Handler(http.server.BaseHTTPRequestHandler):
     def do_GET(self):
-        ok = self.path == "/health"
-        body = b'{"status": "ok"}' if ok else b"nope"
+        ok = self.path in ("/health", "/ready")
+        body = b'{"status": "ok"}' if self.path == "/health" else b"nope"
+        if self.path == "/ready":
+            body = b'{"ready": true, "checks": {}}'
+        if self.path == "/notready":
+            body = b'{"ready": false, "failing": ["amqp", "market_data"], "checks": {}}'
         self.send_response(200 if ok else 503)
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
@@ -321,3 +325,21 @@ def test_fetch_rpc_snapshot_reports_unreachable_broker() -> None:
     assert snap.positions is None and snap.risk_status is None
     assert snap.positions_error and snap.positions_error.startswith("RPC unreachable")
     assert snap.risk_error == snap.positions_error
+
+
+def test_check_health_shows_readiness_and_the_failing_checks(health_server: str) -> None:
+    results = data.check_health({"brain": f"{health_server}/ready",
+                                 "risk": f"{health_server}/notready"}, timeout=5.0)
+
+    by = {h.service: h for h in results}
+    assert by["brain"].ok and by["brain"].status == "ready"
+    assert not by["risk"].ok and by["risk"].status == "not ready: amqp, market_data"
+
+
+def test_ready_urls_call_each_service_at_its_advertised_host() -> None:
+    from shared.settings import ServicesSettings
+
+    services = ServicesSettings(bind_host="0.0.0.0", hosts={"risk": "risk"})
+
+    assert data.ready_urls(services, ["risk", "brain"]) == {
+        "risk": "http://risk:8101/ready", "brain": "http://127.0.0.1:8100/ready"}
