@@ -148,8 +148,9 @@ class ExecutionEngine:
             except Exception as exc:
                 if is_retryable(exc) or not isinstance(exc, ccxt.BaseError):
                     raise
+                # the entry row is left as it is: if the entry filled, a redelivery or
+                # the sweep finds it and protects the position
                 log.error("%s refused by the exchange: %s", intent.signal_id, exc)
-                self._entry_done(intent_ids(intent)["entry"], "rejected", str(exc))
                 return Outcome("failed", intent.symbol, intent.signal_id,
                                f"exchange refused: {exc}")
 
@@ -192,6 +193,9 @@ class ExecutionEngine:
         blocked = self.blocks.reason(it.symbol)
         try:
             self.ops.preflight(it.symbol, force=blocked is not None)
+        except ccxt.ExchangeError as exc:  # refused (a key without rights): nothing sent
+            self._entry_done(cid, "rejected", f"pre-flight refused: {exc}")
+            return Outcome("failed", it.symbol, it.signal_id, f"pre-flight refused: {exc}")
         except PreflightError as exc:
             self.blocks.block(it.symbol, f"pre-flight failed: {exc}")
             self._entry_done(cid, "rejected", f"pre-flight failed: {exc}")
