@@ -189,13 +189,17 @@ class Reconciler:
             order = self.store.order_for(row.signal_id, kind)
             if order is None or order.client_order_id in armed:
                 continue
-            if order.status in FIRED:
+            if order.status == "filled" or (
+                    order.status == "triggered" and age_seconds(order.updated_at) < FIRED_GRACE_S):
                 return kind, order.status == "filled"
-            if not look:
+            # a trigger whose close never showed up (the child refused, an event lost) is
+            # asked about; so is a leg whose event may not have arrived yet
+            if not look and order.status != "triggered":
                 continue
             remote = self.ops.find_order(row.symbol, order.client_order_id, trigger=True,
                                          protective=True)
-            if remote is not None and remote.status in FIRED_ON_EXCHANGE:
+            if remote is not None and remote.status in FIRED_ON_EXCHANGE and \
+                    (remote.status != "TRIGGERED" or order.status != "triggered"):
                 done = remote.status != "TRIGGERED"
                 self.store.update_order(order.client_order_id,
                                         status="filled" if done else "triggered")

@@ -55,6 +55,8 @@ def test_reentry_after_the_stop_fired_keeps_the_new_position_and_only_its_own_br
     assert [(c.kind, c.signal_id, c.details.get("reason")) for c in corrections] == [
         ("booked_close", first.signal_id, "stop_loss")]
     assert Decimal(corrections[0].details["realized_pnl"]) < Decimal("-12")
+    # its own two fills (entry 600 + stop 587 USDT at 5 bp), not the new entry's as well
+    assert Decimal(corrections[0].details["fees"]) < Decimal("0.6")
     [position] = engine.gw.open_positions()
     assert (position.side, position.quantity) == ("LONG", Decimal("0.01"))
     # the new position's own brackets (2 % around 58,700); the old take-profit is gone
