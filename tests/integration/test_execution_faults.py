@@ -311,3 +311,31 @@ def test_preflight_block_is_shared_and_lifts_when_a_later_preflight_passes(
 
     assert outcome.status == "opened"
     assert other.block_reason(SYMBOL) is None
+
+
+def test_stop_fired_event_handled_after_a_reentry_books_only_the_old_position(
+        engine, exec_paper):
+    from nameko_services.execute import events
+    from shared.models import ExchangeOrderRecord
+    from shared.names import REC_EXCHANGE_ORDER
+    from shared.records import Record
+    from shared.state import now_ms
+
+    first = engine.open(intent())
+    [stop] = [o for o in engine.gw.open_orders(SYMBOL) if o.type == "STOP_MARKET"]
+    pin_price(exec_paper, 58700)  # the stop fires; its event waits behind the next entry
+    second = engine.open(intent())
+    data = ExchangeOrderRecord(
+        event="ALGO_UPDATE", order=stop.model_copy(update={"status": "FINISHED"}).model_dump(
+            mode="json"), execution="", trade_id="", last_fill_price="",
+        last_fill_quantity="", commission="", commission_asset="", realized_pnl="",
+        event_ms=now_ms())
+    record = Record.from_stream_fields(Record(REC_EXCHANGE_ORDER, dict(data)).stream_fields())
+
+    symbol = events.ExchangeEvents(engine.store).handle(record)
+    corrections = Reconciler(engine).on_event(symbol)
+
+    assert [(c.kind, c.signal_id) for c in corrections] == [("booked_close", first.signal_id)]
+    assert _triggers(engine) == {"STOP_MARKET": 57526.0, "TAKE_PROFIT_MARKET": 59874.0}
+    assert len(engine.gw.open_positions()) == 1
+    assert [r.signal_id for r in engine.store.open_positions()] == [second.signal_id]
