@@ -4,6 +4,10 @@ Wraps the ccxt client with a circuit breaker (``high_availability`` settings: 5 
 60 s), small caches for reference data, and Decimal conversion at the edge. Business
 errors from the exchange (``ccxt.ExchangeError``: bad order, insufficient margin) do
 not trip the breaker; network errors and exchange outages do.
+
+Protective requests (an emergency close, a stop-loss and the reads that re-arm one) go
+past the breaker: the failures that opened it are the reason they are needed. They have
+their own retry budget instead (:meth:`ExchangeGateway.call_protective`).
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from typing import Any, TypeVar
 
 import ccxt
 import pybreaker
+import tenacity
 from prometheus_client import Gauge
 
 from shared.exchange import make_exchange
@@ -31,8 +36,18 @@ BREAKER_STATE = Gauge(
 )
 
 
+# a protective request: 5 attempts, 0.2 s .. 2 s apart (about 4 s in all)
+PROTECTIVE_ATTEMPTS = 5
+PROTECTIVE_WAIT_S = (0.2, 2.0)
+
+
 class ExchangeUnavailable(RuntimeError):
     """The exchange could not be reached (network, outage, or circuit open)."""
+
+
+class BracketsUnavailable(ExchangeUnavailable):
+    """No leverage tiers for a symbol: the exchange did not give them and the built-in
+    table does not have the symbol. Nothing may be traded on it."""
 
 
 class _BreakerGauge(pybreaker.CircuitBreakerListener):
@@ -97,6 +112,28 @@ class ExchangeGateway:
             self.breaker.call(_succeed)
         return result
 
+    def call_protective(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """``fn`` never short-circuited by the breaker; network failures (timeouts, 5xx,
+        429) retried on a budget of its own. Safe for orders: every order we send has a
+        deterministic client id, so a retry of one that got through is answered -4116."""
+        low, high = PROTECTIVE_WAIT_S
+        retrying = tenacity.Retrying(
+            stop=tenacity.stop_after_attempt(PROTECTIVE_ATTEMPTS),
+            wait=tenacity.wait_exponential(multiplier=low, min=low, max=high),
+            retry=tenacity.retry_if_exception_type(ccxt.NetworkError),
+            reraise=True)
+        try:
+            return retrying(fn, *args, **kwargs)
+        except ccxt.NetworkError as exc:
+            raise ExchangeUnavailable(f"protective request failed {PROTECTIVE_ATTEMPTS} "
+                                      f"times: {exc}") from exc
+
+    def call_with(self, protective: bool, fn: Callable[..., T], *args: Any,
+                  **kwargs: Any) -> T:
+        """:meth:`call_protective` when ``protective``, else :meth:`call`."""
+        return self.call_protective(fn, *args, **kwargs) if protective else \
+            self.call(fn, *args, **kwargs)
+
     def _guarded(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         try:
             return self.breaker.call(fn, *args, **kwargs)
@@ -147,13 +184,19 @@ class ExchangeGateway:
         return Decimal(self.client.amount_to_precision(symbol, float(quantity)))
 
     def brackets(self, symbol: str) -> tuple[Bracket, ...]:
-        """Leverage brackets from the exchange (cached 1 h); built-in table as fallback."""
+        """Leverage brackets from the exchange (cached 1 h); built-in table as fallback;
+        :class:`BracketsUnavailable` when neither has the symbol."""
 
         def load() -> tuple[Bracket, ...]:
             try:
                 raw = self.call(self.client.fapiPrivateGetLeverageBracket, {"symbol": symbol})
-            except (ExchangeUnavailable, ccxt.ExchangeError):
-                return DEFAULT_BRACKETS[symbol]
+            except (ExchangeUnavailable, ccxt.ExchangeError) as exc:
+                fallback = DEFAULT_BRACKETS.get(symbol)
+                if fallback is None:
+                    raise BracketsUnavailable(
+                        f"{symbol}: no leverage brackets (exchange: {exc}; not in the "
+                        f"built-in table)") from exc
+                return fallback
             rows = raw[0]["brackets"] if isinstance(raw, list) else raw["brackets"]
             return tuple(
                 Bracket(int(r["bracket"]), int(r["initialLeverage"]),
@@ -193,25 +236,29 @@ class ExchangeGateway:
         return [p for p in rows if to_decimal(p.get("contracts")) != 0]
 
     # --- typed account reads (shared.state models: the one parse of ccxt's structures) ---
-    def open_positions(self) -> list[Position]:
+    def open_positions(self, *, protective: bool = False) -> list[Position]:
         """Every open position (one ``GET /fapi/v3/positionRisk``)."""
         self.ensure_markets()
-        rows = self.call(self.client.fetch_positions)
+        rows = self.call_with(protective, self.client.fetch_positions)
         return [p for p in (Position.from_ccxt(r) for r in rows) if p is not None]
 
-    def open_orders(self, symbol: str | None = None, *, algo: bool = True) -> list[Order]:
+    def open_orders(self, symbol: str | None = None, *, algo: bool = True,
+                    protective: bool = False) -> list[Order]:
         """Open orders of ``symbol`` (all symbols when None); ``algo``: conditional ones."""
         self.ensure_markets()
         params = {"trigger": True} if algo else {}
-        rows = self.call(self.client.fetch_open_orders, symbol, None, None, params)
+        rows = self.call_with(protective, self.client.fetch_open_orders, symbol, None, None,
+                          params)
         return [Order.from_ccxt(r) for r in rows]
 
-    def order(self, symbol: str, client_id: str, *, algo: bool) -> Order | None:
+    def order(self, symbol: str, client_id: str, *, algo: bool,
+              protective: bool = False) -> Order | None:
         """An order looked up by its client id; None when the exchange does not know it."""
         params: dict[str, Any] = {"clientOrderId": client_id}
         if algo:
             params["trigger"] = True
         try:
-            return Order.from_ccxt(self.call(self.client.fetch_order, None, symbol, params))
+            return Order.from_ccxt(self.call_with(protective, self.client.fetch_order, None,
+                                              symbol, params))
         except ccxt.OrderNotFound:
             return None

@@ -137,6 +137,10 @@ EVT_RECONCILIATION: Final = "reconciliation"
 # --- Redis keys ---
 IDEMPOTENCY_KEY_PREFIX: Final = "phoenix95:idem:"
 SYMBOL_LOCK_PREFIX: Final = "phoenix95:lock:"
+# hash symbol -> why execute refuses it (a failed pre-flight); lifted by a passing one
+EXECUTE_BLOCKS_KEY: Final = "phoenix95:execute:blocked"
+# how long brain remembers an alert id (and execute treats a reused one as a clash)
+IDEMPOTENCY_WINDOW_S: Final = 24 * 3600
 RATE_LIMIT_PREFIX: Final = "phoenix95:rate:"
 TELEGRAM_OFFSET_KEY: Final = "phoenix95:telegram:offset"  # last confirmed getUpdates id
 TELEGRAM_CONFIRM_PREFIX: Final = "phoenix95:telegram:confirm:"  # pending confirmations

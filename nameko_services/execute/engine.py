@@ -4,10 +4,11 @@ A warm alert costs three REST requests, two round trips deep: the entry (its RES
 answer carries the fill), then stop-loss and take-profit at once. Pre-flight is done at
 start-up (or first use); nothing is read back.
 
-Idempotency: every order's client id derives from the signal's idempotency key and is
-recorded before it is sent, so a redelivered intent finds its own order (database first,
-then the exchange) instead of sending a second one; a per-symbol Redis lock serialises
-every execute instance.
+Idempotency: every order's client id derives from the signal's idempotency key, scoped
+by strategy and symbol, and is recorded before it is sent, so a redelivered intent finds
+its own order (database first, then the exchange) instead of sending a second one; a
+per-symbol Redis lease serialises every execute instance. Every intent ends in one
+recorded outcome: opened, duplicate (a redelivery), failed or blocked, with its reason.
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ import contextlib
 import logging
 import time
 import uuid
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any, Protocol
@@ -31,41 +31,32 @@ from nameko_services.execute.exchange_ops import (
     PreflightError,
     order_side,
 )
-from nameko_services.execute.store import EntryFill, OrderRecord, TradeStore
-from shared.db import PositionRow
+from nameko_services.execute.guards import Blocks, LockBusy, SymbolLock
+from nameko_services.execute.store import EntryFill, OrderRecord, TradeStore, age_seconds
+from shared.db import OrderRow, PositionRow
 from shared.exchange import client_order_id
 from shared.market import ExchangeGateway, ExchangeUnavailable
 from shared.models import PositionView, TradeIntent
 from shared.money import bracket_prices, liquidation_price
-from shared.names import SYMBOL_LOCK_PREFIX
+from shared.names import EXECUTE_BLOCKS_KEY, IDEMPOTENCY_WINDOW_S
 from shared.settings import Settings
 from shared.state import Account, Order, Position, Price, now_ms
 
+__all__ = ["ExecutionEngine", "LockBusy", "Outcome", "SymbolLock", "bracket_ids",
+           "intent_ids", "is_retryable"]
+
 log = logging.getLogger(__name__)
 
+# an entry's book status after which the intent is done without a position
+FAILED_ENTRY = frozenset({"rejected", "expired", "canceled"})
+# the exchange's status of a market entry that filled in part and is over
+PARTIAL_END = frozenset({"EXPIRED", "CANCELED", "PARTIALLY_FILLED"})
 
-class LockBusy(RuntimeError):
-    """Another execute instance holds the symbol; retry later."""
 
-
-class SymbolLock:
-    def __init__(self, client: redis.Redis, ttl_ms: int = 30_000, wait_s: float = 10.0) -> None:
-        self._redis = client
-        self._ttl = ttl_ms
-        self._wait = wait_s
-
-    @contextlib.contextmanager
-    def hold(self, symbol: str) -> Iterator[None]:
-        # redis-py's Lock stores a random token and releases only its own lock (Lua CAS)
-        lock = self._redis.lock(SYMBOL_LOCK_PREFIX + symbol, timeout=self._ttl / 1000,
-                                blocking_timeout=self._wait)
-        if not lock.acquire():
-            raise LockBusy(f"{symbol} is locked by another execute worker")
-        try:
-            yield
-        finally:
-            with contextlib.suppress(redis.RedisError):
-                lock.release()
+def is_retryable(exc: BaseException) -> bool:
+    """A failure worth trying again: the exchange unreachable, 5xx, 429, a clock skew,
+    the symbol locked. Anything else the exchange says is a refusal: a failed outcome."""
+    return isinstance(exc, (ExchangeUnavailable, ccxt.NetworkError, LockBusy))
 
 
 @dataclass
@@ -75,6 +66,12 @@ class Outcome:
     signal_id: str
     reason: str = ""
     details: dict[str, Any] = field(default_factory=dict)
+
+
+def intent_ids(it: TradeIntent) -> dict[str, str]:
+    """The intent's client ids: its alert id scoped by strategy and symbol, so the same
+    id in two strategies (or symbols) is two trades, not a duplicate."""
+    return bracket_ids(f"{it.strategy}|{it.symbol}|{it.idempotency_key}")
 
 
 def bracket_ids(idempotency_key: str) -> dict[str, str]:
@@ -109,75 +106,143 @@ class AccountSource(Protocol):
 
 class ExecutionEngine:
     def __init__(self, settings: Settings, gateway: ExchangeGateway, store: TradeStore,
-                 lock: SymbolLock, state: AccountSource | None = None) -> None:
+                 lock: SymbolLock, state: AccountSource | None = None,
+                 blocks_key: str = EXECUTE_BLOCKS_KEY) -> None:
         self.settings = settings
         self.gw = gateway
         self.store = store
         self.lock = lock
         self.state = state
         self.ops = ExchangeOps(settings, gateway, store)
-        self.blocked: dict[str, str] = {}
+        self.blocks = Blocks(lock.redis, blocks_key)
+
+    def block_reason(self, symbol: str) -> str | None:
+        """Why ``symbol`` is blocked (a failed pre-flight, seen by every instance)."""
+        return self.blocks.reason(symbol)
 
     # --- start-up ---
     def prepare(self, symbols: tuple[str, ...]) -> None:
         """Pre-flight every traded symbol now, so an alert's path is its orders alone.
 
         An exchange that cannot be reached is not fatal: the symbol is prepared at its
-        first use instead. A symbol whose account set-up is wrong is blocked.
+        first use instead. A symbol whose account set-up is wrong is blocked until a
+        later pre-flight (the next alert's) passes.
         """
         for symbol in symbols:
             try:
                 self.ops.preflight(symbol)
+                self.blocks.lift(symbol)
             except PreflightError as exc:
-                self.blocked[symbol] = f"pre-flight failed: {exc}"
+                self.blocks.block(symbol, f"pre-flight failed: {exc}")
                 log.critical("%s blocked: %s", symbol, exc)
             except (ExchangeUnavailable, ccxt.BaseError) as exc:
                 log.warning("pre-flight of %s postponed to its first use: %s", symbol, exc)
 
     # --- opening ---
     def open(self, intent: TradeIntent) -> Outcome:
-        if intent.symbol in self.blocked:
-            return Outcome("blocked", intent.symbol, intent.signal_id,
-                           f"symbol blocked: {self.blocked[intent.symbol]}")
+        """Trade the intent, or say why not. Retryable failures (exchange unreachable,
+        symbol locked) raise; an exchange refusal is a failed outcome, never an exception."""
         with self.lock.hold(intent.symbol):
-            return self._open_locked(intent)
+            try:
+                return self._open_locked(intent)
+            except Exception as exc:
+                if is_retryable(exc) or not isinstance(exc, ccxt.BaseError):
+                    raise
+                # the entry row is left as it is: if the entry filled, a redelivery or
+                # the sweep finds it and protects the position
+                log.error("%s refused by the exchange: %s", intent.signal_id, exc)
+                return Outcome("failed", intent.symbol, intent.signal_id,
+                               f"exchange refused: {exc}")
 
-    def _open_locked(self, it: TradeIntent) -> Outcome:
-        ids = bracket_ids(it.idempotency_key)
-        # durable before it is sent: the one write ahead of the entry (None: a first attempt)
-        known = self.store.claim(OrderRecord(ids["entry"], it.signal_id, it.symbol, "entry",
-                                             order_side(it.side).upper(), "MARKET",
-                                             it.quantity))
-        if known is not None and known.status == "filled":
+    def _entry_done(self, cid: str, status: str, reason: str) -> None:
+        """Record a failed end on an entry that never filled (a filled one stays filled)."""
+        row = self.store.order(cid)
+        if row is not None and row.status == "pending":
+            self.store.update_order(cid, status=status, error=reason)
+
+    def _refusal(self, it: TradeIntent, known: OrderRow | None) -> Outcome | None:
+        """What the book says about the intent before anything is sent."""
+        if known is None:
+            return None
+        if known.signal_id != it.signal_id:
+            # brain forgets an alert id after its window; the client id would be reused
+            age = age_seconds(known.created_at)
+            why = ("idempotency key reused after the window" if age > IDEMPOTENCY_WINDOW_S
+                   else "idempotency key already used")
+            return Outcome("failed", it.symbol, it.signal_id,
+                           f"{why}: {it.idempotency_key} traded as signal {known.signal_id} "
+                           f"{age / 3600:.1f} h ago")
+        if known.status in FAILED_ENTRY:  # a redelivery of a finished failure
+            return Outcome("failed", it.symbol, it.signal_id, known.error or known.status)
+        if known.status == "filled":
             position = self.store.position_for_signal(known.signal_id)
             if position is not None:
                 return Outcome("duplicate", it.symbol, known.signal_id, "already executed",
                                position_details(position))
+        return None
+
+    def _expired(self, it: TradeIntent) -> bool:
+        if it.received_at is None:
+            return False
+        limit = self.settings.phoenix_95.analysis_timeout
+        return time.time() - it.received_at.timestamp() > limit
+
+    def _ready(self, it: TradeIntent, cid: str) -> Outcome | None:
+        """Pre-flight, in memory once prepared; a blocked symbol is pre-flighted again,
+        and the block lifts for every instance when it passes."""
+        blocked = self.blocks.reason(it.symbol)
+        try:
+            self.ops.preflight(it.symbol, force=blocked is not None)
+        except ccxt.ExchangeError as exc:  # refused (a key without rights): nothing sent
+            self._entry_done(cid, "rejected", f"pre-flight refused: {exc}")
+            return Outcome("failed", it.symbol, it.signal_id, f"pre-flight refused: {exc}")
+        except PreflightError as exc:
+            self.blocks.block(it.symbol, f"pre-flight failed: {exc}")
+            self._entry_done(cid, "rejected", f"pre-flight failed: {exc}")
+            return Outcome("blocked", it.symbol, it.signal_id, f"pre-flight failed: {exc}")
+        if blocked is not None:
+            self.blocks.lift(it.symbol)
+            log.warning("%s unblocked: pre-flight passes again", it.symbol)
+        return None
+
+    def _open_locked(self, it: TradeIntent) -> Outcome:
+        ids = intent_ids(it)
+        known = self.store.order(ids["entry"])
+        refusal = self._refusal(it, known)
+        if refusal is not None:
+            return refusal
         fill: Fill | None = None
         if known is not None:
             # a redelivery or a restart: the entry may have reached the exchange already
             found = self.ops.find_order(it.symbol, ids["entry"], trigger=False)
             fill = Fill(found, 0) if found is not None else None
         if fill is None:
-            try:
-                self.ops.preflight(it.symbol)  # in memory once the symbol is prepared
-            except PreflightError as exc:
-                self.blocked[it.symbol] = str(exc)
-                self.store.update_order(ids["entry"], status="rejected", error=str(exc))
-                return Outcome("blocked", it.symbol, it.signal_id, f"pre-flight failed: {exc}")
+            # durable before it is sent: the one write ahead of the entry
+            self.store.claim(OrderRecord(ids["entry"], it.signal_id, it.symbol, "entry",
+                                         order_side(it.side).upper(), "MARKET", it.quantity))
+            if self._expired(it):
+                self._entry_done(ids["entry"], "expired", "intent_expired")
+                return Outcome("failed", it.symbol, it.signal_id, "intent_expired")
+            refusal = self._ready(it, ids["entry"])
+            if refusal is not None:
+                return refusal
             try:
                 fill = self.ops.market(it.symbol, order_side(it.side), it.quantity,
                                        ids["entry"])
             except ccxt.ExchangeError as exc:
-                self.store.update_order(ids["entry"], status="rejected", error=str(exc))
+                self._entry_done(ids["entry"], "rejected", f"entry rejected: {exc}")
                 return Outcome("failed", it.symbol, it.signal_id, f"entry rejected: {exc}")
         entry = fill.order
         price, qty = entry.avg_price or Decimal(0), entry.filled
-        if entry.status != "FILLED" or price <= 0 or qty <= 0:
+        filled = entry.status == "FILLED" or entry.status in PARTIAL_END
+        if not filled or price <= 0 or qty <= 0:
+            reason = f"entry not filled (status {entry.status})"
             self.store.update_order(ids["entry"], status=entry.status.lower(),
-                                    exchange_id=entry.order_id)
-            return Outcome("failed", it.symbol, it.signal_id,
-                           f"entry not filled (status {entry.status})")
+                                    exchange_id=entry.order_id, error=reason)
+            return Outcome("failed", it.symbol, it.signal_id, reason)
+        if qty < it.quantity:  # a partial fill is protected at once, for what filled
+            log.warning("%s entry filled %s of %s (%s)", it.symbol, qty, it.quantity,
+                        entry.status)
         outcome = self._protect(it, ids, EntryFill(ids["entry"], entry.order_id, price, qty),
                                 look_first=known is not None)
         outcome.details["filled_at"] = fill.at_ms
@@ -205,12 +270,13 @@ class ExecutionEngine:
         sl, tp = placed["stop_loss"], placed["take_profit"]
         for result in (sl, tp):
             if isinstance(result, BaseException) and not isinstance(
-                    result, (ccxt.ExchangeError, ExchangeUnavailable)):
+                    result, (ccxt.BaseError, ExchangeUnavailable)):
                 self.store.book(booked, entry=entry)
                 raise result
         if isinstance(sl, BaseException):
             self.store.book(booked, entry=entry)
             log.critical("stop-loss for %s failed (%s): closing the position", it.symbol, sl)
+            # protective: past an open circuit, with its own retries (exchange_ops.flatten)
             self.ops.flatten(it.symbol, it.side, qty, ids["emergency"], it.signal_id)
             return Outcome("failed", it.symbol, it.signal_id,
                            f"stop-loss could not be placed ({sl}); position closed")
@@ -233,13 +299,17 @@ class ExecutionEngine:
 
     # --- closing ---
     def close(self, symbol: str, reason: str = "manual") -> Outcome:
+        """Close the symbol's position: the reduce-only close first, then cancel what is
+        left of the brackets; a close that fails leaves the position protected."""
         with self.lock.hold(symbol):
-            self.ops.cancel_algo_orders(symbol)
-            position = next((p for p in self.gw.open_positions() if p.symbol == symbol), None)
-            row = self.store.open_position_for(symbol)
+            position = next((p for p in self.gw.open_positions(protective=True)
+                             if p.symbol == symbol), None)
+            rows = self.store.open_positions_for(symbol)
+            row = rows[-1] if rows else None
             if position is None:
-                if row is not None:
-                    self.store.close_position(symbol, exit_price=None, realized_pnl=None,
+                self.ops.cancel_algo_orders(symbol)
+                for stale in rows:
+                    self.store.close_position(stale.id, exit_price=None, realized_pnl=None,
                                               fees=None, reason="reconciliation")
                 return Outcome("nothing_to_close", symbol, row.signal_id if row else "")
             side, qty = position.side, position.quantity
@@ -247,16 +317,26 @@ class ExecutionEngine:
                 int(time.time() * 1000) - 86_400_000
             self.ops.flatten(symbol, side, qty, client_order_id("p95c", uuid.uuid4().hex),
                              row.signal_id if row else "")
+            self.ops.cancel_algo_orders(symbol)
             entry = self.store.order_for(row.signal_id, "entry") if row else None
             settled = self.ops.settle(symbol, side, since,
                                       entry.exchange_id if entry is not None else None)
-            closed = self.store.close_position(symbol, exit_price=settled.exit_price,
-                                               realized_pnl=settled.realized_pnl,
-                                               fees=settled.fees, reason=reason)
+            closed = None
+            for open_row in rows:  # one net position: every row of the symbol ends here
+                mine = open_row is row  # older rows' own fills predate the settled window
+                closed = self.store.close_position(
+                    open_row.id, exit_price=settled.exit_price,
+                    realized_pnl=settled.realized_pnl if mine else None,
+                    fees=settled.fees if mine else None,
+                    reason=reason if mine else "reconciliation") or closed
+            details = {"exit_price": str(settled.exit_price),
+                       "realized_pnl": str(settled.realized_pnl),
+                       "fees": str(settled.fees), "quantity": str(qty), "side": side}
+            if settled.unconverted_fees:
+                details["unconverted_fees"] = ", ".join(f"{v} {a}" for a, v in
+                                                        settled.unconverted_fees)
             return Outcome("closed", symbol, closed.signal_id if closed else "", reason,
-                           {"exit_price": str(settled.exit_price),
-                            "realized_pnl": str(settled.realized_pnl),
-                            "fees": str(settled.fees), "quantity": str(qty), "side": side})
+                           details)
 
     # --- account ---
     def snapshot(self) -> Snapshot:
@@ -276,7 +356,7 @@ class ExecutionEngine:
 
     # --- views ---
     def positions(self) -> list[PositionView]:
-        ours = {p.symbol: p for p in self.store.open_positions()}
+        ours = {p.symbol: p for p in self.store.open_positions()}  # oldest first: newest wins
         snap = self.snapshot()
         prices: dict[str, Price] = {}
         if self.state is not None:

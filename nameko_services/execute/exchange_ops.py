@@ -20,7 +20,7 @@ import eventlet
 import eventlet.patcher
 
 from nameko_services.execute.store import LegResult, OrderRecord, TradeStore
-from shared.market import ExchangeGateway, to_decimal
+from shared.market import BracketsUnavailable, ExchangeGateway, ExchangeUnavailable, to_decimal
 from shared.money import Bracket
 from shared.settings import Settings
 from shared.state import Order
@@ -89,12 +89,17 @@ class Leg:
     trigger: Decimal
 
 
+SETTLE_ASSET = "USDT"
+
+
 @dataclass(frozen=True)
 class Settlement:
     exit_price: Decimal | None
-    realized_pnl: Decimal
-    fees: Decimal
+    realized_pnl: Decimal  # net of ``fees``
+    fees: Decimal  # USDT, fees paid in another asset converted at its price
     closed_quantity: Decimal
+    # fees in another asset whose price was not to be had: kept apart, never netted
+    unconverted_fees: tuple[tuple[str, Decimal], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -116,15 +121,18 @@ class ExchangeOps:
     def is_prepared(self, symbol: str) -> bool:
         return symbol in self._prepared
 
-    def preflight(self, symbol: str) -> None:
+    def preflight(self, symbol: str, *, force: bool = False) -> None:
         """One-way mode, single-asset margin, ISOLATED and the leverage, set then read back.
 
         Done once per symbol and process (at start-up, or at first use after an outage);
         also loads the markets and the leverage tiers, so the order path needs no reads.
         Raises :class:`PreflightError` naming the mismatch; the caller blocks the symbol.
         """
-        if symbol in self._prepared:
+        if symbol in self._prepared and not force:
             return
+        self._prepared.discard(symbol)
+        if force:
+            self._account_checked = False
         client, want = self.gw.client, self.settings.leverage.leverage
         self.gw.ensure_markets()
         if not self._account_checked:
@@ -147,7 +155,10 @@ class ExchangeOps:
         if leverage != want or margin.upper() != "ISOLATED":
             raise PreflightError(f"{symbol}: read back leverage {leverage} / {margin}, "
                                  f"want {want} / ISOLATED")
-        self.refresh_brackets(symbol)
+        try:
+            self.refresh_brackets(symbol)
+        except BracketsUnavailable as exc:
+            raise PreflightError(str(exc)) from exc
         self._prepared.add(symbol)
 
     def brackets(self, symbol: str) -> tuple[Bracket, ...]:
@@ -170,23 +181,27 @@ class ExchangeOps:
             self.refresh_brackets(symbol, BRACKETS_TTL_S)
 
     # --- lookups ---
-    def find_order(self, symbol: str, cid: str, *, trigger: bool) -> Order | None:
-        return self.gw.order(symbol, cid, algo=trigger)
+    def find_order(self, symbol: str, cid: str, *, trigger: bool,
+                   protective: bool = False) -> Order | None:
+        return self.gw.order(symbol, cid, algo=trigger, protective=protective)
 
     # --- orders ---
     def market(self, symbol: str, side: str, qty: Decimal, cid: str, *,
-               reduce_only: bool = False) -> Fill:
-        """A market order; its RESULT answer carries the fill. -4116 -> our earlier one."""
+               reduce_only: bool = False, protective: bool = False) -> Fill:
+        """A market order; its RESULT answer carries the fill. -4116 -> our earlier one.
+
+        ``protective`` (a close that protects money): past an open circuit, with retries.
+        """
         params: dict[str, Any] = {"clientOrderId": cid}
         if reduce_only:
             params["reduceOnly"] = True
         try:
-            raw = self.gw.call(self.gw.client.create_order, symbol, "market", side,
-                               float(qty), None, params)
+            raw = self.gw.call_with(protective, self.gw.client.create_order, symbol, "market",
+                                side, float(qty), None, params)
         except ccxt.ExchangeError as exc:
             if not is_duplicate_id(exc):
                 raise
-            found = self.find_order(symbol, cid, trigger=False)
+            found = self.find_order(symbol, cid, trigger=False, protective=protective)
             if found is None:
                 raise
             return Fill(found, int(time.time() * 1000))
@@ -236,23 +251,29 @@ class ExchangeOps:
         return out
 
     def _send_algo(self, symbol: str, close_side: str, qty: Decimal, leg: Leg) -> Order:
+        protective = leg.kind == "stop_loss"  # never short-circuited, own retry budget
         try:
-            raw = self.gw.call(self.gw.client.create_order, symbol, BRACKET_TYPES[leg.kind],
-                               close_side, float(qty), None,
-                               {"triggerPrice": float(leg.trigger), "reduceOnly": True,
-                                "clientOrderId": leg.client_id, "workingType": "MARK_PRICE"})
+            raw = self.gw.call_with(protective, self.gw.client.create_order, symbol,
+                                BRACKET_TYPES[leg.kind], close_side, float(qty), None,
+                                {"triggerPrice": float(leg.trigger), "reduceOnly": True,
+                                 "clientOrderId": leg.client_id, "workingType": "MARK_PRICE"})
         except ccxt.ExchangeError as exc:
-            found = self.find_order(symbol, leg.client_id, trigger=True) \
-                if is_duplicate_id(exc) else None
+            found = self.find_order(symbol, leg.client_id, trigger=True,
+                                    protective=protective) if is_duplicate_id(exc) else None
             if found is None or not found.is_open:
                 raise
             return found
         return Order.from_ccxt(raw)
 
-    def cancel_algo_orders(self, symbol: str, orders: list[Order] | None = None) -> int:
-        """Cancel the symbol's open algo orders (``orders`` when the caller has them)."""
+    def cancel_algo_orders(self, symbol: str, orders: list[Order] | None = None, *,
+                           client_ids: Iterable[str] | None = None) -> int:
+        """Cancel the symbol's open algo orders (``orders`` when the caller has them);
+        with ``client_ids`` only those (one position's brackets, not the next one's)."""
         cancelled = 0
+        wanted = set(client_ids) if client_ids is not None else None
         for order in self.gw.open_orders(symbol) if orders is None else orders:
+            if wanted is not None and order.client_id not in wanted:
+                continue
             with contextlib.suppress(ccxt.OrderNotFound):
                 self.gw.call(self.gw.client.cancel_order, order.order_id, symbol,
                              {"trigger": True})
@@ -266,33 +287,61 @@ class ExchangeOps:
         close_side = order_side(side, closing=True)
         self.store.record_pending(OrderRecord(cid, signal_id, symbol, "close",
                                               close_side.upper(), "MARKET", qty))
-        fill = self.market(symbol, close_side, qty, cid, reduce_only=True)
+        fill = self.market(symbol, close_side, qty, cid, reduce_only=True, protective=True)
         self.store.update_order(cid, status="filled", exchange_id=fill.order.order_id,
                                 avg_price=fill.order.avg_price)
         return fill.order
 
     # --- settlement ---
     def settle(self, symbol: str, side: str, since_ms: int,
-               entry_order_id: str | None = None) -> Settlement:
+               entry_order_id: str | None = None, until_order_id: str | None = None
+               ) -> Settlement:
         """Exit price, realised PnL and fees of a closed position, from the exchange's fills.
 
         The position's fills start at its entry order's first trade (trade ids only grow),
         so a previous position's close in the same second is never counted; without a
-        known entry (an adopted position) the time window alone delimits it.
+        known entry (an adopted position) the time window alone delimits it. They end
+        before ``until_order_id``'s first trade: the entry of the position that followed.
+        Fees paid in another asset (BNB) are converted at its price, never taken as USDT.
         """
         trades = self.gw.call(self.gw.client.fetch_my_trades, symbol, since_ms, 1000)
-        entry_ids = [int(t["id"]) for t in trades
-                     if entry_order_id is not None and str(t.get("order")) == entry_order_id]
-        if entry_ids:
-            trades = [t for t in trades if int(t["id"]) >= min(entry_ids)]
+
+        def first_trade(order_id: str | None) -> int | None:
+            ids = [int(t["id"]) for t in trades
+                   if order_id is not None and str(t.get("order")) == order_id]
+            return min(ids) if ids else None
+
+        start, end = first_trade(entry_order_id), first_trade(until_order_id)
+        trades = [t for t in trades if (start is None or int(t["id"]) >= start)
+                  and (end is None or int(t["id"]) < end)]
         closing_side = order_side(side, closing=True)
         closing = [t for t in trades if t["side"] == closing_side]
         realized = sum((to_decimal(t["info"].get("realizedPnl")) for t in trades), Decimal(0))
-        fees = sum((to_decimal((t.get("fee") or {}).get("cost")) for t in trades), Decimal(0))
+        fees, unconverted = self._fees(trades)
         qty = sum((to_decimal(t["amount"]) for t in closing), Decimal(0))
         exit_price = (sum((to_decimal(t["price"]) * to_decimal(t["amount"]) for t in closing),
                           Decimal(0)) / qty) if qty else None
-        return Settlement(exit_price, realized - fees, fees, qty)
+        return Settlement(exit_price, realized - fees, fees, qty, unconverted)
+
+    def _fees(self, trades: list[dict[str, Any]]
+              ) -> tuple[Decimal, tuple[tuple[str, Decimal], ...]]:
+        """USDT fees, other assets converted at their USDT price; what cannot be, apart."""
+        by_asset: dict[str, Decimal] = {}
+        for t in trades:
+            fee = t.get("fee") or {}
+            asset = str(fee.get("currency") or SETTLE_ASSET).upper()
+            by_asset[asset] = by_asset.get(asset, Decimal(0)) + to_decimal(fee.get("cost"))
+        total = by_asset.pop(SETTLE_ASSET, Decimal(0))
+        unconverted: list[tuple[str, Decimal]] = []
+        for asset, amount in sorted(by_asset.items()):
+            try:
+                price, _ = self.gw.last_price(f"{asset}{SETTLE_ASSET}")
+            except (ExchangeUnavailable, ccxt.BaseError) as exc:
+                log.warning("fee of %s %s not converted (%s): kept apart", amount, asset, exc)
+                unconverted.append((asset, amount))
+                continue
+            total += amount * price
+        return total, tuple(unconverted)
 
     def was_liquidated(self, symbol: str, since_ms: int) -> bool:
         try:

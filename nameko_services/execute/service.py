@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
+import ccxt
 from nameko.events import EventDispatcher
 from nameko.rpc import RpcProxy, rpc
 from nameko.timer import timer
@@ -18,7 +19,7 @@ from werkzeug.wrappers import Request, Response
 
 from nameko_services.execute import events
 from nameko_services.execute.dependencies import Engine
-from nameko_services.execute.engine import ExecutionEngine, LockBusy, Outcome
+from nameko_services.execute.engine import ExecutionEngine, LockBusy, Outcome, is_retryable
 from nameko_services.execute.reconcile import Correction, Reconciler
 from shared.consumer import Retryable, durable_consume
 from shared.health import ReadinessChecks, ReadinessProbe, breaker_check
@@ -73,16 +74,22 @@ class ExecuteService:
     # --- queue ---
     @durable_consume(kombu_queue(TRADE_QUEUE))
     def execute_trade(self, body: dict[str, Any]) -> None:
+        """Every intent ends in one recorded outcome: retryable failures (exchange
+        unreachable, 5xx, 429, symbol locked) go back through the retry queue; a refusal
+        is a failed outcome (trade_failed, which releases risk's reservation, and an
+        alert), never a silent dead letter."""
         started = time.perf_counter()
         try:
             if body.get("type") == "close_request":
                 request = CloseRequest.model_validate(body)
-                self._closed(self.engine.close(request.symbol, request.reason))
+                self._close_requested(request)
                 return
             intent = TradeIntent.model_validate(body)
             outcome = self.engine.open(intent)
-        except (LockBusy, ExchangeUnavailable) as exc:
-            raise Retryable(str(exc)) from exc
+        except Exception as exc:
+            if is_retryable(exc):
+                raise Retryable(str(exc)) from exc
+            raise
         EXECUTION_SECONDS.observe(time.perf_counter() - started)
         if outcome.status == "opened" and intent.received_at is not None:
             # to the moment both brackets were accepted (the book's write comes after)
@@ -91,6 +98,18 @@ class ExecuteService:
             PIPELINE_SECONDS.observe((end - intent.received_at).total_seconds())
         ORDERS.labels(outcome.status).inc()
         self._report(outcome)
+
+    def _close_requested(self, request: CloseRequest) -> None:
+        try:
+            self._closed(self.engine.close(request.symbol, request.reason))
+        except ccxt.BaseError as exc:
+            if is_retryable(exc):
+                raise
+            text = f"close of {request.symbol} refused by the exchange: {exc}"
+            log.error("%s", text)
+            self.telemetry.emit(TRADE_STREAM, Record("close_failed", {
+                "symbol": request.symbol, "reason": str(exc)}, request.signal_id))
+            self._alert("critical", "CLOSE_FAILED", text, request.symbol, request.signal_id)
 
     # --- reconciliation ---
     @stream_consume(TRADE_STREAM, EXECUTION_GROUP, count=50)
@@ -233,7 +252,7 @@ class ExecuteService:
             side=side, quantity=gw.amount_to_precision(symbol, quantity),
             reference_price=price, leverage=lev.leverage, margin_mode=lev.margin_mode,
             stop_loss=stop, take_profit=take, margin=quantity * price / lev.leverage,
-            strategy="manual")
+            strategy="manual", received_at=datetime.now(UTC))
 
     def _report(self, outcome: Outcome) -> None:
         d = outcome.details
@@ -267,6 +286,14 @@ class ExecuteService:
                                              "symbol": outcome.symbol, "reason": outcome.reason})
             if outcome.status == "blocked":
                 self._preflight_failed(outcome)
+            else:
+                critical = "position closed" in outcome.reason or \
+                    "refused" in outcome.reason or "idempotency" in outcome.reason
+                code = "INTENT_EXPIRED" if outcome.reason == "intent_expired" else \
+                    "TRADE_FAILED"
+                self._alert("critical" if critical else "warning", code,
+                            f"{outcome.symbol} not traded: {outcome.reason}", outcome.symbol,
+                            outcome.signal_id)
 
     def _preflight_failed(self, outcome: Outcome) -> None:
         """No order was sent; ask risk to stop new entries until someone looks."""

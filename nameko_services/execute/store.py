@@ -191,16 +191,27 @@ class TradeStore:
 
     def open_positions(self) -> list[PositionRow]:
         with self._sessions() as s:
-            return list(s.scalars(select(PositionRow).where(PositionRow.status == "open")))
+            return list(s.scalars(select(PositionRow).where(
+                PositionRow.status == "open").order_by(PositionRow.id)))
 
     def position_for_signal(self, signal_id: str) -> PositionRow | None:
         with self._sessions() as s:
             return s.scalar(select(PositionRow).where(PositionRow.signal_id == signal_id))
 
     def open_position_for(self, symbol: str) -> PositionRow | None:
+        """The newest open position of ``symbol`` (a view; never the key of a repair)."""
+        rows = self.open_positions_for(symbol)
+        return rows[-1] if rows else None
+
+    def open_positions_for(self, symbol: str) -> list[PositionRow]:
+        """The open positions of ``symbol``, oldest first: each is its own entry's.
+
+        Normally one; two when a new entry filled before the old one's close was booked.
+        """
         with self._sessions() as s:
-            return s.scalar(select(PositionRow).where(
-                PositionRow.symbol == symbol, PositionRow.status == "open"))
+            return list(s.scalars(select(PositionRow).where(
+                PositionRow.symbol == symbol, PositionRow.status == "open",
+            ).order_by(PositionRow.id)))
 
     def order_for(self, signal_id: str, kind: str) -> OrderRow | None:
         """The latest order of this kind (entry, stop_loss, ...) sent for a signal."""
@@ -219,13 +230,14 @@ class TradeStore:
                 OrderRow.signal_id.not_in(booked),
             ).order_by(OrderRow.id.desc()).limit(limit)))
 
-    def close_position(self, symbol: str, *, exit_price: Decimal | None,
+    def close_position(self, position_id: int, *, exit_price: Decimal | None,
                        realized_pnl: Decimal | None, fees: Decimal | None,
                        reason: str) -> PositionRow | None:
-        """Book the open position of ``symbol`` as closed; ``realized_pnl`` is net of fees."""
+        """Book one position (by its row, i.e. its entry) as closed; ``realized_pnl`` is
+        net of fees. None when it is not open (booked already)."""
         with self._sessions.begin() as s:
             row = s.scalar(select(PositionRow).where(
-                PositionRow.symbol == symbol, PositionRow.status == "open"))
+                PositionRow.id == position_id, PositionRow.status == "open"))
             if row is None:
                 return None
             row.status, row.exit_price, row.realized_pnl = "closed", exit_price, realized_pnl

@@ -98,17 +98,20 @@ EngineFactory = Callable[..., ExecutionEngine]
 def make_engine(exec_paper: PaperExchange, database_url: str) -> Iterator[EngineFactory]:
     """Build execute instances sharing one exchange, one database and one Redis lock."""
     settings = exec_settings(database_url)
+    blocks_key = f"test:execute:blocked:{uuid.uuid4().hex}"  # per test: blocks are shared
 
     def build(client: ccxt.binanceusdm | None = None,
               state: AccountSource | None = None) -> ExecutionEngine:
         client = client or make_exchange(settings, base_url=exec_paper.base_url)
         return ExecutionEngine(settings, ExchangeGateway(settings, client),
                                TradeStore(make_sessionmaker(settings)),
-                               SymbolLock(redis.Redis.from_url(EXEC_REDIS_URL)), state)
+                               SymbolLock(redis.Redis.from_url(EXEC_REDIS_URL)), state,
+                               blocks_key=blocks_key)
 
     paper_admin(exec_paper, "/paper/reset")
     pin_price(exec_paper, 60000)
     yield build
+    redis.Redis.from_url(EXEC_REDIS_URL).delete(blocks_key)
     Base.metadata.drop_all(create_engine(settings.database.resolved_url()))
 
 

@@ -11,9 +11,8 @@ from urllib.parse import urlsplit
 import ccxt
 import pytest
 
-from nameko_services.execute.engine import ExecutionEngine
+from nameko_services.execute.engine import ExecutionEngine, intent_ids
 from nameko_services.execute.store import OrderRecord
-from shared.exchange import client_order_id
 from shared.models import TradeIntent
 from tests.integration.conftest import (
     CCXT_SYMBOL,
@@ -75,7 +74,7 @@ def test_redelivered_intent_never_opens_a_second_position(engine):
 def _send_entry_and_die(engine: ExecutionEngine, it: TradeIntent, *, recorded: bool) -> None:
     """The previous worker prepared the symbol, sent the entry and died."""
     engine.ops.preflight(SYMBOL)
-    cid = client_order_id("p95e", it.idempotency_key)
+    cid = intent_ids(it)["entry"]
     if recorded:
         engine.store.record_pending(OrderRecord(cid, it.signal_id, SYMBOL, "entry", "BUY",
                                                 "MARKET", it.quantity))
@@ -229,7 +228,7 @@ def test_first_alert_after_an_exchange_outage_at_start_up_prepares_the_symbol(
         engine, make_engine):
     down = make_engine(subclassed_client(engine.gw.client, _Unreachable))
     down.prepare((SYMBOL,))  # the exchange is down at start-up: postponed, not blocked
-    assert not down.ops.is_prepared(SYMBOL) and SYMBOL not in down.blocked
+    assert not down.ops.is_prepared(SYMBOL) and down.block_reason(SYMBOL) is None
 
     down.gw.client.__class__ = _Counting  # the exchange is back
     down.gw.client.requests = []

@@ -11,7 +11,7 @@ import ccxt
 import pytest
 
 from nameko_services.execute import events
-from nameko_services.execute.engine import ExecutionEngine, bracket_ids
+from nameko_services.execute.engine import ExecutionEngine, intent_ids
 from nameko_services.execute.reconcile import Reconciler
 from nameko_services.execute.store import LegResult, OrderRecord
 from shared.models import ExchangeOrderRecord
@@ -222,7 +222,7 @@ def test_algo_new_event_marks_our_bracket_armed_and_a_late_answer_does_not_undo_
 
 def test_armed_event_that_overtakes_the_booking_is_kept(engine):
     it = intent()
-    ids = bracket_ids(it.idempotency_key)
+    ids = intent_ids(it)
     engine.store.claim(OrderRecord(ids["entry"], it.signal_id, SYMBOL, "entry", "BUY",
                                    "MARKET", it.quantity))  # entry sent, legs not booked yet
     stop = Order(symbol=SYMBOL, kind="algo", order_id="77", client_id=ids["stop_loss"],

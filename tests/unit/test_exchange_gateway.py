@@ -59,3 +59,56 @@ def test_refused_orders_do_not_trip_the_circuit(gateway):
             gateway.call(refused)
 
     assert gateway.breaker.current_state == "closed"
+
+
+def test_protective_request_goes_through_an_open_circuit_and_retries_network_errors(gateway):
+    gateway.breaker.open()
+    attempts: list[int] = []
+
+    def flaky() -> str:
+        attempts.append(1)
+        if len(attempts) < 3:
+            raise ccxt.RequestTimeout("read timeout")
+        return "closed"
+
+    assert gateway.call_protective(flaky) == "closed"
+    assert len(attempts) == 3
+
+
+def test_protective_request_gives_up_after_its_budget(gateway):
+    attempts: list[int] = []
+
+    def down() -> None:
+        attempts.append(1)
+        raise ccxt.ExchangeNotAvailable("503")
+
+    with pytest.raises(ExchangeUnavailable):
+        gateway.call_protective(down)
+    assert 1 < len(attempts) <= 10
+
+
+def test_protective_request_never_retries_a_refusal(gateway):
+    attempts: list[int] = []
+
+    def refused() -> None:
+        attempts.append(1)
+        raise ccxt.InvalidOrder("ReduceOnly Order is rejected.")
+
+    with pytest.raises(ccxt.InvalidOrder):
+        gateway.call_protective(refused)
+    assert len(attempts) == 1
+
+
+class _NoBrackets:
+    def fapiPrivateGetLeverageBracket(self, params):
+        raise ccxt.BadSymbol("Invalid symbol.")
+
+
+def test_leverage_brackets_of_a_symbol_missing_from_the_built_in_table_are_a_clear_refusal(
+        secrets_env):
+    from shared.market import BracketsUnavailable
+
+    gateway = ExchangeGateway(load_settings(), client=_NoBrackets(), name="t")  # type: ignore[arg-type]
+
+    with pytest.raises(BracketsUnavailable, match="XRPUSDT: no leverage brackets"):
+        gateway.brackets("XRPUSDT")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from decimal import Decimal
 
+import ccxt
 import pytest
 from pydantic import ValidationError
 
@@ -37,6 +38,11 @@ class FakeEngine:
             raise self.error
         self.opened.append(intent)
         return self.outcome
+
+    def close(self, symbol, reason="manual"):
+        if self.error:
+            raise self.error
+        return Outcome("closed", symbol, "s", reason, {})
 
 
 class FakeTelemetry:
@@ -144,3 +150,38 @@ def test_own_telemetry_and_balance_records_on_trade_stream_are_ignored(make_serv
                                "data": '{"asset": "USDT", "wallet": "1000"}'})
 
     assert service.engine.opened == []
+
+
+@pytest.mark.parametrize("reason", ["intent_expired", "entry rejected: Margin is insufficient."])
+def test_failed_intent_releases_the_reservation_and_alerts(make_service, reason):
+    service = make_service(FakeEngine(Outcome("failed", "BTCUSDT", "sig-1", reason)))
+
+    service.execute_trade(_intent())
+
+    event_type, payload = service.dispatch.call_args.args
+    assert event_type == "trade_failed"  # risk releases the reservation on it
+    assert (payload["signal_id"], payload["reason"]) == ("sig-1", reason)
+    [(_, key, alert)] = service.bus.published
+    assert key == "risk.alert" and alert.signal_id == "sig-1" and reason in alert.text
+
+
+@pytest.mark.parametrize("error", [ccxt.RequestTimeout("read timeout"),
+                                   ccxt.DDoSProtection("429 Too Many Requests"),
+                                   ccxt.ExchangeNotAvailable("503")])
+def test_network_and_overload_errors_of_a_close_are_retried(make_service, error):
+    service = make_service(FakeEngine(error=error))
+
+    with pytest.raises(Retryable):
+        service.execute_trade({"type": "close_request", "signal_id": "s", "symbol": "BTCUSDT",
+                               "idempotency_key": "k"})
+
+
+def test_refused_close_request_is_recorded_and_alerted_not_dead_lettered(make_service):
+    service = make_service(FakeEngine(error=ccxt.InvalidOrder("ReduceOnly Order is rejected.")))
+
+    service.execute_trade({"type": "close_request", "signal_id": "s", "symbol": "BTCUSDT",
+                           "idempotency_key": "k"})
+
+    [(_, _, alert)] = service.bus.published
+    assert alert.level == "critical" and "ReduceOnly" in alert.text
+    assert "close_failed" in [r[1] for r in service.telemetry.records]
