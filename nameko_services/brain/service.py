@@ -9,6 +9,7 @@ from typing import Any
 
 import eventlet
 import redis
+from eventlet import tpool
 from nameko.events import EventDispatcher
 from nameko.rpc import RpcProxy, rpc
 from nameko.web.handlers import http
@@ -272,8 +273,10 @@ class BrainService:
         """Learning, not trading: a failure here is logged and the trade goes on."""
         assert signal.side is not None
         try:
-            self.engine.track.remember(signal.signal_id, signal.strategy, signal.symbol,
-                                       signal.side)
+            # in a real thread: a SQL commit (SQLite's fsync, a lock held by execute) would
+            # otherwise stop every greenlet of this process, the webhook's included
+            tpool.execute(self.engine.track.remember, signal.signal_id, signal.strategy,
+                          signal.symbol, signal.side)
         except Exception:
             log.exception("could not record the strategy of %s", signal.signal_id)
 
