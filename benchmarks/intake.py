@@ -15,9 +15,11 @@ scheduled time, so a stall is not hidden by the generator waiting (coordinated o
 
 ``tradeable`` alerts pass gate 1 (confidence 0.9) and go on to the model and, when it
 approves, ``risk.check``; ``refused`` alerts (confidence 0.1) are refused at gate 1 by the
-analysis. A signal counts as analysed when its ``signal_scored`` record appears on
-signal:stream; the stream is followed live from the run's start (it is capped at 10,000
-records, so it is never counted afterwards), and lost = accepted - analysed.
+analysis. A signal counts as analysed when brain's decision event for it
+(``signal_accepted`` / ``signal_rejected``, one per entry) reaches the benchmark's own
+queue on ``brain.events``: not from signal:stream, which is capped at 10,000 records and
+whose telemetry records are dropped, by design, when Redis answers late. lost = accepted
+- analysed.
 """
 
 from __future__ import annotations
@@ -36,10 +38,11 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit
 
-import redis
+from kombu import Connection, Queue, binding
+from nameko.standalone.events import get_event_exchange
 
 from benchmarks.webhook_pipeline import peak_rss, percentiles
-from shared.names import SIGNAL_STREAM
+from shared.names import BRAIN, EVT_SIGNAL_ACCEPTED, EVT_SIGNAL_REJECTED
 from shared.settings import Settings, get_settings
 
 SYMBOLS = ("BTCUSDT", "ETHUSDT", "BNBUSDT", "ADAUSDT", "DOGEUSDT")
@@ -57,31 +60,40 @@ def bodies(settings: Settings, load: str, n: int, symbols: int) -> list[bytes]:
             for i in range(n)]
 
 
-class StreamFollower(threading.Thread):
-    """Collects the signal ids of ``signal_scored`` records from the moment it starts."""
+class DecisionFollower(threading.Thread):
+    """Collects the signal ids of brain's decisions (its ``signal_accepted`` and
+    ``signal_rejected`` events: exactly one per analysed entry) from the moment it starts,
+    on a queue of its own bound to ``brain.events`` (exclusive, deleted with it)."""
 
     def __init__(self, settings: Settings) -> None:
         super().__init__(daemon=True)
-        self._redis: Any = redis.Redis.from_url(settings.redis_streams.url,
-                                                decode_responses=True)
-        last = self._redis.xrevrange(SIGNAL_STREAM, count=1)
-        self._last = last[0][0] if last else "0-0"
-        self.scored: dict[str, float] = {}  # signal id -> when we saw it (monotonic)
+        self._conn = Connection(settings.message_queue.amqp_uri)
+        exchange = get_event_exchange(BRAIN, {})
+        self._queue = Queue(f"bench-intake-{uuid.uuid4().hex[:8]}", exclusive=True,
+                            auto_delete=True, bindings=[
+                                binding(exchange, routing_key=EVT_SIGNAL_ACCEPTED),
+                                binding(exchange, routing_key=EVT_SIGNAL_REJECTED)])
+        self._queue(self._conn.default_channel).declare()
+        self.decided: dict[str, float] = {}  # signal id -> when we saw it (monotonic)
         self._done = threading.Event()
 
+    def _on_event(self, body: Any, message: Any) -> None:
+        if isinstance(body, dict) and body.get("signal_id"):
+            self.decided.setdefault(str(body["signal_id"]), time.monotonic())
+        message.ack()
+
     def run(self) -> None:
-        while not self._done.is_set():
-            reply = self._redis.xread({SIGNAL_STREAM: self._last}, count=5000, block=200)
-            now = time.monotonic()
-            for _, entries in reply or []:
-                for entry_id, fields in entries:
-                    self._last = entry_id
-                    if fields.get("type") == "signal_scored" and fields.get("signal_id"):
-                        self.scored.setdefault(fields["signal_id"], now)
+        with self._conn.Consumer([self._queue], callbacks=[self._on_event], prefetch_count=500):
+            while not self._done.is_set():
+                try:
+                    self._conn.drain_events(timeout=0.2)
+                except TimeoutError:
+                    continue
 
     def finish(self) -> None:
         self._done.set()
         self.join(timeout=2)
+        self._conn.release()
 
 
 async def _post(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, head: bytes,
@@ -141,7 +153,7 @@ async def generate(url: str, payloads: list[bytes], connections: int, rate: floa
 
 def run_once(settings: Settings, args: argparse.Namespace) -> dict[str, Any]:
     payloads = bodies(settings, args.load, args.n, args.symbols)
-    follower = StreamFollower(settings)
+    follower = DecisionFollower(settings)
     follower.start()
     cpu0, wall0 = resource.getrusage(resource.RUSAGE_SELF), time.monotonic()
     latencies, statuses, accepted, seconds = asyncio.run(generate(
@@ -150,11 +162,11 @@ def run_once(settings: Settings, args: argparse.Namespace) -> dict[str, Any]:
     cpu1 = resource.getrusage(resource.RUSAGE_SELF)
     sent_done = time.monotonic()
     wait_until = sent_done + args.timeout
-    while time.monotonic() < wait_until and any(s not in follower.scored for s in accepted):
+    while time.monotonic() < wait_until and any(s not in follower.decided for s in accepted):
         time.sleep(0.05)
     follower.finish()
-    analysed = [s for s in accepted if s in follower.scored]
-    last = max((follower.scored[s] for s in analysed), default=sent_done)
+    analysed = [s for s in accepted if s in follower.decided]
+    last = max((follower.decided[s] for s in analysed), default=sent_done)
     gen_cpu = (cpu1.ru_utime + cpu1.ru_stime) - (cpu0.ru_utime + cpu0.ru_stime)
     return {
         "sent": sum(statuses.values()), "statuses": statuses,
