@@ -28,6 +28,7 @@ import argparse
 import asyncio
 import itertools
 import json
+import os
 import resource
 import statistics
 import threading
@@ -35,6 +36,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -151,8 +153,27 @@ async def generate(url: str, payloads: list[bytes], connections: int, rate: floa
     return latencies, statuses, accepted, time.perf_counter() - started
 
 
+def cpu_seconds(settings: Settings) -> dict[str, float]:
+    """CPU time (user + system) so far of every program the run folder's supervisord runs."""
+    from scripts import supervise
+
+    out: dict[str, float] = {}
+    run_dir = settings.services.run_path()
+    if not supervise.answering(run_dir):
+        return out
+    tick = os.sysconf("SC_CLK_TCK")
+    for name, info in supervise.programs(run_dir).items():
+        try:
+            fields = Path(f"/proc/{info.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        out[name] = (int(fields[11]) + int(fields[12])) / tick  # utime, stime
+    return out
+
+
 def run_once(settings: Settings, args: argparse.Namespace) -> dict[str, Any]:
     payloads = bodies(settings, args.load, args.n, args.symbols)
+    procs0 = cpu_seconds(settings)
     follower = DecisionFollower(settings)
     follower.start()
     cpu0, wall0 = resource.getrusage(resource.RUSAGE_SELF), time.monotonic()
@@ -168,6 +189,9 @@ def run_once(settings: Settings, args: argparse.Namespace) -> dict[str, Any]:
     analysed = [s for s in accepted if s in follower.decided]
     last = max((follower.decided[s] for s in analysed), default=sent_done)
     gen_cpu = (cpu1.ru_utime + cpu1.ru_stime) - (cpu0.ru_utime + cpu0.ru_stime)
+    procs1 = cpu_seconds(settings)
+    per_alert = {name: round((procs1[name] - procs0[name]) * 1000 / max(len(analysed), 1), 2)
+                 for name in procs1 if name in procs0}
     return {
         "sent": sum(statuses.values()), "statuses": statuses,
         "accepted": len(accepted), "accepted_per_s": round(len(accepted) / seconds, 1),
@@ -177,6 +201,8 @@ def run_once(settings: Settings, args: argparse.Namespace) -> dict[str, Any]:
         "analysed_per_s": round(len(analysed) / max(last - wall0, 1e-9), 1),
         "lost": len(accepted) - len(analysed),
         "generator_cpu_share": round(gen_cpu / max(sent_done - wall0, 1e-9), 3),
+        # CPU ms each program spent per analysed alert over the run (load-independent)
+        "cpu_ms_per_alert": per_alert,
     }
 
 
