@@ -27,6 +27,9 @@ def client() -> Iterator[redis.Redis]:
     conn.delete(TRADING_STATE_KEY)
     yield conn
     conn.delete(TRADING_STATE_KEY)
+    for pattern in ("phoenix95:idem:*", "phoenix95:rate:*"):  # db 6 is this file's alone
+        for key in conn.scan_iter(pattern):
+            conn.delete(key)
     conn.close()
 
 
