@@ -125,26 +125,6 @@ class BrainService:
             return 200, {"status": "duplicate", "signal_id": admission.detail}
         return self._queue(signal, started)
 
-    def _validated(self, body: dict[str, Any], client: str) -> Signal:
-        """The signal of an authenticated body; an invalid one spends the sender's rate
-        budget too, so its rejection records stay bounded by the limit."""
-        try:
-            return to_signal(body, self.config.trading.allowed_symbols,
-                             max_age_s=self.config.security.max_alert_age_seconds,
-                             max_skew_s=self.config.security.max_clock_skew_seconds)
-        except HttpError:
-            wait = self.gate.allow(client)
-            if wait:
-                raise RateLimited(wait) from None
-            raise
-
-    def _rate_limited(self, client: str, wait: int) -> Response:
-        self._rejected("rate_limited", f"{client} over the per-minute limit", client,
-                       record=False)
-        return json_response(429, {"error": "rate limit exceeded", "retry_after": wait,
-                                   "reason": "rate_limited"},
-                             headers={"Retry-After": str(wait)})
-
     @http("POST", "/analyze")
     @api
     def analyze_http(self, request: Request) -> tuple[int, Any]:
@@ -217,6 +197,26 @@ class BrainService:
                                             "symbol": signal.symbol, "side": signal.side})
 
     # --- helpers (not entrypoints) ---
+    def _validated(self, body: dict[str, Any], client: str) -> Signal:
+        """The signal of an authenticated body; an invalid one spends the sender's rate
+        budget too, so its rejection records stay bounded by the limit."""
+        try:
+            return to_signal(body, self.config.trading.allowed_symbols,
+                             max_age_s=self.config.security.max_alert_age_seconds,
+                             max_skew_s=self.config.security.max_clock_skew_seconds)
+        except HttpError:
+            wait = self.gate.allow(client)
+            if wait:
+                raise RateLimited(wait) from None
+            raise
+
+    def _rate_limited(self, client: str, wait: int) -> Response:
+        self._rejected("rate_limited", f"{client} over the per-minute limit", client,
+                       record=False)
+        return json_response(429, {"error": "rate limit exceeded", "retry_after": wait,
+                                   "reason": "rate_limited"},
+                             headers={"Retry-After": str(wait)})
+
     def _enqueue(self, signal: Signal, started: float) -> tuple[int, dict[str, Any]]:
         earlier = self.gate.claim(signal.idempotency_key, signal.signal_id)
         if earlier is not None:
