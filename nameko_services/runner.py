@@ -52,10 +52,13 @@ def write_config(settings: Settings, service: str) -> Path:
     run_dir = settings.services.run_path()
     run_dir.mkdir(parents=True, exist_ok=True)
     path = run_dir / f"nameko-{service}.yaml"
-    # The file holds the broker password: readable by its owner only.
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    # The file holds the broker password: readable by its owner only. Written aside and
+    # renamed: several brain processes start at once and must never read it half written.
+    tmp = path.with_name(f".{path.name}.{os.getpid()}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as fh:
         yaml.safe_dump(nameko_config(settings, service), fh)
+    os.replace(tmp, path)
     return path
 
 

@@ -73,6 +73,13 @@ def process_specs(settings: Settings, dashboard: bool = True) -> list[lib.ProcSp
             service, (py, "-m", "nameko_services.runner", service),
             f"{svc.url_of(service)}/health", priority=30,
         ))
+    # more brains on the same port (the kernel spreads connections, SO_REUSEPORT) and the
+    # same queue; /health answers from any of them, so the others are watched by state
+    for n in range(2, svc.brain_process_count() + 1):
+        specs.append(lib.ProcSpec(
+            f"{names.BRAIN}-{n}", (py, "-m", "nameko_services.runner", names.BRAIN),
+            priority=30,
+        ))
     if dashboard:
         specs.append(lib.ProcSpec(
             DASHBOARD,

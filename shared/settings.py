@@ -290,6 +290,12 @@ class ServicesSettings(_Section):
     feed_port: Port = 8104
     dashboard_port: Port = 8501
     run_dir: str = ".run"
+    # brain processes sharing brain_port (SO_REUSEPORT) and the signal queue; 0 = one per
+    # core. Only brain: its intake limits and idempotency live in Redis, so any count is safe
+    brain_processes: Annotated[int, Field(ge=0, le=64)] = 0
+
+    def brain_process_count(self) -> int:
+        return self.brain_processes or os.cpu_count() or 1
 
     def port_of(self, service: str) -> int:
         return int(getattr(self, f"{service}_port"))

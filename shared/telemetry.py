@@ -21,7 +21,7 @@ import collections
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import redis
@@ -106,8 +106,10 @@ class TelemetryWriter:
         run_blocking: Blocking = _direct,
         spawn: Spawn = _thread,
         clock: Callable[[], float] = time.monotonic,
+        topics: Mapping[str, str] = TELEMETRY_TOPIC_OF,
     ) -> None:
         self._redis = redis_client
+        self._topics = topics  # stream -> Kafka topic (benchmarks name their own)
         self._producer = producer
         self._maxlen = settings.redis_streams.maxlen
         self._timeout = settings.kafka.delivery_timeout_s
@@ -134,7 +136,7 @@ class TelemetryWriter:
             self._drop("redis", "invalid", exc)
             return
         self._to_redis(stream, rec)
-        topic = TELEMETRY_TOPIC_OF.get(stream)
+        topic = self._topics.get(stream)
         if topic is not None and self._producer is not None:
             self._to_kafka(topic, rec)
 

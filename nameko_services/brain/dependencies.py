@@ -6,9 +6,10 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import ccxt
 import redis
@@ -27,6 +28,36 @@ from shared.state import MARKET_STALE, StaleState, StateReader, now_ms
 log = logging.getLogger(__name__)
 
 IDEMPOTENCY_TTL_S = 24 * 3600
+RATE_WINDOW_TTL_S = 61
+
+# The webhook's whole admission in one Redis round trip, atomically: the per-minute
+# rate limit, risk's trading state (entries only) and the idempotency claim, in that
+# order, so a refused alert never holds a claim.
+# KEYS: rate counter, trading state, idempotency key.
+# ARGV: limit, rate ttl, entry (1/0), signal id, idempotency ttl.
+_ADMIT_LUA = """
+local n = redis.call('INCR', KEYS[1])
+redis.call('EXPIRE', KEYS[1], ARGV[2])
+if n > tonumber(ARGV[1]) then return {'rate_limited', ''} end
+if ARGV[3] == '1' then
+  local s = redis.call('GET', KEYS[2])
+  if s and string.upper(s) ~= 'ACTIVE' then return {'halted', string.upper(s)} end
+end
+if redis.call('SET', KEYS[3], ARGV[4], 'NX', 'EX', ARGV[5]) then return {'ok', ''} end
+return {'duplicate', redis.call('GET', KEYS[3]) or ''}
+"""
+
+Verdict = Literal["ok", "rate_limited", "halted", "duplicate"]
+
+
+@dataclass(frozen=True, slots=True)
+class Admission:
+    """``ok`` (claimed), ``rate_limited`` (``wait`` s), ``halted`` (``detail`` = the
+    trading state) or ``duplicate`` (``detail`` = the earlier signal id)."""
+
+    verdict: Verdict
+    detail: str = ""
+    wait: int = 0
 
 
 class IntakeGate:
@@ -35,6 +66,29 @@ class IntakeGate:
     def __init__(self, client: redis.Redis, rate_per_minute: int) -> None:
         self._redis = client
         self._rate = rate_per_minute
+        self._admit = client.register_script(_ADMIT_LUA)
+
+    def admit(self, client_id: str, idempotency_key: str, signal_id: str, *, entry: bool,
+              now: float | None = None) -> Admission:
+        """Rate limit, trading state (when ``entry``) and idempotency claim at once."""
+        now = time.time() if now is None else now
+        keys = [self._rate_key(client_id, now), TRADING_STATE_KEY,
+                IDEMPOTENCY_KEY_PREFIX + idempotency_key]
+        verdict, detail = self._admit(keys=keys, args=[
+            self._rate, RATE_WINDOW_TTL_S, 1 if entry else 0, signal_id, IDEMPOTENCY_TTL_S])
+        if verdict == "rate_limited":
+            return Admission("rate_limited", wait=self._wait(now))
+        if verdict in ("halted", "duplicate"):
+            return Admission(verdict, str(detail))
+        return Admission("ok")
+
+    @staticmethod
+    def _rate_key(client_id: str, now: float) -> str:
+        return f"{RATE_LIMIT_PREFIX}{client_id}:{int(now // 60)}"
+
+    @staticmethod
+    def _wait(now: float) -> int:
+        return max(1, int(60 - now % 60))
 
     def trading_state(self) -> str:
         """Risk's trading state as it mirrors it in Redis; ACTIVE until risk has written it.
@@ -61,13 +115,12 @@ class IntakeGate:
     def allow(self, client_id: str, now: float | None = None) -> int:
         """0 if the request is within the per-minute budget, else seconds to wait."""
         now = time.time() if now is None else now
-        window = int(now // 60)
-        key = f"{RATE_LIMIT_PREFIX}{client_id}:{window}"
+        key = self._rate_key(client_id, now)
         pipe = self._redis.pipeline()
         pipe.incr(key)
-        pipe.expire(key, 61)
+        pipe.expire(key, RATE_WINDOW_TTL_S)
         count = int(pipe.execute()[0])
-        return 0 if count <= self._rate else max(1, int(60 - now % 60))
+        return 0 if count <= self._rate else self._wait(now)
 
 
 class StateMarketView:

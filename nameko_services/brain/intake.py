@@ -21,6 +21,10 @@ from shared.web import HttpError, read_json_object
 _PREFIX = re.compile(r"^[A-Z0-9_]+:")  # BINANCE:BTCUSDT.P
 _SUFFIXES = (".P", "PERP", ".PERP", "_PERP")
 _ACTIONS = {"buy": "LONG", "long": "LONG", "sell": "SHORT", "short": "SHORT", "close": None}
+# no USD-M contract trades outside this; past it Decimal arithmetic downstream overflows
+# (1e9999999 is a finite Decimal) and the signal would be dead-lettered instead of refused
+_PRICE_MIN = Decimal("1e-12")
+_PRICE_MAX = Decimal("1e12")
 
 
 def normalise_ticker(raw: str) -> str:
@@ -85,6 +89,30 @@ class TradingViewAlert(BaseModel):
             raise ValueError("price must be a number")
         return value
 
+    @field_validator("price")
+    @classmethod
+    def _price_in_range(cls, value: Decimal | None) -> Decimal | None:
+        if value is not None and not _PRICE_MIN <= value < _PRICE_MAX:
+            raise ValueError(f"price must be between {_PRICE_MIN} and {_PRICE_MAX}")
+        return value
+
+    @field_validator("ticker", "strategy", "interval", "id")
+    @classmethod
+    def _encodable(cls, value: str | None) -> str | None:
+        # a lone surrogate ("\ud800" in JSON) is valid JSON but not text: it cannot be
+        # hashed, stored in Redis or published, so it is refused here
+        if value is not None and not _is_utf8(value):
+            raise ValueError("must be valid UTF-8 text")
+        return value
+
+
+def _is_utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
 
 def read_body(request: Request) -> dict[str, Any]:
     """The webhook body as a JSON object (any Content-Type), at most 8 KiB."""
@@ -96,7 +124,9 @@ def read_body(request: Request) -> dict[str, Any]:
 
 def check_secret(body: dict[str, Any], expected: str) -> None:
     given = body.get("secret")
-    if not isinstance(given, str) or not hmac.compare_digest(given.encode(), expected.encode()):
+    # surrogatepass: a lone surrogate is a wrong secret (401), not an encoding crash (500)
+    if not isinstance(given, str) or not hmac.compare_digest(
+            given.encode("utf-8", "surrogatepass"), expected.encode()):
         raise HttpError(401, "invalid or missing secret")
 
 
@@ -173,6 +203,14 @@ def parse_alert(
     ``max_age_s`` enables the freshness check on the alert's ``time`` (the webhook sets
     it from ``security.max_alert_age_seconds``; RPC and dry-run analysis do not)."""
     check_secret(body, secret)
+    return to_signal(body, allowed_symbols, now, max_age_s=max_age_s, max_skew_s=max_skew_s)
+
+
+def to_signal(
+    body: dict[str, Any], allowed_symbols: tuple[str, ...], now: datetime | None = None, *,
+    max_age_s: float | None = None, max_skew_s: float = 0.0,
+) -> Signal:
+    """Validate an authenticated webhook body (see :func:`parse_alert`)."""
     try:
         alert = TradingViewAlert.model_validate({k: v for k, v in body.items() if k != "secret"})
     except ValidationError as exc:

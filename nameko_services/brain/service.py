@@ -9,6 +9,7 @@ from typing import Any
 
 import eventlet
 import redis
+from eventlet import tpool
 from nameko.events import EventDispatcher
 from nameko.rpc import RpcProxy, rpc
 from nameko.web.handlers import http
@@ -17,7 +18,14 @@ from werkzeug.wrappers import Request, Response
 from nameko_services.brain import metrics
 from nameko_services.brain.dependencies import Engine, Gate, IntakeGate
 from nameko_services.brain.engine import BrainEngine, Decision
-from nameko_services.brain.intake import check_source, client_address, parse_alert, read_body
+from nameko_services.brain.intake import (
+    check_secret,
+    check_source,
+    client_address,
+    parse_alert,
+    read_body,
+    to_signal,
+)
 from shared.consumer import Retryable, durable_consume
 from shared.health import ReadinessChecks, ReadinessProbe
 from shared.market import ExchangeUnavailable
@@ -51,6 +59,14 @@ settings_or_exit()  # fail fast, one line, before nameko connects anywhere
 log = logging.getLogger(__name__)
 
 
+class RateLimited(Exception):
+    """The sender is over its per-minute budget for ``wait`` more seconds."""
+
+    def __init__(self, wait: int) -> None:
+        super().__init__(f"rate limited for {wait}s")
+        self.wait = wait
+
+
 class BrainService:
     name = BRAIN
 
@@ -68,40 +84,47 @@ class BrainService:
     def webhook(self, request: Request) -> Response | tuple[int, Any]:
         """TradingView intake: authenticate, validate, de-duplicate, queue durably, 202.
 
-        Cheap checks only (no exchange, no database): the analysis runs in
-        :meth:`process_signal`, behind the durable queue."""
+        Authentication comes first: an unauthenticated request never spends the rate
+        budget of the real sender and leaves no record (a metric only), so a flood of
+        them can neither lock TradingView out nor fill the streams. Cheap checks only
+        (one Redis round trip, no exchange): the analysis runs in :meth:`process_signal`,
+        behind the durable queue."""
         started = time.perf_counter()
         sec = self.config.security
         client = client_address(request.remote_addr, request.headers.get("X-Forwarded-For"),
                                 sec.trusted_proxies)
+        authenticated = False
         try:
             if sec.source_allowlist_enabled:
                 check_source(client, sec.source_allowlist)
-            wait = self.gate.allow(client)
-            if wait:
-                self._rejected("rate_limited", f"{client} over the per-minute limit", client)
-                return json_response(429, {"error": "rate limit exceeded", "retry_after": wait,
-                                           "reason": "rate_limited"},
-                                     headers={"Retry-After": str(wait)})
-            signal = parse_alert(
-                read_body(request), sec.webhook_secret.get_secret_value(),
-                self.config.trading.allowed_symbols,
-                max_age_s=sec.max_alert_age_seconds, max_skew_s=sec.max_clock_skew_seconds,
-            )
-            if signal.side is not None:  # closing alerts pass: closes are always allowed
-                state = self.gate.trading_state()
-                if state != "ACTIVE":
-                    raise HttpError(423, f"trading is {state}: new entries are refused",
-                                    reason=state.lower())
+            body = read_body(request)
+            check_secret(body, sec.webhook_secret.get_secret_value())
+            authenticated = True
+            signal = self._validated(body, client)
+            admission = self.gate.admit(client, signal.idempotency_key, signal.signal_id,
+                                        entry=signal.side is not None)
+        except RateLimited as exc:
+            return self._rate_limited(client, exc.wait)
         except HttpError as exc:
             reason = exc.extra.setdefault("reason", metrics.reason_of(exc))
-            self._rejected(reason, exc.message, client)
+            self._rejected(reason, exc.message, client, record=authenticated)
             raise
         except redis.RedisError as exc:
-            self._rejected("unavailable", f"intake store: {exc}", client)
+            self._rejected("unavailable", f"intake store: {exc}", client, record=authenticated)
             raise HttpError(503, "intake temporarily unavailable, retry later",
                             reason="unavailable") from exc
-        return self._enqueue(signal, started)
+        if admission.verdict == "rate_limited":
+            return self._rate_limited(client, admission.wait)
+        if admission.verdict == "halted":
+            # closing alerts never get here: closes are always allowed
+            reason = admission.detail.lower()
+            message = f"trading is {admission.detail}: new entries are refused"
+            self._rejected(reason, message, client)
+            raise HttpError(423, message, reason=reason)
+        if admission.verdict == "duplicate":
+            metrics.WEBHOOKS.labels("duplicate", "duplicate").inc()
+            return 200, {"status": "duplicate", "signal_id": admission.detail}
+        return self._queue(signal, started)
 
     @http("POST", "/analyze")
     @api
@@ -175,11 +198,35 @@ class BrainService:
                                             "symbol": signal.symbol, "side": signal.side})
 
     # --- helpers (not entrypoints) ---
+    def _validated(self, body: dict[str, Any], client: str) -> Signal:
+        """The signal of an authenticated body; an invalid one spends the sender's rate
+        budget too, so its rejection records stay bounded by the limit."""
+        try:
+            return to_signal(body, self.config.trading.allowed_symbols,
+                             max_age_s=self.config.security.max_alert_age_seconds,
+                             max_skew_s=self.config.security.max_clock_skew_seconds)
+        except HttpError:
+            wait = self.gate.allow(client)
+            if wait:
+                raise RateLimited(wait) from None
+            raise
+
+    def _rate_limited(self, client: str, wait: int) -> Response:
+        self._rejected("rate_limited", f"{client} over the per-minute limit", client,
+                       record=False)
+        return json_response(429, {"error": "rate limit exceeded", "retry_after": wait,
+                                   "reason": "rate_limited"},
+                             headers={"Retry-After": str(wait)})
+
     def _enqueue(self, signal: Signal, started: float) -> tuple[int, dict[str, Any]]:
         earlier = self.gate.claim(signal.idempotency_key, signal.signal_id)
         if earlier is not None:
             metrics.WEBHOOKS.labels("duplicate", "duplicate").inc()
             return 200, {"status": "duplicate", "signal_id": earlier}
+        return self._queue(signal, started)
+
+    def _queue(self, signal: Signal, started: float) -> tuple[int, dict[str, Any]]:
+        """Publish a claimed signal durably; on failure release the claim and answer 503."""
         try:
             self.bus.publish(SIGNALS_EXCHANGE, SIGNAL_KEY, signal,
                              declare=[kombu_queue(SIGNAL_QUEUE)])
@@ -227,8 +274,10 @@ class BrainService:
         """Learning, not trading: a failure here is logged and the trade goes on."""
         assert signal.side is not None
         try:
-            self.engine.track.remember(signal.signal_id, signal.strategy, signal.symbol,
-                                       signal.side)
+            # in a real thread: a SQL commit (SQLite's fsync, a lock held by execute) would
+            # otherwise stop every greenlet of this process, the webhook's included
+            tpool.execute(self.engine.track.remember, signal.signal_id, signal.strategy,
+                          signal.symbol, signal.side)
         except Exception:
             log.exception("could not record the strategy of %s", signal.signal_id)
 
@@ -254,8 +303,13 @@ class BrainService:
                                       "symbol": signal.symbol, "reasons": reasons}
         self.dispatch(EVT_SIGNAL_REJECTED, event)
 
-    def _rejected(self, reason: str, detail: str, client: str = "") -> None:
+    def _rejected(self, reason: str, detail: str, client: str = "",
+                  record: bool = True) -> None:
+        """Count a refused alert; ``record`` it on signal:stream only when its sender is
+        authenticated (an unauthenticated flood must not write to Redis/Kafka)."""
         metrics.WEBHOOKS.labels("rejected", reason).inc()
+        if not record:
+            return
         self.telemetry.emit_nowait(SIGNAL_STREAM, Record("signal_rejected",
                                                   {"reason": reason, "detail": detail,
                                                    "client": client}))

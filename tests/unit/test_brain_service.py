@@ -12,22 +12,35 @@ from hypothesis import strategies as st
 from werkzeug.test import EnvironBuilder
 from werkzeug.wrappers import Request
 
+from nameko_services.brain.dependencies import Admission
 from shared.nameko_deps import BusError
 from shared.settings import load_settings
 from tests.support.brain_fakes import FakeTelemetry
 
 
 class FakeGate:
+    """The Redis gate's contract in memory; ``spent`` counts each client's rate budget."""
+
     def __init__(self, wait: int = 0, state: str = "ACTIVE"):
         self.claims: dict[str, str] = {}
         self.wait = wait
         self.state = state
+        self.spent: dict[str, int] = {}
 
     def trading_state(self):
         return self.state
 
     def allow(self, client):
+        self.spent[client] = self.spent.get(client, 0) + 1
         return self.wait
+
+    def admit(self, client, key, signal_id, *, entry, now=None):
+        if self.allow(client):
+            return Admission("rate_limited", wait=self.wait)
+        if entry and self.state != "ACTIVE":
+            return Admission("halted", self.state)
+        earlier = self.claim(key, signal_id)
+        return Admission("duplicate", earlier) if earlier else Admission("ok")
 
     def claim(self, key, signal_id):
         if key in self.claims:
@@ -123,15 +136,83 @@ def test_malformed_bodies_get_a_json_error_and_reach_nothing(brain, body, status
     assert brain.bus.published == []
 
 
-def test_wrong_secret_is_401_and_recorded_as_a_rejection(brain, settings):
+def test_wrong_secret_is_401_spends_no_rate_budget_and_writes_no_record(brain, settings):
     response = brain.webhook(_request(_alert(settings, secret="nope")))
 
     assert response.status_code == 401
-    assert brain.bus.published == []
-    stream, record = brain.telemetry.records[-1]
-    assert (stream, record.type, record.data["reason"]) == ("signal:stream", "signal_rejected",
-                                                            "unauthorized")
     assert json.loads(response.get_data())["reason"] == "unauthorized"
+    assert brain.bus.published == []
+    assert brain.gate.spent == {}
+    assert brain.telemetry.records == []
+
+
+@pytest.mark.parametrize("body", ["{not json", '{"ticker": "BTCUSDT"}', '{"secret": 7}'])
+def test_unauthenticated_garbage_writes_no_record(brain, body):
+    response = brain.webhook(_request(body, "text/plain"))
+
+    assert response.status_code in (400, 401)
+    assert brain.gate.spent == {} and brain.telemetry.records == []
+
+
+def test_a_flood_of_unauthenticated_requests_does_not_lock_out_the_real_sender(settings):
+    from nameko.testing.services import worker_factory
+
+    from nameko_services.brain.service import BrainService
+
+    class OneLeft(FakeGate):  # the real sender may send one more alert this minute
+        def allow(self, client):
+            super().allow(client)
+            return 0 if self.spent[client] <= 1 else 30
+
+    brain = worker_factory(BrainService, config=settings, gate=OneLeft(), bus=FakeBus(),
+                           telemetry=FakeTelemetry())
+    for _ in range(50):
+        brain.webhook(_request(_alert(settings, secret="guess")))
+
+    response = brain.webhook(_request(_alert(settings)))
+
+    assert response.status_code == 202
+
+
+def test_lone_surrogate_secret_is_401_not_500(brain):
+    response = brain.webhook(_request('{"secret": "\\ud800", "ticker": "BTCUSDT", '
+                                      '"action": "buy"}', "text/plain"))
+
+    assert response.status_code == 401
+
+
+@pytest.mark.parametrize("field", ["id", "strategy", "ticker"])
+def test_lone_surrogate_in_a_text_field_is_422_not_500(brain, settings, field):
+    body = json.dumps(_alert(settings, **{field: "BTCUSDT<lone>"})).replace("<lone>", "\\udc80")
+
+    response = brain.webhook(_request(body, "text/plain"))
+
+    assert response.status_code == 422
+    assert json.loads(response.get_data())["field"] == field
+    assert brain.bus.published == []
+
+
+def test_huge_price_is_422_not_queued_to_overflow_later(brain, settings):
+    response = brain.webhook(_request(_alert(settings, price="1e9999999")))
+
+    assert response.status_code == 422
+    assert json.loads(response.get_data())["field"] == "price"
+    assert brain.bus.published == []
+
+
+def test_invalid_authenticated_alerts_spend_the_budget_and_stop_recording_past_it(settings):
+    from nameko.testing.services import worker_factory
+
+    from nameko_services.brain.service import BrainService
+
+    brain = worker_factory(BrainService, config=settings, gate=FakeGate(wait=9),
+                           bus=FakeBus(), telemetry=FakeTelemetry())
+
+    response = brain.webhook(_request(_alert(settings, ticker="XRPUSDT")))
+
+    assert response.status_code == 429
+    assert brain.gate.spent == {"127.0.0.1": 1}
+    assert brain.telemetry.records == []
 
 
 def test_unknown_symbol_is_422(brain, settings):
@@ -167,6 +248,7 @@ def test_over_the_rate_limit_is_429_with_retry_after(settings):
 
     assert response.status_code == 429
     assert response.headers["Retry-After"] == "17"
+    assert brain.telemetry.records == []  # a 429 flood leaves no records behind
 
 
 def _stamp(delta: timedelta) -> str:

@@ -382,6 +382,7 @@ def test_process_specs_follow_settings(monkeypatch: pytest.MonkeyPatch,
     lib.ensure_env_file(env)
     monkeypatch.setenv("PHOENIX_DOTENV", str(env))
     monkeypatch.setenv("PHOENIX__SERVICES__RISK_PORT", "18101")
+    monkeypatch.setenv("PHOENIX__SERVICES__BRAIN_PROCESSES", "1")
     monkeypatch.delenv("PHOENIX__TELEGRAM__TOKEN", raising=False)
     monkeypatch.delenv("PHOENIX__TELEGRAM__CHAT_ID", raising=False)
     monkeypatch.setenv("PHOENIX__EXCHANGE__MODE", "paper")
@@ -414,6 +415,21 @@ def _settings_with(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, **env: str) 
     for key, value in env.items():
         monkeypatch.setenv(key, value)
     return load_settings()
+
+
+@pytest.mark.parametrize("configured,expected", [("3", 3), ("1", 1), ("0", os.cpu_count())])
+def test_brain_runs_as_many_processes_as_configured_or_one_per_core(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, configured: str, expected: int
+) -> None:
+    settings = _settings_with(monkeypatch, tmp_path,
+                              PHOENIX__SERVICES__BRAIN_PROCESSES=configured)
+
+    specs = [s for s in up_script.process_specs(settings, dashboard=False)
+             if s.argv[-1] == "brain"]
+
+    assert len(specs) == expected
+    assert len({s.name for s in specs}) == expected  # each its own supervisord program
+    assert [s.health_url is not None for s in specs].count(True) == 1
 
 
 def test_paper_exchange_with_a_rest_url_is_started_separately(
