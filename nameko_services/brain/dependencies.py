@@ -21,13 +21,18 @@ from nameko_services.brain.model import DEFAULT_MODEL_PATH, PhoenixModel
 from nameko_services.brain.track_record import TrackRecord
 from shared.market import ExchangeGateway, ExchangeUnavailable
 from shared.nameko_deps import make_redis
-from shared.names import IDEMPOTENCY_KEY_PREFIX, RATE_LIMIT_PREFIX, TRADING_STATE_KEY
+from shared.names import (
+    IDEMPOTENCY_KEY_PREFIX,
+    IDEMPOTENCY_WINDOW_S,
+    RATE_LIMIT_PREFIX,
+    TRADING_STATE_KEY,
+)
 from shared.settings import ROOT, ConfigError, Settings, get_settings
 from shared.state import MARKET_STALE, StaleState, StateReader, now_ms
 
 log = logging.getLogger(__name__)
 
-IDEMPOTENCY_TTL_S = 24 * 3600
+IDEMPOTENCY_TTL_S = IDEMPOTENCY_WINDOW_S  # one window for brain's dedup and execute's ids
 RATE_WINDOW_TTL_S = 61
 
 # The webhook's whole admission in one Redis round trip, atomically: the per-minute
