@@ -18,7 +18,6 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # streamlit puts only dashboard/ on sys.path
     sys.path.insert(0, str(ROOT))
 
-import hmac  # noqa: E402
 
 import pandas as pd  # noqa: E402
 import redis  # noqa: E402
@@ -28,6 +27,7 @@ from dashboard import charts, data  # noqa: E402
 from shared import lag as lag_probe  # noqa: E402
 from shared import names  # noqa: E402
 from shared.settings import ConfigError, Settings, get_settings  # noqa: E402
+from shared.web import api_key_matches  # noqa: E402
 
 REFRESH_S = 3.0
 RPC_TIMEOUT_S = 2.0
@@ -281,7 +281,7 @@ def _controls(settings: Settings) -> None:
             st.warning("Tick the confirmation first.")
             return
         known = settings.security.api_key_values()
-        if not api_key or not any(hmac.compare_digest(api_key, k) for k in known):
+        if not api_key_matches(api_key, known):  # bytes compare: any Unicode input is safe
             st.error("Wrong API key.")
             return
         svc = settings.services

@@ -219,7 +219,7 @@ class ExecuteService:
         except Exception:  # noqa: BLE001 - any unparsable quantity is the caller's error
             raise HttpError(422, "quantity: a positive number is required",
                             field="quantity") from None
-        if quantity <= 0:
+        if not quantity.is_finite() or quantity <= 0:  # NaN/Infinity parse as Decimals
             raise HttpError(422, "quantity: a positive number is required", field="quantity")
         lev = self.config.leverage
         gw = self.engine.gw
