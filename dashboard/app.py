@@ -23,7 +23,7 @@ import pandas as pd  # noqa: E402
 import redis  # noqa: E402
 import streamlit as st  # noqa: E402
 
-from dashboard import charts, data  # noqa: E402
+from dashboard import auth, charts, data  # noqa: E402
 from shared import lag as lag_probe  # noqa: E402
 from shared import names  # noqa: E402
 from shared.settings import ConfigError, Settings, get_settings  # noqa: E402
@@ -304,6 +304,9 @@ def main() -> None:
         settings = get_settings()
     except ConfigError as exc:
         st.error(str(exc))
+        st.stop()
+        return
+    if not auth.require_login(settings.dashboard):
         st.stop()
         return
     st.title("🔥 Phoenix 95 — live dashboard")

@@ -324,6 +324,8 @@ class DashboardSettings(_Section):
     @classmethod
     def _bcrypt(cls, value: SecretStr) -> SecretStr:
         raw = value.get_secret_value()
+        if raw.strip().lower() in ("change-me", "changeme", "change_me"):
+            return SecretStr("")  # the .env.example placeholder: no login configured yet
         if raw and not raw.startswith(("$2a$", "$2b$", "$2y$")):
             raise ValueError("must be a bcrypt hash ($2b$...): scripts/dashboard_password "
                              "makes one; the password itself never goes in the config")
@@ -483,15 +485,15 @@ class Settings(BaseSettings):
                 if any(v.strip().lower() in placeholders for v in value.split(",")):
                     raise ValueError(f"{key} is still the .env.example placeholder; "
                                      f"set {env_name(key)} ({self.exchange.mode} mode)")
+        if self.exchange.mode != "paper" and len(self.security.webhook_secret) < 16:
+            raise ValueError(
+                "security.webhook_secret must be at least 16 characters outside paper mode"
+            )
         short = [k for k in self.security.api_key_values() if len(k) < MIN_API_KEY_LENGTH]
         if self.exchange.mode != "paper" and short:
             raise ValueError(f"security.api_keys: every key must be at least "
                              f"{MIN_API_KEY_LENGTH} characters outside paper mode "
                              f"(python -c 'import secrets; print(secrets.token_urlsafe(32))')")
-        if self.exchange.mode != "paper" and len(self.security.webhook_secret) < 16:
-            raise ValueError(
-                "security.webhook_secret must be at least 16 characters outside paper mode"
-            )
         return self
 
 

@@ -354,9 +354,9 @@ def test_grafana_provisioning() -> None:
 
 def test_dockerfile_shape() -> None:
     text = (ROOT / "Dockerfile").read_text()
-    assert re.search(r"^FROM python:3\.11-slim\b", text, re.M)
+    assert re.search(r"^FROM python:3\.11\.\d+-slim\S*$", text, re.M)  # a release, not a tag
     assert re.search(r"^USER (?!root|0\b)\S+", text, re.M)
-    assert "pip install --no-cache-dir -r requirements.txt" in text
+    assert "pip install --no-cache-dir --require-hashes --no-deps -r requirements.lock" in text
     assert re.search(r"^CMD ", text, re.M)
     ignored = (ROOT / ".dockerignore").read_text().split()
     assert {".env", ".git", ".venv"} <= set(ignored)

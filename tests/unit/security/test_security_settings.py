@@ -90,3 +90,23 @@ def test_dashboard_password_must_be_a_bcrypt_hash(secrets_env, monkeypatch) -> N
     monkeypatch.setenv("PHOENIX__DASHBOARD__PASSWORD_HASH", "hunter2")
     with pytest.raises(ConfigError, match="bcrypt"):
         load_settings()
+
+
+def test_generated_env_gives_a_dashboard_login_that_verifies(secrets_env, monkeypatch,
+                                                              tmp_path, capsys) -> None:
+    bcrypt = pytest.importorskip("bcrypt")
+    from scripts import lib
+
+    for key in [k for k in __import__("os").environ if k.startswith("PHOENIX__")]:
+        monkeypatch.delenv(key)
+    path = tmp_path / ".env"
+    lib.ensure_env_file(path)
+    monkeypatch.setenv("PHOENIX_DOTENV", str(path))
+    password = capsys.readouterr().out.split("password '", 1)[1].split("'", 1)[0]
+
+    settings = load_settings()
+
+    hashed = settings.dashboard.password_hash.get_secret_value()
+    assert bcrypt.checkpw(password.encode(), hashed.encode())
+    assert password not in path.read_text()
+    assert len(settings.telegram.confirm_secret.get_secret_value()) >= 32
