@@ -13,7 +13,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from scripts._bootstrap import ensure_venv  # noqa: E402
+from scripts._bootstrap import ensure_venv
 
 ensure_venv(__file__)
 
