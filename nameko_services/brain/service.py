@@ -35,6 +35,7 @@ from shared.names import (
     TRADE_QUEUE,
     kombu_queue,
 )
+from shared.openapi import openapi_response
 from shared.records import Record
 from shared.settings import Settings, settings_or_exit
 from shared.telemetry import TelemetryWriter
@@ -258,3 +259,7 @@ class BrainService:
         self.telemetry.emit_nowait(SIGNAL_STREAM, Record("signal_rejected",
                                                   {"reason": reason, "detail": detail,
                                                    "client": client}))
+
+    @http("GET", "/openapi.json")
+    def openapi(self, request: Request) -> Response:
+        return openapi_response(self.name)

@@ -42,6 +42,7 @@ from shared.names import (
     TRADE_STREAM,
     kombu_queue,
 )
+from shared.openapi import openapi_response
 from shared.records import Record
 from shared.settings import Settings, settings_or_exit
 from shared.streams import stream_consume
@@ -310,3 +311,7 @@ class ExecuteService:
         self.telemetry.emit(TRADE_STREAM, Record("position_closed", payload, outcome.signal_id))
         self.dispatch(EVT_POSITION_CLOSED, {"type": "position_closed",
                                             "signal_id": outcome.signal_id, **payload})
+
+    @http("GET", "/openapi.json")
+    def openapi(self, request: Request) -> Response:
+        return openapi_response(self.name)

@@ -53,6 +53,7 @@ from shared.names import (
     SERVICES,
     kombu_queue,
 )
+from shared.openapi import openapi_response
 from shared.settings import Settings, get_settings, settings_or_exit
 from shared.state import StateReader
 from shared.web import HttpError, api, metrics_response, read_json_object, require_api_key
@@ -288,3 +289,7 @@ class NotifyService:
     @http("GET", "/metrics")
     def metrics(self, request: Request) -> Response:
         return metrics_response()
+
+    @http("GET", "/openapi.json")
+    def openapi(self, request: Request) -> Response:
+        return openapi_response(self.name)

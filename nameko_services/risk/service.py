@@ -56,6 +56,7 @@ from shared.names import (
     RISK_STREAM,
     kombu_queue,
 )
+from shared.openapi import openapi_response
 from shared.records import Record
 from shared.settings import Settings, settings_or_exit
 from shared.state import StaleState
@@ -320,3 +321,7 @@ class RiskService:
             log.warning("asked execute to re-arm the stop-loss of %s: %s", symbol, reply)
         except (Exception, eventlet.Timeout) as exc:  # noqa: BLE001 - RemoteError, timeout
             log.error("execute.rearm(%s) failed: %s", symbol, exc)
+
+    @http("GET", "/openapi.json")
+    def openapi(self, request: Request) -> Response:
+        return openapi_response(self.name)
