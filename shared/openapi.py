@@ -96,7 +96,8 @@ ALERT_BODY: Final[dict[str, Any]] = {
 TRADE_BODY: Final[dict[str, Any]] = {
     "type": "object", "required": ["symbol", "side", "quantity"],
     "properties": {"symbol": {"type": "string"}, "side": {"type": "string"},
-                   "quantity": NUMBER_LIKE, "id": {"type": "string"}},
+                   "quantity": NUMBER_LIKE,
+                   "id": {"description": "idempotency id (any value; str() of it is used)"}},
 }
 CLOSE_BODY: Final[dict[str, Any]] = {
     "type": "object",

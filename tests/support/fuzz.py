@@ -61,7 +61,8 @@ def fuzz(base_url: str, document: dict[str, Any], api_key: str, *, examples: int
             def run(case: Any) -> None:
                 if time.monotonic() > deadline:
                     return
-                response = case.call(base_url=base_url, headers=headers, timeout=10)
+                response = case.call(base_url=base_url, headers=headers, timeout=10,
+                                     allow_redirects=False)
                 case.validate_response(response, checks=checks)
 
             try:
