@@ -164,7 +164,8 @@ class ExecuteService:
         intent = self._manual_intent(body)
         decision = self.risk.check(intent.wire())
         if not decision["approved"]:
-            return 422, {"error": "rejected by risk", "reasons": decision["reasons"],
+            return 422, {"error": "rejected by risk", "reason": "rejected_by_risk",
+                         "reasons": decision["reasons"],
                          "checks": decision["checks"]}
         try:
             self.bus.publish(SIGNALS_EXCHANGE, TRADE_KEY, intent,
