@@ -1,7 +1,8 @@
 # Phoenix 95: one image for every process (brain, risk, execute, notify, paper
 # exchange, Telegram worker, dashboard); the command picks the process.
 # Build from the repository root:  docker build -t phoenix95:dev .
-FROM python:3.11-slim
+# Base pinned to a release (for production, pin its digest too: FROM python:...@sha256:...).
+FROM python:3.11.11-slim-bookworm
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
@@ -17,8 +18,10 @@ RUN groupadd --system --gid 10095 phoenix \
     && useradd --system --uid 10095 --gid phoenix --create-home \
        --home-dir /home/phoenix --shell /usr/sbin/nologin phoenix
 
-COPY requirements.txt ./
-RUN pip install --no-cache-dir -r requirements.txt
+# Runtime only, every package (transitive ones too) pinned and hash-checked: no test
+# tools, no training libraries. requirements.lock = pip-compile --generate-hashes.
+COPY requirements.lock ./
+RUN pip install --no-cache-dir --require-hashes --no-deps -r requirements.lock
 
 # Code stays owned by root (read-only for the service); only the run and data
 # directories are writable by the runtime user.

@@ -1,4 +1,7 @@
-"""``python -m dashboard``: run the Streamlit dashboard on settings.services.dashboard_port."""
+"""``python -m dashboard``: run the Streamlit dashboard on settings.services.host:dashboard_port.
+
+It binds ``services.host`` (loopback by default), never every interface unless told.
+"""
 
 from __future__ import annotations
 
@@ -16,6 +19,7 @@ def main() -> None:
     sys.argv = [
         "streamlit", "run", str(app),
         "--server.port", str(settings.services.dashboard_port),
+        "--server.address", settings.services.host,
         "--server.headless", "true",
         "--browser.gatherUsageStats", "false",
         *sys.argv[1:],

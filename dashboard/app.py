@@ -18,16 +18,16 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # streamlit puts only dashboard/ on sys.path
     sys.path.insert(0, str(ROOT))
 
-import hmac  # noqa: E402
 
 import pandas as pd  # noqa: E402
 import redis  # noqa: E402
 import streamlit as st  # noqa: E402
 
-from dashboard import charts, data  # noqa: E402
+from dashboard import auth, charts, data  # noqa: E402
 from shared import lag as lag_probe  # noqa: E402
 from shared import names  # noqa: E402
 from shared.settings import ConfigError, Settings, get_settings  # noqa: E402
+from shared.web import api_key_matches  # noqa: E402
 
 REFRESH_S = 3.0
 RPC_TIMEOUT_S = 2.0
@@ -280,7 +280,7 @@ def _controls(settings: Settings) -> None:
             st.warning("Tick the confirmation first.")
             return
         known = settings.security.api_key_values()
-        if not api_key or not any(hmac.compare_digest(api_key, k) for k in known):
+        if not api_key_matches(api_key, known):  # bytes compare: any Unicode input is safe
             st.error("Wrong API key.")
             return
         svc = settings.services
@@ -303,6 +303,9 @@ def main() -> None:
         settings = get_settings()
     except ConfigError as exc:
         st.error(str(exc))
+        st.stop()
+        return
+    if not auth.require_login(settings.dashboard):
         st.stop()
         return
     st.title("🔥 Phoenix 95 — live dashboard")

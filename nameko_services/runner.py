@@ -21,7 +21,9 @@ from shared.settings import Settings, settings_or_exit
 
 def nameko_config(settings: Settings, service: str) -> dict[str, object]:
     mq = settings.message_queue
+    tls = {"AMQP_SSL": mq.ssl_options()} if mq.ssl else {}
     return {
+        **tls,
         "AMQP_URI": mq.amqp_uri,
         # bind_host, not host: 0.0.0.0 in a container, while callers use its DNS name
         "WEB_SERVER_ADDRESS": f"{settings.services.bind_address()}:"

@@ -4,7 +4,9 @@ Every entry point (``up.py``, ``down.py``, ``status.py``, ``test.py``) calls
 :func:`ensure_venv` before importing anything outside the standard library. Outside the
 venv it creates ``.venv`` if needed, installs ``requirements.txt`` when that file is newer
 than the stamp in ``.venv`` (so re-runs are fast) and re-executes the script with the
-venv's interpreter. It also puts the repository root on ``sys.path``.
+venv's interpreter. It also puts the repository root on ``sys.path``. The venv gets
+``requirements-dev.txt`` (runtime + training + test tools), since the scripts that use
+it also run the tests; the image installs the runtime lock file alone.
 """
 
 from __future__ import annotations
@@ -16,7 +18,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 VENV = ROOT / ".venv"
-REQUIREMENTS = ROOT / "requirements.txt"
+REQUIREMENTS = ROOT / "requirements-dev.txt"
+# the files REQUIREMENTS includes with -r: a change in any of them re-installs
+REQUIREMENT_FILES = (ROOT / "requirements.txt", ROOT / "requirements-training.txt", REQUIREMENTS)
 STAMP = VENV / ".requirements.stamp"
 REEXEC_GUARD = "PHOENIX_BOOTSTRAPPED"
 
@@ -34,11 +38,12 @@ def inside_venv(venv: Path = VENV) -> bool:
         return False
 
 
-def requirements_stale(requirements: Path = REQUIREMENTS, stamp: Path = STAMP) -> bool:
-    """True when ``requirements`` changed after the last successful install."""
+def requirements_stale(requirements: Path | None = None, stamp: Path = STAMP) -> bool:
+    """True when a requirements file changed after the last successful install."""
     if not stamp.exists():
         return True
-    return requirements.stat().st_mtime > stamp.stat().st_mtime
+    files = (requirements,) if requirements is not None else REQUIREMENT_FILES
+    return any(f.exists() and f.stat().st_mtime > stamp.stat().st_mtime for f in files)
 
 
 def _run(cmd: list[str]) -> None:
@@ -59,7 +64,7 @@ def ensure_venv(script: str, argv: list[str] | None = None) -> None:
         print(f"bootstrap: creating virtualenv {VENV}", flush=True)
         _run([sys.executable, "-m", "venv", str(VENV)])
     if requirements_stale():
-        print("bootstrap: installing requirements.txt into .venv", flush=True)
+        print(f"bootstrap: installing {REQUIREMENTS.name} into .venv", flush=True)
         _run([str(python), "-m", "pip", "install", "--disable-pip-version-check", "-q",
               "-r", str(REQUIREMENTS)])
         STAMP.touch()

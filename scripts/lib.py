@@ -48,6 +48,25 @@ def _api_keys() -> str:
     return "'" + json.dumps([secrets.token_urlsafe(32)]) + "'"
 
 
+DASHBOARD_USER = "admin"  # settings.dashboard.username's default
+
+
+def bcrypt_hash(password: str) -> str:
+    import bcrypt  # streamlit-authenticator's dependency: present once the venv is set up
+
+    return bcrypt.hashpw(password.encode(), bcrypt.gensalt(rounds=12)).decode()
+
+
+def _dashboard_password_hash() -> str:
+    """A random dashboard password: shown once here, only its bcrypt hash goes in .env."""
+    password = secrets.token_urlsafe(15)
+    info(f"dashboard login generated: user {DASHBOARD_USER!r}, password {password!r}\n"
+         "  (shown this once; .env keeps only its bcrypt hash; a new one: "
+         "python scripts/dashboard_password.py)")
+    # single quotes: the hash's '$' must reach the settings verbatim (compose, dotenv)
+    return "'" + bcrypt_hash(password) + "'"
+
+
 # The secrets `up` generates when they are missing from .env (paper-mode defaults).
 SECRET_GENERATORS: dict[str, Callable[[], str]] = {
     "PHOENIX__SECURITY__WEBHOOK_SECRET": _token,
@@ -55,6 +74,9 @@ SECRET_GENERATORS: dict[str, Callable[[], str]] = {
     "PHOENIX__MESSAGE_QUEUE__PASSWORD": _token,
     "PHOENIX__EXCHANGE__API_KEY": lambda: "paper-" + secrets.token_hex(16),
     "PHOENIX__EXCHANGE__API_SECRET": lambda: "paper-" + secrets.token_hex(32),
+    "PHOENIX__TELEGRAM__CONFIRM_SECRET": _token,
+    "PHOENIX__DASHBOARD__PASSWORD_HASH": _dashboard_password_hash,
+    "PHOENIX__DASHBOARD__COOKIE_KEY": _token,
 }
 
 ENV_HEADER = (

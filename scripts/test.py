@@ -63,6 +63,10 @@ TEST_ENV: dict[str, str] = {
     "PHOENIX__EXCHANGE__MODE": "live",
     "PHOENIX__EXCHANGE__REST_URL": "http://127.0.0.1:18110",
     "PHOENIX__EXCHANGE__WS_URL": "ws://127.0.0.1:18110/ws",
+    # the e2e tests render the dashboard headless (no login); tests/unit test the login
+    "PHOENIX__DASHBOARD__AUTH_ENABLED": "false",
+    # e2e and the fuzzer send wrong keys on purpose, all from 127.0.0.1: no lockout here
+    "PHOENIX__SECURITY__AUTH_FAILURE_LIMIT": "0",
 }
 # Keys of the user's shell that must not leak into the isolated run.
 SCRUBBED_PREFIXES = ("PHOENIX__", "PHOENIX_DOTENV", "PHOENIX_CONFIG")

@@ -96,6 +96,7 @@ class MessageBus:
             amqp_uri,
             use_confirms=mq.publisher_confirms,
             mandatory=mq.mandatory,
+            ssl=mq.ssl_options(),
             retry=True,
             retry_policy={
                 "max_retries": mq.retries,

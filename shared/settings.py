@@ -40,6 +40,7 @@ DOTENV_ENV = "PHOENIX_DOTENV"
 
 Fraction = Annotated[float, Field(gt=0.0, le=1.0)]
 Port = Annotated[int, Field(ge=1, le=65535)]
+MIN_API_KEY_LENGTH = 24
 
 
 class _Section(BaseModel):
@@ -97,6 +98,12 @@ class SecuritySettings(_Section):
         "52.89.214.238", "34.212.75.30", "54.218.53.128", "52.32.178.7",
     )
     trusted_proxies: tuple[str, ...] = ()
+    # Failed X-API-Key attempts per client (Redis): past the limit inside the window the
+    # client waits 2**(failures - limit) s, up to auth_max_lockout_s. 0 = no slow-down.
+    auth_failure_limit: Annotated[int, Field(ge=0, le=100000)] = 20
+    auth_failure_window_s: Annotated[int, Field(ge=1, le=86400)] = 300
+    auth_max_lockout_s: Annotated[int, Field(ge=1, le=86400)] = 900
+    auth_failure_redis_url: str = ""  # "" = redis_streams.url
 
     def api_key_values(self) -> frozenset[str]:
         return frozenset(k.get_secret_value() for k in self.api_keys)
@@ -112,6 +119,21 @@ class TelegramSettings(_Section):
     verbosity: Literal["quiet", "normal", "verbose"] = "normal"
     daily_summary_hour: Annotated[int, Field(ge=-1, le=23)] = 21  # UTC hour; -1 = off
     command_poll_timeout: Annotated[int, Field(ge=0, le=50)] = 20  # getUpdates long poll, s
+    # Who may command the bot: a command needs an allowed chat AND (when this is not
+    # empty) an allowed Telegram user id; destructive commands need a non-empty list.
+    allowed_user_ids: tuple[int, ...] = ()
+    # Key of the HMAC that binds a pending confirmation to its command and user;
+    # "" = derived from security.webhook_secret (rotating either voids pending ones).
+    confirm_secret: SecretStr = SecretStr("")
+
+    @field_validator("allowed_user_ids", mode="before")
+    @classmethod
+    def _user_ids(cls, value: Any) -> Any:
+        if isinstance(value, str):  # "1,2" from a plain env variable
+            return tuple(int(v) for v in value.replace(" ", "").split(",") if v)
+        if isinstance(value, int):
+            return (value,)
+        return value
 
     @property
     def active(self) -> bool:
@@ -198,13 +220,36 @@ class MessageQueueSettings(_Section):
     retries: Annotated[int, Field(ge=0, le=100)] = 3
     retry_delay: Annotated[float, Field(ge=0.0)] = 5.0
     max_workers: Annotated[int, Field(ge=1, le=1000)] = 10
+    # TLS to the broker (amqps, usually port 5671); the CA/cert/key paths are files.
+    ssl: bool = False
+    ssl_ca_file: str = ""  # "" = the system CA store
+    ssl_cert_file: str = ""  # client certificate (mutual TLS), optional
+    ssl_key_file: str = ""
+    ssl_verify: bool = True  # false only for a lab broker with a self-signed certificate
+
+    def ssl_options(self) -> dict[str, Any] | None:
+        """Nameko's AMQP_SSL / kombu's ``ssl`` argument; None = plain AMQP."""
+        if not self.ssl:
+            return None
+        import ssl as _ssl
+
+        options: dict[str, Any] = {
+            "cert_reqs": _ssl.CERT_REQUIRED if self.ssl_verify else _ssl.CERT_NONE}
+        if self.ssl_ca_file:
+            options["ca_certs"] = self.ssl_ca_file
+        if self.ssl_cert_file:
+            options["certfile"] = self.ssl_cert_file
+        if self.ssl_key_file:
+            options["keyfile"] = self.ssl_key_file
+        return options
 
     @property
     def amqp_uri(self) -> str:
         user = quote(self.username, safe="")
         password = quote(self.password.get_secret_value(), safe="")
         vhost = quote(self.virtual_host, safe="")
-        return f"amqp://{user}:{password}@{self.host}:{self.port}/{vhost}"
+        scheme = "amqps" if self.ssl else "amqp"
+        return f"{scheme}://{user}:{password}@{self.host}:{self.port}/{vhost}"
 
 
 class RedisStreamsSettings(_Section):
@@ -222,6 +267,32 @@ class KafkaSettings(_Section):
     linger_ms: Annotated[int, Field(ge=0)] = 10
     consumer_group: str = "phoenix95_processors"
     delivery_timeout_s: Annotated[float, Field(gt=0.0)] = 5.0
+    # librdkafka security: PLAINTEXT (lab), SSL, SASL_SSL (username/password over TLS)
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    ssl_ca_location: str = ""
+    ssl_certificate_location: str = ""
+    ssl_key_location: str = ""
+    ssl_endpoint_identification: bool = True  # false: skip the host-name check (lab only)
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = "SCRAM-SHA-512"
+    sasl_username: str = ""
+    sasl_password: SecretStr = SecretStr("")
+
+    def security_config(self) -> dict[str, str]:
+        """librdkafka keys to merge into every producer/consumer/admin configuration."""
+        conf: dict[str, str] = {"security.protocol": self.security_protocol}
+        if "SSL" in self.security_protocol and not self.security_protocol.startswith("SASL_P"):
+            conf["ssl.endpoint.identification.algorithm"] = (
+                "https" if self.ssl_endpoint_identification else "none")
+            for key, value in (("ssl.ca.location", self.ssl_ca_location),
+                               ("ssl.certificate.location", self.ssl_certificate_location),
+                               ("ssl.key.location", self.ssl_key_location)):
+                if value:
+                    conf[key] = value
+        if self.security_protocol.startswith("SASL"):
+            conf["sasl.mechanism"] = self.sasl_mechanism
+            conf["sasl.username"] = self.sasl_username
+            conf["sasl.password"] = self.sasl_password.get_secret_value()
+        return conf
 
     @field_validator("acks", mode="before")
     @classmethod
@@ -238,6 +309,27 @@ class FeedSettings(_Section):
     candle_limit: Annotated[int, Field(ge=10, le=1500)] = 300  # closed candles kept per timeframe
     heartbeat_interval_s: Annotated[float, Field(gt=0.0, le=60.0)] = 1.0
     listen_key_keepalive_s: Annotated[float, Field(ge=1.0, le=1800.0)] = 1800.0  # <= 30 min
+
+
+class DashboardSettings(_Section):
+    """Who may see the dashboard: a login (streamlit-authenticator, bcrypt hash)."""
+
+    auth_enabled: bool = True
+    username: str = "admin"
+    password_hash: SecretStr = SecretStr("")  # bcrypt; scripts/up generates one into .env
+    cookie_key: SecretStr = SecretStr("")  # signs the re-login cookie; "" = no cookie
+    cookie_expiry_days: Annotated[float, Field(ge=0.0, le=30.0)] = 1.0
+
+    @field_validator("password_hash")
+    @classmethod
+    def _bcrypt(cls, value: SecretStr) -> SecretStr:
+        raw = value.get_secret_value()
+        if raw.strip().lower() in ("change-me", "changeme", "change_me"):
+            return SecretStr("")  # the .env.example placeholder: no login configured yet
+        if raw and not raw.startswith(("$2a$", "$2b$", "$2y$")):
+            raise ValueError("must be a bcrypt hash ($2b$...): scripts/dashboard_password "
+                             "makes one; the password itself never goes in the config")
+        return value
 
 
 class HighAvailabilitySettings(_Section):
@@ -380,6 +472,7 @@ class Settings(BaseSettings):
     feed: FeedSettings = FeedSettings()
     kafka: KafkaSettings = KafkaSettings()
     high_availability: HighAvailabilitySettings = HighAvailabilitySettings()
+    dashboard: DashboardSettings = DashboardSettings()
     database: DatabaseSettings = DatabaseSettings()
     services: ServicesSettings = ServicesSettings()
     risk: RiskSettings = RiskSettings()
@@ -448,6 +541,11 @@ class Settings(BaseSettings):
             raise ValueError(
                 "security.webhook_secret must be at least 16 characters outside paper mode"
             )
+        short = [k for k in self.security.api_key_values() if len(k) < MIN_API_KEY_LENGTH]
+        if self.exchange.mode != "paper" and short:
+            raise ValueError(f"security.api_keys: every key must be at least "
+                             f"{MIN_API_KEY_LENGTH} characters outside paper mode "
+                             f"(python -c 'import secrets; print(secrets.token_urlsafe(32))')")
         return self
 
 

@@ -77,6 +77,7 @@ def kafka_producer_config(settings: Settings) -> dict[str, Any]:
         "message.timeout.ms": int(k.delivery_timeout_s * 1000),
         "queue.buffering.max.messages": KAFKA_BUFFER_MESSAGES,
         "client.id": "phoenix95",
+        **k.security_config(),
     }
 
 

@@ -23,6 +23,8 @@ TEST_SECRETS = {
     "PHOENIX__MESSAGE_QUEUE__PASSWORD": "unit-test-password",
     "PHOENIX__EXCHANGE__API_KEY": "unit-test-exchange-key",
     "PHOENIX__EXCHANGE__API_SECRET": "unit-test-exchange-secret",
+    # unit tests share one Redis: no per-client API-key lockout across them
+    "PHOENIX__SECURITY__AUTH_FAILURE_LIMIT": "0",
 }
 
 

@@ -44,6 +44,7 @@ from shared.names import (
     TRADE_QUEUE,
     kombu_queue,
 )
+from shared.openapi import openapi_response
 from shared.records import Record
 from shared.settings import Settings, settings_or_exit
 from shared.telemetry import TelemetryWriter
@@ -323,3 +324,7 @@ class BrainService:
         """200 when this replica can do its job, else 503 with the failing checks."""
         result = self.readiness.run()
         return result.status, {**result.wire(), "service": BRAIN}
+
+    @http("GET", "/openapi.json")
+    def openapi(self, request: Request) -> Response:
+        return openapi_response(self.name)

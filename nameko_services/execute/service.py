@@ -44,6 +44,7 @@ from shared.names import (
     TRADE_STREAM,
     kombu_queue,
 )
+from shared.openapi import openapi_response
 from shared.records import Record
 from shared.settings import Settings, settings_or_exit
 from shared.streams import stream_consume
@@ -183,7 +184,8 @@ class ExecuteService:
         intent = self._manual_intent(body)
         decision = self.risk.check(intent.wire())
         if not decision["approved"]:
-            return 422, {"error": "rejected by risk", "reasons": decision["reasons"],
+            return 422, {"error": "rejected by risk", "reason": "rejected_by_risk",
+                         "reasons": decision["reasons"],
                          "checks": decision["checks"]}
         try:
             self.bus.publish(SIGNALS_EXCHANGE, TRADE_KEY, intent,
@@ -239,7 +241,7 @@ class ExecuteService:
         except Exception:  # noqa: BLE001 - any unparsable quantity is the caller's error
             raise HttpError(422, "quantity: a positive number is required",
                             field="quantity") from None
-        if quantity <= 0:
+        if not quantity.is_finite() or quantity <= 0:  # NaN/Infinity parse as Decimals
             raise HttpError(422, "quantity: a positive number is required", field="quantity")
         lev = self.config.leverage
         gw = self.engine.gw
@@ -348,3 +350,7 @@ class ExecuteService:
         """200 when this replica can do its job, else 503 with the failing checks."""
         result = self.readiness.run([breaker_check(self.engine.gw.breaker.current_state)])
         return result.status, {**result.wire(), "service": EXECUTE}
+
+    @http("GET", "/openapi.json")
+    def openapi(self, request: Request) -> Response:
+        return openapi_response(self.name)

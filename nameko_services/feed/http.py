@@ -8,6 +8,9 @@ from typing import Protocol
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
+from shared.names import FEED
+from shared.openapi import document
+
 from .metrics import FeedMetrics
 
 
@@ -29,6 +32,7 @@ class HealthServer:
         app.router.add_get("/health", self.health)
         app.router.add_get("/ready", self.ready)
         app.router.add_get("/metrics", self.metrics)
+        app.router.add_get("/openapi.json", self.openapi)
         return app
 
     async def start(self) -> None:
@@ -59,3 +63,6 @@ class HealthServer:
     async def metrics(self, _request: web.Request) -> web.Response:
         return web.Response(body=self.feed.metrics.render(),
                             headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def openapi(self, _request: web.Request) -> web.Response:
+        return web.json_response(document(FEED))

@@ -1,11 +1,16 @@
-"""Telegram commands: parse an update, check the chat, confirm, call the services by RPC.
+"""Telegram commands: parse an update, check the chat and user, confirm, call the services.
 
 Only chats listed in ``telegram.chat_id`` are answered; an update from any other chat
-produces no action at all (not even an ``answerCallbackQuery``). Destructive commands
+produces no action at all (not even an ``answerCallbackQuery``). Inside an allowed chat
+the sender must be in ``telegram.allowed_user_ids``; while that list is empty, a private
+chat's own user may do everything and a group's members only read (a group member could
+otherwise ``/closeall``). Destructive commands
 (``/close``, ``/closeall``, ``/pause``, ``/halt``, ``/resume``) first answer with an inline
 "Confirm / Cancel" keyboard; the pending action is stored (Redis, with a TTL) under a
 random token carried in the button's callback data, so a confirmation survives a worker
-restart and an old button cannot be replayed after it expired or was used.
+restart and an old button cannot be replayed after it expired or was used. The pending
+action is bound to the user who asked (only they can press Confirm) and sealed with an
+HMAC, so whoever can write to Redis still cannot change what a press will do.
 
 The engine is asyncio; every RPC goes through ``run_blocking`` (``asyncio.to_thread``), so
 a slow service never blocks the alert sender running in the same event loop.
@@ -15,6 +20,8 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dtm
+import hashlib
+import hmac
 import json
 import logging
 import re
@@ -160,6 +167,7 @@ class Incoming:
     callback_data: str = ""
     user: str = ""
     date: dtm.datetime | None = None
+    user_id: str = ""  # Telegram's numeric user id; "" = unknown (channel posts)
 
     @classmethod
     def from_update(cls, update: Any) -> Incoming | None:
@@ -170,12 +178,19 @@ class Incoming:
             if message is None:
                 return None
             return cls(str(message.chat.id), callback_id=str(query.id),
-                       callback_data=str(query.data or ""), user=_user(query.from_user))
+                       callback_data=str(query.data or ""), user=_user(query.from_user),
+                       user_id=_user_id(query.from_user))
         message = getattr(update, "message", None) or getattr(update, "channel_post", None)
         if message is None or message.text is None:
             return None
+        sender = getattr(message, "from_user", None)
         return cls(str(message.chat.id), text=str(message.text),
-                   user=_user(getattr(message, "from_user", None)), date=message.date)
+                   user=_user(sender), date=message.date, user_id=_user_id(sender))
+
+
+def _user_id(user: Any) -> str:
+    uid = getattr(user, "id", None) if user is not None else None
+    return str(uid) if uid is not None else ""
 
 
 def _user(user: Any) -> str:
@@ -183,6 +198,23 @@ def _user(user: Any) -> str:
         return "unknown"
     return str(getattr(user, "username", None) or getattr(user, "first_name", None)
                or getattr(user, "id", "unknown"))
+
+
+def confirm_key(confirm_secret: str, webhook_secret: str) -> bytes:
+    """The confirmation HMAC key: its own secret, else one derived from the webhook's."""
+    if confirm_secret:
+        return confirm_secret.encode()
+    return hmac.new(webhook_secret.encode(), b"phoenix95/telegram-confirm",
+                    hashlib.sha256).digest()
+
+
+SEALED: Final = ("command", "arg", "chat", "user_id", "user", "expires")
+
+
+def seal(key: bytes, token: str, payload: dict[str, str]) -> str:
+    """HMAC-SHA256 over the token and the fields that decide what a press does."""
+    body = json.dumps([token, *(payload.get(f, "") for f in SEALED)], separators=(",", ":"))
+    return hmac.new(key, body.encode(), hashlib.sha256).hexdigest()
 
 
 def parse_command(text: str) -> tuple[str, list[str]] | None:
@@ -308,9 +340,14 @@ class CommandEngine:
         run_blocking: Blocking = asyncio.to_thread,
         now: Callable[[], dtm.datetime] = lambda: dtm.datetime.now(dtm.UTC),
         confirm_ttl_s: int = CONFIRM_TTL_S,
+        allowed_users: Iterable[int | str] = (),
+        confirm_key: bytes = b"",
     ) -> None:
         self.control = control
         self.allowed = {str(c).strip() for c in allowed_chats if str(c).strip()}
+        self.allowed_users = {str(u).strip() for u in allowed_users if str(u).strip()}
+        # no key given: a per-process one (pending confirmations die with the process)
+        self.key = confirm_key or secrets.token_bytes(32)
         self.confirmations = confirmations
         self.run_blocking = run_blocking
         self.now = now
@@ -318,6 +355,14 @@ class CommandEngine:
 
     def authorized(self, chat_id: str) -> bool:
         return chat_id in self.allowed
+
+    def user_may(self, msg: Incoming, destructive: bool) -> bool:
+        """The sender may run this command in this (already allowed) chat."""
+        if self.allowed_users:
+            return msg.user_id in self.allowed_users
+        if not destructive:
+            return True
+        return bool(msg.user_id) and msg.user_id == msg.chat_id  # the private chat's owner
 
     async def handle(self, update: Any) -> list[Action]:
         incoming = update if isinstance(update, Incoming) else Incoming.from_update(update)
@@ -336,6 +381,12 @@ class CommandEngine:
                 return [Reply(incoming.chat_id, f"Ignored /{parsed[0]}: sent {age:.0f}s ago "
                               "while I was unreachable. Send it again if still wanted.")]
         command, args = parsed
+        if not self.user_may(incoming, command in DESTRUCTIVE):
+            log.warning("refused /%s from user %s in chat %s", command,
+                        incoming.user_id or "?", incoming.chat_id)
+            return [Reply(incoming.chat_id, f"/{command} refused: Telegram user "
+                          f"{incoming.user_id or '(unknown)'} is not in "
+                          "telegram.allowed_user_ids.")]
         try:
             return await self._command(incoming, command, args)
         except Exception as exc:
@@ -375,9 +426,11 @@ class CommandEngine:
                         "halt": "HALT trading (nothing new is traded)?",
                         "resume": "Resume trading (ACTIVE)?"}[command]
         token = secrets.token_urlsafe(9)
-        await self.confirmations.put(
-            token, {"command": command, "arg": arg, "chat": msg.chat_id, "user": msg.user},
-            self.confirm_ttl_s)
+        expires = self.now() + dtm.timedelta(seconds=self.confirm_ttl_s)
+        payload = {"command": command, "arg": arg, "chat": msg.chat_id, "user": msg.user,
+                   "user_id": msg.user_id, "expires": expires.isoformat()}
+        payload["mac"] = seal(self.key, token, payload)
+        await self.confirmations.put(token, payload, self.confirm_ttl_s)
         return [Reply(msg.chat_id, f"{question}\nConfirm within {self.confirm_ttl_s}s.",
                       (("✅ Confirm", f"ok:{token}"), ("✖ Cancel", f"no:{token}")))]
 
@@ -386,10 +439,17 @@ class CommandEngine:
         if verb not in ("ok", "no") or not token:
             return [AnswerCallback(msg.callback_id, "Unknown button")]
         pending = await self.confirmations.take(token)
+        if pending is not None and not hmac.compare_digest(
+                pending.get("mac", ""), seal(self.key, token, pending)):
+            log.error("confirmation %s failed its HMAC check: altered in Redis?", token)
+            pending = None
         if pending is None or pending.get("chat") != msg.chat_id:
             return [AnswerCallback(msg.callback_id, "Expired or already used"),
                     Reply(msg.chat_id, "That confirmation expired or was already used; "
                           "send the command again.")]
+        if pending.get("user_id") != msg.user_id:
+            await self._put_back(token, pending)  # the asker may still press it
+            return [AnswerCallback(msg.callback_id, "Only the user who asked can confirm")]
         command, arg = pending["command"], pending.get("arg", "")
         label = f"/{command}" + (f" {arg}" if arg else "")
         if verb == "no":
@@ -402,6 +462,14 @@ class CommandEngine:
             log.exception("confirmed %s failed", label)
             text = f"{label} failed: {_describe(exc)}"
         return [answer, Reply(msg.chat_id, text)]
+
+    async def _put_back(self, token: str, pending: dict[str, str]) -> None:
+        try:
+            left = (dtm.datetime.fromisoformat(pending["expires"]) - self.now()).total_seconds()
+        except (KeyError, ValueError):
+            return
+        if left >= 1:
+            await self.confirmations.put(token, pending, int(left))
 
     async def _execute(self, command: str, arg: str, user: str) -> str:
         if command in STATE_OF:

@@ -55,6 +55,7 @@ from shared.names import (
     SERVICES,
     kombu_queue,
 )
+from shared.openapi import openapi_response
 from shared.settings import Settings, get_settings, settings_or_exit
 from shared.state import StateReader
 from shared.web import HttpError, api, metrics_response, read_json_object, require_api_key
@@ -312,3 +313,7 @@ class NotifyService:
                   for a in hook.alerts]
         return 202, {"status": "queued", "alerts": len(hook.alerts),
                      "queued": sum(1 for q in queued if q)}
+
+    @http("GET", "/openapi.json")
+    def openapi(self, request: Request) -> Response:
+        return openapi_response(self.name)

@@ -56,6 +56,7 @@ from nameko_services.notify.commands import (
     CommandEngine,
     RedisConfirmStore,
     RpcControl,
+    confirm_key,
 )
 from nameko_services.notify.outbox import DEAD_LETTERS_KEPT
 from shared import names
@@ -563,8 +564,15 @@ async def run_from_settings(settings: Settings, stop: asyncio.Event | None = Non
     chats = parse_chat_ids(settings.telegram.chat_id)
     worker = TelegramWorker(client, bot, chats, block_ms=settings.redis_streams.block_ms,
                             backoff_max=30.0, stop=stop)
-    engine = CommandEngine(RpcControl(settings.message_queue.amqp_uri), chats,
-                           RedisConfirmStore(client))
+    tg = settings.telegram
+    engine = CommandEngine(
+        RpcControl(settings.message_queue.amqp_uri), chats, RedisConfirmStore(client),
+        allowed_users=tg.allowed_user_ids,
+        confirm_key=confirm_key(tg.confirm_secret.get_secret_value(),
+                                settings.security.webhook_secret.get_secret_value()))
+    if not tg.allowed_user_ids:
+        log.warning("telegram.allowed_user_ids is empty: in group chats every member may "
+                    "read, nobody may trade; set it to the traders' Telegram user ids")
     commands = CommandPoller(worker, engine, poll_timeout=settings.telegram.command_poll_timeout)
     try:
         if not await initialize_bot(bot, stop):

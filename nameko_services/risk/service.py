@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import logging
 import time
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from typing import Any
 
 import eventlet
@@ -57,6 +57,7 @@ from shared.names import (
     RISK_STREAM,
     kombu_queue,
 )
+from shared.openapi import openapi_response
 from shared.records import Record
 from shared.settings import Settings, settings_or_exit
 from shared.state import StaleState
@@ -257,14 +258,21 @@ class RiskService:
     def liquidation_http(self, request: Request) -> tuple[int, Any]:
         require_api_key(request, self.config.security.api_key_values())
         a = request.args
+        missing = [k for k in ("symbol", "side", "entry_price", "quantity") if k not in a]
+        if missing:
+            raise HttpError(400, f"missing query parameter {missing[0]}")
+        if a["symbol"].upper() not in self.config.trading.allowed_symbols:
+            raise HttpError(422, f"symbol: {a['symbol'][:32]} is not traded", field="symbol")
         try:
+            numbers = [Decimal(a[k]) for k in ("entry_price", "quantity", "wallet_balance")
+                       if k in a]
+            leverage = int(a.get("leverage", self.config.leverage.leverage))
+            if not all(n.is_finite() and n > 0 for n in numbers) or not 1 <= leverage <= 125:
+                raise ValueError("numbers must be positive and finite, leverage 1-125")
             price = self.liquidation_price(
                 a["symbol"], a["side"], Decimal(a["entry_price"]), Decimal(a["quantity"]),
-                int(a.get("leverage", self.config.leverage.leverage)),
-                Decimal(a["wallet_balance"]) if "wallet_balance" in a else None)
-        except KeyError as exc:
-            raise HttpError(400, f"missing query parameter {exc.args[0]}") from None
-        except (ValueError, InvalidOperation) as exc:
+                leverage, Decimal(a["wallet_balance"]) if "wallet_balance" in a else None)
+        except (ValueError, ArithmeticError) as exc:  # InvalidOperation, DivisionByZero too
             raise HttpError(422, str(exc) or "invalid number") from None
         return 200, {"symbol": a["symbol"].upper(), "liquidation_price": price}
 
@@ -331,3 +339,7 @@ class RiskService:
         """200 when this replica can do its job, else 503 with the failing checks."""
         result = self.readiness.run()
         return result.status, {**result.wire(), "service": RISK}
+
+    @http("GET", "/openapi.json")
+    def openapi(self, request: Request) -> Response:
+        return openapi_response(self.name)

@@ -88,7 +88,8 @@ def run_commands(tg: TelegramStandin, keys: dict[str, str], control: FakeControl
                                 consumer="cmd-test", stop=stop, min_interval=0.01,
                                 backoff_initial=0.05, backoff_max=0.2)
         engine = CommandEngine(control, [str(ALLOWED)],
-                               RedisConfirmStore(client, prefix=keys["confirm"]))
+                               RedisConfirmStore(client, prefix=keys["confirm"]),
+                               confirm_key=b"integration-test-confirm-key")  # as settings give
         poller = CommandPoller(worker, engine, poll_timeout=1, offset_key=keys["offset"])
         await bot.initialize()
         task = asyncio.create_task(poller.run())

@@ -9,7 +9,8 @@ import pytest
 from shared.exchange import make_exchange, make_pro_exchange, rest_origin, ws_base
 from shared.settings import ConfigError, load_settings
 
-LIVE_SECRETS = {"webhook_secret": "a-long-enough-webhook-secret"}
+LIVE_SECRETS = {"webhook_secret": "a-long-enough-webhook-secret",
+                "api_keys": ["a-live-api-key-of-24-chars-or-more"]}
 
 
 def test_paper_mode_points_rest_and_websocket_at_the_local_paper_exchange(secrets_env):

@@ -49,6 +49,7 @@ def seeded(monkeypatch: pytest.MonkeyPatch) -> Iterator[redis.Redis]:
         "PHOENIX__EXCHANGE__API_KEY": "key",
         "PHOENIX__EXCHANGE__API_SECRET": "secret",
         "PHOENIX__EXCHANGE__MODE": "paper",  # whatever mode the calling test system runs
+        "PHOENIX__DASHBOARD__AUTH_ENABLED": "false",  # the login: test_dashboard_login.py
     }
     for service in names.SERVICES:  # nothing listens: the health panel shows them down
         env[f"PHOENIX__SERVICES__{service.upper()}_PORT"] = str(_closed_port())

@@ -101,13 +101,17 @@ def engine(control: FakeControl) -> CommandEngine:
                          run_blocking=_direct, now=lambda: NOW)
 
 
-def handle(engine: CommandEngine, text: str = "", chat: str = ALLOWED, **kw: Any) -> list[Any]:
-    return asyncio.run(engine.handle(Incoming(chat, text=text, user="trader", **kw)))
+def handle(engine: CommandEngine, text: str = "", chat: str = ALLOWED,
+           user_id: str = ALLOWED, **kw: Any) -> list[Any]:
+    """A message; by default from the private chat's own user (chat id == user id)."""
+    return asyncio.run(engine.handle(Incoming(chat, text=text, user="trader", user_id=user_id,
+                                              **kw)))
 
 
-def press(engine: CommandEngine, data: str, chat: str = ALLOWED) -> list[Any]:
+def press(engine: CommandEngine, data: str, chat: str = ALLOWED,
+          user_id: str = ALLOWED) -> list[Any]:
     return asyncio.run(engine.handle(Incoming(chat, callback_id="cb1", callback_data=data,
-                                              user="trader")))
+                                              user="trader", user_id=user_id)))
 
 
 def test_status_from_allowed_chat_answers_with_state_and_equity(
@@ -226,9 +230,10 @@ def test_incoming_from_real_telegram_updates() -> None:
         "message": {"message_id": 2, "date": 0, "chat": {"id": -100777, "type": "supergroup"},
                     "text": "?"}}}, bot)
     assert Incoming.from_update(message) == Incoming("4242", text="/status", user="tr",
-                                                     date=NOW)
+                                                     date=NOW, user_id="4242")
     assert Incoming.from_update(callback) == Incoming("-100777", callback_id="q1",
-                                                      callback_data="ok:abc", user="T")
+                                                      callback_data="ok:abc", user="T",
+                                                      user_id="4242")
 
 
 def test_pure_helpers() -> None:
