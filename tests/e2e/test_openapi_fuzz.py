@@ -4,8 +4,8 @@ Each service serves its document at ``GET /openapi.json``; the fuzzer draws at m
 ``EXAMPLES`` cases per operation and fails on any 5xx, an undocumented status or content
 type, or a body that breaks the documented schema. Bad input must get a 4xx
 ``{"error", "reason"}``. Operations that change state get invalid data only (/trade,
-/check, /alert, /alertmanager) or are left out (/close, /update; /webhook is the intake tests' and its
-per-client rate limit would spill into them).
+/check, /alert, /alertmanager) or are left out (/close, /update; /webhook is the intake
+tests' and its per-client rate limit would spill into them).
 """
 
 from __future__ import annotations
