@@ -19,7 +19,7 @@ import pytest
 
 TEST_SECRETS = {
     "PHOENIX__SECURITY__WEBHOOK_SECRET": "unit-test-webhook-secret",
-    "PHOENIX__SECURITY__API_KEYS": '["unit-test-api-key"]',
+    "PHOENIX__SECURITY__API_KEYS": '["unit-test-api-key-long-enough-24"]',
     "PHOENIX__MESSAGE_QUEUE__PASSWORD": "unit-test-password",
     "PHOENIX__EXCHANGE__API_KEY": "unit-test-exchange-key",
     "PHOENIX__EXCHANGE__API_SECRET": "unit-test-exchange-secret",

@@ -105,7 +105,7 @@ def shipped_config(notify_url: str, key_file: Path) -> dict[str, Any]:
     return config
 
 
-@pytest.mark.parametrize("key", ["unit-test-api-key", "not-a-configured-key"])
+@pytest.mark.parametrize("key", ["unit-test-api-key-long-enough-24", "not-a-configured-key"])
 def test_an_alert_fires_through_alertmanager_into_notify(
         notify: tuple[str, FakeOutbox, list[int]], tmp_path: Path, key: str) -> None:
     url, outbox, statuses = notify
@@ -141,7 +141,7 @@ def test_an_alert_fires_through_alertmanager_into_notify(
         proc.terminate()
         proc.wait(timeout=20)
 
-    if key == "unit-test-api-key":
+    if key == "unit-test-api-key-long-enough-24":
         assert statuses[0] == 202
         assert outbox.items == [("critical", "[FIRING] Phoenix95TradingHalted\n"
                                  "trading is halted\nThe risk service halted trading.", "")]

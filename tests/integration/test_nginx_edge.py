@@ -6,13 +6,12 @@ internal gateway refuses /metrics. Skips where Debian's nginx or openssl is miss
 
 from __future__ import annotations
 
-import http.server
 import re
 import shutil
 import socket
 import ssl
 import subprocess
-import threading
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -31,18 +30,33 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-class _Upstream(http.server.BaseHTTPRequestHandler):
-    def _answer(self) -> None:
+# The stand-in brain runs in a process of its own: threads of this test process may be
+# green (another module of the suite can leave eventlet's patches in place).
+UPSTREAM = """
+import http.server, sys
+class H(http.server.BaseHTTPRequestHandler):
+    def _answer(self):
         body = f"upstream {self.command} {self.path}".encode()
         self.send_response(200)
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         self.wfile.write(body)
-
     do_GET = do_POST = _answer
-
-    def log_message(self, *_args: object) -> None:
+    def log_message(self, *args):
         pass
+http.server.ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), H).serve_forever()
+"""
+
+
+def _wait_port(port: int, proc: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return
+        except OSError:
+            assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+            time.sleep(0.05)
 
 
 @pytest.fixture()
@@ -51,14 +65,16 @@ def edge(tmp_path: Path) -> Iterator[dict[str, int]]:
                                       else None)
     if nginx is None or shutil.which("openssl") is None:
         pytest.skip("nginx or openssl is not installed")
-    upstream = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Upstream)
-    threading.Thread(target=upstream.serve_forever, daemon=True).start()
-    ports = {"http": _free_port(), "https": _free_port(), "gateway": _free_port()}
+    ports = {"http": _free_port(), "https": _free_port(), "gateway": _free_port(),
+             "upstream": _free_port()}
+    upstream = subprocess.Popen([sys.executable, "-c", UPSTREAM, str(ports["upstream"])],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _wait_port(ports["upstream"], upstream)
     made = subprocess.run(["sh", str(CONF.parent / "make-selfsigned-cert.sh"), "localhost",
                            str(tmp_path / "tls")], capture_output=True, text=True, check=False)
     assert made.returncode == 0, made.stderr
     text = re.sub(r"server (brain|risk|execute|notify):\d+",
-                  f"server 127.0.0.1:{upstream.server_address[1]}", CONF.read_text())
+                  f"server 127.0.0.1:{ports['upstream']}", CONF.read_text())
     text = (text.replace("listen 80 default_server;", f"listen 127.0.0.1:{ports['http']};")
             .replace("listen 443 ssl default_server;", f"listen 127.0.0.1:{ports['https']} ssl;")
             .replace("listen 8080;", f"listen 127.0.0.1:{ports['gateway']};")
@@ -70,19 +86,12 @@ def edge(tmp_path: Path) -> Iterator[dict[str, int]]:
                              "-g", f"daemon off; pid {tmp_path}/nginx.pid;"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                socket.create_connection(("127.0.0.1", ports["https"]), timeout=0.5).close()
-                break
-            except OSError:
-                assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
-                time.sleep(0.05)
+        _wait_port(ports["https"], proc)
         yield ports
     finally:
-        proc.terminate()
-        proc.wait(10)
-        upstream.shutdown()
+        for child in (proc, upstream):
+            child.terminate()
+            child.wait(10)
 
 
 class _NoRedirect(urllib.request.HTTPRedirectHandler):

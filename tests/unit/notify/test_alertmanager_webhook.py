@@ -73,7 +73,7 @@ def post(service: Any, body: Any, headers: dict[str, str]) -> tuple[int, Any]:
     return response.status_code, json.loads(response.get_data())
 
 
-BEARER = {"Authorization": "Bearer unit-test-api-key"}
+BEARER = {"Authorization": "Bearer unit-test-api-key-long-enough-24"}
 
 
 def test_each_alert_of_the_group_is_queued_with_its_level_and_text(service: Any) -> None:
@@ -101,7 +101,7 @@ def test_the_same_webhook_retried_by_alertmanager_is_queued_once(service: Any) -
 
 @pytest.mark.parametrize("headers", [
     {}, {"Authorization": "Bearer wrong-key"}, {"Authorization": "Basic dW5pdC10ZXN0"},
-    {"Authorization": "unit-test-api-key"}])
+    {"Authorization": "unit-test-api-key-long-enough-24"}])
 def test_a_webhook_without_the_bearer_key_is_refused(service: Any,
                                                       headers: dict[str, str]) -> None:
     status, body = post(service, PAYLOAD, headers)
@@ -111,7 +111,7 @@ def test_a_webhook_without_the_bearer_key_is_refused(service: Any,
 
 
 def test_the_api_key_header_is_accepted_too(service: Any) -> None:
-    status, _ = post(service, PAYLOAD, {"X-API-Key": "unit-test-api-key"})
+    status, _ = post(service, PAYLOAD, {"X-API-Key": "unit-test-api-key-long-enough-24"})
 
     assert status == 202
 

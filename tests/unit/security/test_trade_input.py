@@ -20,7 +20,7 @@ def test_bad_quantity_is_a_422_with_error_and_reason(secrets_env, quantity) -> N
     service = worker_factory(ExecuteService, config=load_settings())
     body = {"symbol": "BTCUSDT", "side": "LONG", "quantity": quantity}
     env = EnvironBuilder(method="POST", path="/trade", data=json.dumps(body),
-                         headers={"X-API-Key": "unit-test-api-key"}).get_environ()
+                         headers={"X-API-Key": "unit-test-api-key-long-enough-24"}).get_environ()
 
     resp = service.trade_http(Request(env))
 
