@@ -278,6 +278,14 @@ class ExecutionEngine:
             log.critical("stop-loss for %s failed (%s): closing the position", it.symbol, sl)
             # protective: past an open circuit, with its own retries (exchange_ops.flatten)
             self.ops.flatten(it.symbol, it.side, qty, ids["emergency"], it.signal_id)
+            if isinstance(tp, Order):
+                # the take-profit went out beside the failed stop: left alone it would
+                # reduce the next position on this symbol
+                try:
+                    self.ops.cancel_algo_orders(it.symbol, [tp])
+                except (ccxt.BaseError, ExchangeUnavailable) as exc:
+                    log.error("%s: take-profit %s of a closed position not cancelled (%s); "
+                              "reconciliation cancels it", it.symbol, tp.client_id, exc)
             return Outcome("failed", it.symbol, it.signal_id,
                            f"stop-loss could not be placed ({sl}); position closed")
         tp_error = ""

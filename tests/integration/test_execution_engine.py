@@ -141,6 +141,18 @@ def test_position_without_stop_loss_is_closed_at_once(engine, make_engine):
     assert engine.gw.positions() == []
 
 
+def test_take_profit_sent_beside_a_refused_stop_is_cancelled_with_the_position(engine,
+                                                                               make_engine):
+    unsafe = make_engine(subclassed_client(engine.gw.client, _StopsRefused))
+
+    outcome = unsafe.open(intent())
+
+    assert outcome.status == "failed"
+    assert engine.gw.positions() == []
+    # no reduce-only order left to cut into the next position on the symbol
+    assert _algo(engine) == {}
+
+
 def test_close_flattens_cancels_brackets_and_books_pnl_net_of_fees(engine, exec_paper):
     engine.open(intent())
     pin_price(exec_paper, 60600)
