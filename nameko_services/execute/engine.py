@@ -55,8 +55,10 @@ PARTIAL_END = frozenset({"EXPIRED", "CANCELED", "PARTIALLY_FILLED"})
 
 def is_retryable(exc: BaseException) -> bool:
     """A failure worth trying again: the exchange unreachable, 5xx, 429, a clock skew,
-    the symbol locked. Anything else the exchange says is a refusal: a failed outcome."""
-    return isinstance(exc, (ExchangeUnavailable, ccxt.NetworkError, LockBusy))
+    Binance's -1001 "internal error, try again" (ccxt's OperationFailed, the parent of its
+    network errors), the symbol locked. Anything else the exchange says is a refusal: a
+    failed outcome. A retried entry is looked up by its client id before it is resent."""
+    return isinstance(exc, (ExchangeUnavailable, ccxt.OperationFailed, LockBusy))
 
 
 @dataclass

@@ -167,7 +167,9 @@ def test_failed_intent_releases_the_reservation_and_alerts(make_service, reason)
 
 @pytest.mark.parametrize("error", [ccxt.RequestTimeout("read timeout"),
                                    ccxt.DDoSProtection("429 Too Many Requests"),
-                                   ccxt.ExchangeNotAvailable("503")])
+                                   ccxt.ExchangeNotAvailable("503"),
+                                   # Binance -1001 "Internal error ... try again" (chaos run)
+                                   ccxt.OperationFailed("-1001 Internal error")])
 def test_network_and_overload_errors_of_a_close_are_retried(make_service, error):
     service = make_service(FakeEngine(error=error))
 
