@@ -48,6 +48,7 @@ from shared.settings import settings_or_exit
 SIZES = {"small": {"alerts": 10, "seconds": 4.0, "fault": 0.25},
          "full": {"alerts": 25, "seconds": 10.0, "fault": 1.0}}
 OUTCOME_TIMEOUT_S = 120.0
+LOW_WALLET = 6000.0
 DEFAULT_SCENARIOS = [s for s in SCENARIOS if s not in DESTRUCTIVE]
 
 
@@ -62,23 +63,29 @@ class RunResult:
     risk_state: str = ""
 
 
-def flatten(stack: Stack, rpc: Any, timeout: float = 60.0) -> None:
-    """No position and no open algo order on the exchange, risk ACTIVE."""
-    stack.paper("DELETE", "/paper/faults")
-    state = rpc.risk.status().get("state")
-    if state != "ACTIVE":
-        rpc.risk.set_state("ACTIVE", "chaos: next run")
+def flatten(stack: Stack, rpc: Any, timeout: float = 120.0) -> None:
+    """No position and no open algo order on the exchange, risk ACTIVE (retried while a
+    service restarts or its exchange circuit breaker is still open after the last fault)."""
     deadline = time.monotonic() + timeout
     while True:
-        positions, algos = exchange_view(stack)
-        if not positions and not any(algos.values()):
-            return
-        if positions:
-            rpc.execute.close_all()
+        try:
+            stack.paper("DELETE", "/paper/faults")
+            if rpc.risk.status().get("state") != "ACTIVE":
+                rpc.risk.set_state("ACTIVE", "chaos: next run")
+            positions, algos = exchange_view(stack)
+            if not positions and not any(algos.values()):
+                wallet = stack.paper("GET", "/paper/state")["account"]["totalWalletBalance"]
+                if float(wallet) < LOW_WALLET:  # fees and spread of many runs add up
+                    stack.paper("POST", "/paper/reset")
+                return
+            if positions:
+                rpc.execute.close_all()
+            problem = f"positions {positions}, algos { {s: len(a) for s, a in algos.items()} }"
+        except Exception as exc:  # noqa: BLE001 - retried until the deadline
+            problem = f"{type(exc).__name__}: {exc}"
         if time.monotonic() > deadline:
-            raise ChaosError(f"could not flatten: positions {positions}, algos "
-                             f"{ {s: len(a) for s, a in algos.items()} }")
-        time.sleep(1.0)
+            raise ChaosError(f"could not flatten: {problem}")
+        time.sleep(2.0)
 
 
 def run_once(stack: Stack, rpc: Any, scenario: str, run: int, size: str,
@@ -103,6 +110,10 @@ def run_once(stack: Stack, rpc: Any, scenario: str, run: int, size: str,
         burst.join()
         accepted = burst.accepted()
         verdict.accepted = len(accepted)
+        for s in burst.sent:
+            if not s.signal_id:
+                last = s.http[-1] if s.http else "unsent"
+                verdict.refused[last] = verdict.refused.get(last, 0) + 1
         outcomes = wait_outcomes(recorder.of, accepted, OUTCOME_TIMEOUT_S)
         settled.set()
         watcher.join()
@@ -194,7 +205,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 results.append(result)
                 print(f"{scenario} run {run}: {'ok' if result.ok else 'FAILED'} "
                       f"({result.seconds:.0f}s, accepted {result.verdict.accepted}, "
-                      f"outcomes {result.verdict.outcomes}, max unprotected "
+                      f"outcomes {result.verdict.outcomes}, refused {result.verdict.refused}, "
+                      f"max unprotected "
                       f"{result.verdict.unprotected_s:.1f}s, risk {result.risk_state})"
                       + (f" {result.error}" if result.error else ""), flush=True)
                 if not result.ok and args.stop_on_failure:

@@ -33,6 +33,7 @@ TRADED, DUPLICATE_REPLAY = "traded", "replayed"
 class Verdict:
     accepted: int = 0
     outcomes: dict[str, int] = field(default_factory=dict)
+    refused: dict[str, int] = field(default_factory=dict)  # not accepted: last HTTP status
     lost: list[str] = field(default_factory=list)
     multi: list[str] = field(default_factory=list)
     duplicated: list[str] = field(default_factory=list)
