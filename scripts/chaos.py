@@ -40,7 +40,14 @@ from scripts.chaos_checks import (
     wait_outcomes,
     watch_protection,
 )
-from scripts.chaos_faults import DESTRUCTIVE, SCENARIOS, ChaosError, Stack, paper_reachable
+from scripts.chaos_faults import (
+    DESTRUCTIVE,
+    EXTRA,
+    SCENARIOS,
+    ChaosError,
+    Stack,
+    paper_reachable,
+)
 from scripts.chaos_load import Burst, Recorder
 from shared.exchange import rest_origin
 from shared.settings import settings_or_exit
@@ -49,7 +56,7 @@ SIZES = {"small": {"alerts": 10, "seconds": 4.0, "fault": 0.25},
          "full": {"alerts": 25, "seconds": 10.0, "fault": 1.0}}
 OUTCOME_TIMEOUT_S = 120.0
 LOW_WALLET = 6000.0
-DEFAULT_SCENARIOS = [s for s in SCENARIOS if s not in DESTRUCTIVE]
+DEFAULT_SCENARIOS = [s for s in SCENARIOS if s not in DESTRUCTIVE | EXTRA]
 
 
 @dataclass

@@ -90,9 +90,10 @@ def kill_service(name: str) -> Fault:
     return fault
 
 
-def exchange_faults(stack: Stack, rng: random.Random, size: float) -> float:
+def exchange_faults(stack: Stack, rng: random.Random, size: float,
+                    errors: list[str] | None = None) -> float:
     seconds = 20.0 * size
-    stack.paper("POST", "/paper/faults", {"error_rate": 0.3, "errors": EXCHANGE_ERRORS,
+    stack.paper("POST", "/paper/faults", {"error_rate": 0.3, "errors": errors or EXCHANGE_ERRORS,
                                           "seconds": seconds})
     # a request already held by a "timeout" fault is answered (dropped) after the client's
     # timeout: the fault is over once that has passed too
@@ -162,12 +163,16 @@ def kafka_down(stack: Stack, rng: random.Random, size: float) -> float:
 SCENARIOS: dict[str, Fault] = {
     **{f"kill-{s}": kill_service(s) for s in SERVICES},
     "exchange-faults": exchange_faults,
+    # beyond the list: orders placed whose answers are lost ("status unknown")
+    "exchange-lost-answers": lambda stack, rng, size: exchange_faults(
+        stack, rng, size, ["timeout-processed"]),
     "rabbit-connections": rabbit_connections,
     "kafka-down": kafka_down,
     "rabbit-restart": rabbit_app_restart,
     "redis-restart": redis_restart,
 }
 DESTRUCTIVE = frozenset({"rabbit-restart", "redis-restart"})
+EXTRA = frozenset({"exchange-lost-answers"})  # run only when named
 
 
 def paper_reachable(stack: Stack) -> bool:

@@ -1,8 +1,8 @@
 """The load of ``scripts/chaos``: a burst of TradingView alerts, and a recorder of outcomes.
 
-Alerts have unique ids and a strategy of their own per run; most have confidence 0.8 (they
+Alerts have unique ids and a strategy of their own per run; three in four have confidence 0.8 (they
 trade, one position per symbol, the rest of a symbol's alerts are refused by risk with
-``position_already_open``), some have 0.3 (refused by brain). An alert whose POST fails
+``position_already_open``), the others 0.3 (refused by brain). An alert whose POST fails
 (brain killed) is sent again with the same id, as the brain's idempotency makes safe.
 """
 
@@ -87,7 +87,7 @@ class Burst:
         self.seconds = seconds
         self.sent: list[Sent] = []
         for i in range(count):
-            weak = i % 5 == 4  # one in five is refused by brain (low confidence)
+            weak = i % 4 == 3  # one in four is refused by brain (low confidence)
             self.sent.append(Sent(f"chaos-{uuid.uuid4().hex}", symbols[i % len(symbols)],
                                   rng.choice(("buy", "sell")), 0.3 if weak else 0.8))
         self._thread = threading.Thread(target=self._run, name="chaos-burst", daemon=True)

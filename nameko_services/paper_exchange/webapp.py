@@ -147,12 +147,14 @@ class WebServer:
         if target is not None and upgrade:
             return await self.serve_ws(request, target)
         fault = self.api.faults.draw(request.path)
-        if fault is not None:
+        if fault is not None and not fault.processed:
             return await self._fail(request, fault)
         body = await request.read()
         loop = asyncio.get_running_loop()
         status, headers, data = await loop.run_in_executor(
             self.pool, call_wsgi, self.api, wsgi_environ(request, body))
+        if fault is not None:
+            return await self._fail(request, fault)
         await self._network_delay()
         response = web.Response(body=data, status=status)
         for name, value in headers:
@@ -170,7 +172,7 @@ class WebServer:
                 return web.Response(text=body, status=status)
             return web.json_response(body, status=status)
         # Held past the client's timeout, then the connection is cut: the client gives up
-        # first and never learns anything (the request was not processed).
+        # first and never learns whether the request was processed.
         await asyncio.sleep(self.timeout_hold_s)
         if request.transport is not None:
             request.transport.close()

@@ -94,6 +94,19 @@ def test_a_timeout_fault_holds_past_the_client_timeout_and_places_nothing(paper,
     assert orders["orders"] == []
 
 
+def test_a_processed_timeout_places_the_order_but_the_client_never_hears(paper, ex):
+    admin(paper, "POST", "/paper/reset")
+    always(paper, "timeout-processed")
+
+    with pytest.raises(ccxt.RequestTimeout):
+        ex.create_order("BTC/USDT:USDT", "market", "buy", 0.01,
+                        params={"newClientOrderId": "chaos-lost-answer"})
+
+    admin(paper, "DELETE", "/paper/faults")
+    assert ex.fetch_order(None, "BTC/USDT:USDT",
+                          params={"origClientOrderId": "chaos-lost-answer"})["filled"] == 0.01
+
+
 def test_admin_and_health_work_during_a_fault_and_delete_clears_it(paper, ex):
     always(paper, "503")
 
