@@ -164,6 +164,23 @@ def print_table(results: list[RunResult]) -> None:
                 print(f"  - {line}")
 
 
+def markdown_table(rows: list[dict[str, Any]]) -> str:
+    """The docs/reliability.md table from result files' rows (scenario x runs)."""
+    lines = ["| scenario | runs | passed | accepted signals | lost | multi-outcome | duplicated "
+             "| book != exchange | unprotected > 10 s | max unprotected s |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for scenario in dict.fromkeys(r["scenario"] for r in rows):
+        rs = [r for r in rows if r["scenario"] == scenario]
+        v = [r["verdict"] for r in rs]
+        lines.append(
+            f"| {scenario} | {len(rs)} | {sum(bool(r['ok']) for r in rs)} "
+            f"| {sum(x['accepted'] for x in v)} | {sum(len(x['lost']) for x in v)} "
+            f"| {sum(len(x['multi']) for x in v)} | {sum(len(x['duplicated']) for x in v)} "
+            f"| {sum(len(x['book_diff']) for x in v)} | {sum(len(x['unprotected']) for x in v)} "
+            f"| {max(x['unprotected_s'] for x in v):.1f} |")
+    return "\n".join(lines)
+
+
 def parse(argv: Sequence[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     ap.add_argument("--runs", type=int, default=1)
@@ -175,11 +192,17 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
     ap.add_argument("--json", type=Path, default=None, help="result file (default in run dir)")
     ap.add_argument("--seed", type=int, default=None)
     ap.add_argument("--stop-on-failure", action="store_true")
+    ap.add_argument("--markdown", nargs="+", type=Path, metavar="RESULT_JSON",
+                    help="print the markdown table of result files and exit (no stack)")
     return ap.parse_args(argv)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse(argv)
+    if args.markdown:
+        print(markdown_table([row for path in args.markdown
+                              for row in json.loads(path.read_text())]))
+        return 0
     scenarios = [s.strip() for s in args.scenarios.split(",") if s.strip()]
     unknown = [s for s in scenarios if s not in SCENARIOS]
     if unknown:
@@ -201,6 +224,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     from nameko.standalone.rpc import ClusterRpcProxy
 
     results: list[RunResult] = []
+    out = args.json or stack.run_dir / "chaos-results.json"  # rewritten after every run
+    out.parent.mkdir(parents=True, exist_ok=True)
     with ClusterRpcProxy({"AMQP_URI": settings.message_queue.amqp_uri}, timeout=60) as rpc:
         for scenario in scenarios:
             for run in range(1, args.runs + 1):
@@ -210,6 +235,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     result = RunResult(scenario, run, False, 0.0, Verdict(),
                                        error=f"{type(exc).__name__}: {exc}")
                 results.append(result)
+                out.write_text(json.dumps([asdict(r) for r in results], indent=1))
                 print(f"{scenario} run {run}: {'ok' if result.ok else 'FAILED'} "
                       f"({result.seconds:.0f}s, accepted {result.verdict.accepted}, "
                       f"outcomes {result.verdict.outcomes}, refused {result.verdict.refused}, "
@@ -224,9 +250,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"could not flatten after the runs: {exc}")
     print()
     print_table(results)
-    out = args.json or stack.run_dir / "chaos-results.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps([asdict(r) for r in results], indent=1))
     print(f"\nresults: {out}")
     return 0 if results and all(r.ok for r in results) else 1
 

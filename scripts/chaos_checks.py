@@ -154,6 +154,10 @@ def check_orders(stack: Stack, sent: list[Sent], outcomes: dict[str, list[str]],
         entry = by_cid.get(client_order_id("p95e", f"id:{s.alert_id}"))
         filled = entry is not None and Decimal(entry["executedQty"]) > 0
         traded = TRADED in outcomes.get(s.signal_id, [])
+        flattened = by_cid.get(client_order_id("p95x", f"id:{s.alert_id}"))
+        if filled and not traded and flattened is not None and \
+                Decimal(flattened["executedQty"]) == Decimal(entry["executedQty"]):  # type: ignore[index]
+            continue  # failed after the fill and closed at once by execute's emergency order
         if filled and not traded:
             verdict.duplicated.append(
                 f"signal {s.signal_id} ({s.symbol}): entry {entry['clientOrderId']} "  # type: ignore[index]

@@ -88,7 +88,10 @@ class Burst:
         self.sent: list[Sent] = []
         for i in range(count):
             weak = i % 4 == 3  # one in four is refused by brain (low confidence)
-            self.sent.append(Sent(f"chaos-{uuid.uuid4().hex}", symbols[i % len(symbols)],
+            # symbol after symbol: each symbol's first (trading) alert comes at another
+            # moment of the burst, so a fault at a random moment meets a trade in flight
+            symbol = symbols[i * len(symbols) // count]
+            self.sent.append(Sent(f"chaos-{uuid.uuid4().hex}", symbol,
                                   rng.choice(("buy", "sell")), 0.3 if weak else 0.8))
         self._thread = threading.Thread(target=self._run, name="chaos-burst", daemon=True)
 
