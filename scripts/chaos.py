@@ -36,6 +36,7 @@ from scripts.chaos_checks import (
     Verdict,
     check_book,
     check_orders,
+    check_orphans,
     exchange_view,
     wait_outcomes,
     watch_protection,
@@ -49,7 +50,7 @@ from scripts.chaos_faults import (
     paper_reachable,
 )
 from scripts.chaos_load import Burst, Recorder
-from shared.exchange import rest_origin
+from shared.exchange import make_exchange, rest_origin
 from shared.settings import settings_or_exit
 
 SIZES = {"small": {"alerts": 10, "seconds": 4.0, "fault": 0.25},
@@ -87,12 +88,22 @@ def flatten(stack: Stack, rpc: Any, timeout: float = 120.0) -> None:
                 return
             if positions:
                 rpc.execute.close_all()
+            else:  # orphan legs (already reported by the run that left them)
+                cancel_algos(stack, algos)
             problem = f"positions {positions}, algos { {s: len(a) for s, a in algos.items()} }"
         except Exception as exc:  # noqa: BLE001 - retried until the deadline
             problem = f"{type(exc).__name__}: {exc}"
         if time.monotonic() > deadline:
             raise ChaosError(f"could not flatten: {problem}")
         time.sleep(2.0)
+
+
+def cancel_algos(stack: Stack, algos: dict[str, list[dict[str, Any]]]) -> None:
+    client = make_exchange(stack.settings)
+    for symbol, orders in algos.items():
+        for a in orders:
+            client.fapiPrivateDeleteAlgoOrder({"algoId": a["algoId"]})
+            print(f"  cancelled orphan {symbol} {a['orderType']} {a['clientAlgoId']}")
 
 
 def run_once(stack: Stack, rpc: Any, scenario: str, run: int, size: str,
@@ -136,6 +147,7 @@ def run_once(stack: Stack, rpc: Any, scenario: str, run: int, size: str,
                 verdict.multi.append(f"signal {s.signal_id} ({s.symbol}): {found}")
         check_orders(stack, burst.sent, outcomes, verdict)
         check_book(stack, rpc, verdict)
+        check_orphans(stack, verdict)
         risk_state = str(rpc.risk.status().get("state"))
         return RunResult(scenario, run, verdict.ok, time.monotonic() - started, verdict,
                          risk_state=risk_state)
@@ -155,20 +167,20 @@ def print_table(results: list[RunResult]) -> None:
               f"{sum(x.accepted for x in v):>10}{sum(len(x.lost) for x in v):>6}"
               f"{sum(len(x.multi) for x in v):>7}{sum(len(x.duplicated) for x in v):>5}"
               f"{sum(len(x.book_diff) for x in v):>6}{sum(len(x.unprotected) for x in v):>12}"
-              f"{max(x.unprotected_s for x in v):>14.1f}")
+              f"{max(x.unprotected_s for x in v):>14.1f}{sum(len(x.orphans) for x in v):>9}")
     for r in results:
         if not r.ok:
             print(f"\nFAILED {r.scenario} run {r.run}: {r.error or ''}")
             for line in [*r.verdict.lost, *r.verdict.multi, *r.verdict.duplicated,
-                         *r.verdict.unprotected, *r.verdict.book_diff]:
+                         *r.verdict.unprotected, *r.verdict.book_diff, *r.verdict.orphans]:
                 print(f"  - {line}")
 
 
 def markdown_table(rows: list[dict[str, Any]]) -> str:
     """The docs/reliability.md table from result files' rows (scenario x runs)."""
     lines = ["| scenario | runs | passed | accepted signals | lost | multi-outcome | duplicated "
-             "| book != exchange | unprotected > 10 s | max unprotected s |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "| book != exchange | unprotected > 10 s | max unprotected s | orphan SL/TP |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for scenario in dict.fromkeys(r["scenario"] for r in rows):
         rs = [r for r in rows if r["scenario"] == scenario]
         v = [r["verdict"] for r in rs]
@@ -177,7 +189,8 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
             f"| {sum(x['accepted'] for x in v)} | {sum(len(x['lost']) for x in v)} "
             f"| {sum(len(x['multi']) for x in v)} | {sum(len(x['duplicated']) for x in v)} "
             f"| {sum(len(x['book_diff']) for x in v)} | {sum(len(x['unprotected']) for x in v)} "
-            f"| {max(x['unprotected_s'] for x in v):.1f} |")
+            f"| {max(x['unprotected_s'] for x in v):.1f} "
+            f"| {sum(len(x.get('orphans', [])) for x in v)} |")
     return "\n".join(lines)
 
 

@@ -40,11 +40,12 @@ class Verdict:
     unprotected_s: float = 0.0
     unprotected: list[str] = field(default_factory=list)
     book_diff: list[str] = field(default_factory=list)
+    orphans: list[str] = field(default_factory=list)  # open algo orders with no position
 
     @property
     def ok(self) -> bool:
         return not (self.lost or self.multi or self.duplicated or self.unprotected
-                    or self.book_diff)
+                    or self.book_diff or self.orphans)
 
 
 def outcome_of(rec: Record) -> str | None:
@@ -196,3 +197,20 @@ def check_book(stack: Stack, rpc: Any, verdict: Verdict, timeout: float = 20.0) 
             verdict.book_diff.extend(diff)
             return
         time.sleep(0.5)
+
+
+def check_orphans(stack: Stack, verdict: Verdict, timeout: float = 10.0) -> None:
+    """No stop-loss/take-profit left open on a symbol without a position: a stale
+    reduce-only order would later close part of someone else's position."""
+    deadline = time.monotonic() + timeout
+    while True:
+        positions, algos = exchange_view(stack)
+        stale = {s: a for s, a in algos.items() if a and s not in positions}
+        if not stale or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    for symbol, orders in stale.items():
+        for a in orders:
+            verdict.orphans.append(
+                f"{symbol}: {a['orderType']} {a['side']} {a['quantity']} @ {a['triggerPrice']} "
+                f"({a['clientAlgoId']}) open without a position")
