@@ -55,7 +55,7 @@ from shared.settings import settings_or_exit
 
 SIZES = {"small": {"alerts": 10, "seconds": 4.0, "fault": 0.25},
          "full": {"alerts": 25, "seconds": 10.0, "fault": 1.0}}
-OUTCOME_TIMEOUT_S = 120.0
+OUTCOME_TIMEOUT_S = 60.0  # retries are 3 x 5 s; an outcome later than this is lost
 LOW_WALLET = 6000.0
 DEFAULT_SCENARIOS = [s for s in SCENARIOS if s not in DESTRUCTIVE | EXTRA]
 
