@@ -20,6 +20,7 @@ from werkzeug.wrappers import Request, Response
 
 from . import views
 from .engine import STOP_TYPES, Engine, now_ms, spec_of
+from .faults import FaultInjector, FaultSpec
 from .limiter import WeightLimiter, request_weight
 from .listenkeys import ListenKeys
 from .market import INTERVAL_MS, SYMBOLS, Market
@@ -86,7 +87,7 @@ Handler = Callable[[Params], JsonBody]
 AdminHook = Callable[[], JsonBody]
 # Binance's endpoint security types: NONE, USER_STREAM (API key only), SIGNED (key + HMAC)
 NONE, USER_STREAM, SIGNED = "NONE", "USER_STREAM", "SIGNED"
-ADMIN_PATHS = ("/paper/state", "/paper/reset", "/paper/price")
+ADMIN_PATHS = ("/paper/state", "/paper/reset", "/paper/price", "/paper/faults", "/paper/orders")
 
 
 class PaperApi:
@@ -94,8 +95,10 @@ class PaperApi:
 
     def __init__(self, engine: Engine, market: Market, api_key: str, api_secret: str,
                  limiter: WeightLimiter | None = None, listen_keys: ListenKeys | None = None,
-                 admin_hooks: dict[tuple[str, str], AdminHook] | None = None) -> None:
+                 admin_hooks: dict[tuple[str, str], AdminHook] | None = None,
+                 faults: FaultInjector | None = None) -> None:
         self.engine = engine
+        self.faults = faults or FaultInjector()
         self.market = market
         self.limiter = limiter
         self.listen_keys = listen_keys or ListenKeys(3600.0)
@@ -273,10 +276,36 @@ class PaperApi:
             self.engine.on_mark(symbol, tick.mark_price)
             return {"symbol": symbol, "price": str(tick.price), "markPrice": str(tick.mark_price),
                     "hold": self.market.is_held(symbol)}
+        if path == "/paper/faults":
+            return self.admin_faults(request)
+        if (request.method, path) == ("GET", "/paper/orders"):
+            return self.all_orders()
         hook = self.admin_hooks.get((request.method, path))
         if hook is not None:
             return hook()
         raise ApiError(-1000, f"Path {path} not found.", 404)
+
+    def admin_faults(self, request: Request) -> JsonBody:
+        if request.method == "GET":
+            return self.faults.view()
+        if request.method == "DELETE":
+            return self.faults.clear()
+        if request.method == "POST":
+            try:
+                data = json.loads(request.get_data(as_text=True) or "{}")
+            except ValueError:
+                raise ApiError(-1102, "Body must be JSON {error_rate, errors, seconds}.") from None
+            return self.faults.set(FaultSpec.parse(data))
+        raise ApiError(-1000, f"Method {request.method} not allowed on /paper/faults.", 405)
+
+    def all_orders(self) -> JsonBody:
+        """Every order and algo order ever accepted (client ids: the duplicate check)."""
+        with self.engine.lock:
+            orders = [o.to_json(SYMBOLS[o.symbol].price_precision)
+                      for o in self.engine.orders.values()]
+            algos = [a.to_json(SYMBOLS[a.symbol].price_precision)
+                     for a in self.engine.algos.values()]
+        return {"orders": orders, "algoOrders": algos}
 
     def close_listen_key(self, p: Params) -> JsonBody:
         self.listen_keys.close(p.opt("listenKey"))

@@ -62,7 +62,8 @@ class PaperExchange:
                             listen_keys=self.listen_keys,
                             admin_hooks={("POST", "/paper/ws/drop"): self._drop_sockets,
                                          ("POST", "/paper/listenkey/expire"): self._expire_keys})
-        self.web = WebServer(self.api, self.hub, self.metrics, latency)
+        self.web = WebServer(self.api, self.hub, self.metrics, latency,
+                             timeout_hold_s=settings.exchange.timeout_ms / 1000.0 + 1.0)
         # Bound now, so .port is known (port 0) before start(), as with a WSGI server.
         self._sock = socket.create_server((host or cfg.host, cfg.port if port is None else port),
                                           backlog=128)

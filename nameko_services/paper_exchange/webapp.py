@@ -19,6 +19,7 @@ from urllib.parse import parse_qs
 from aiohttp import WSMsgType, web
 
 from .api import PaperApi
+from .faults import Fault
 from .hub import Hub
 from .metrics import Latency, Metrics
 from .streams import parse_stream
@@ -105,8 +106,10 @@ def call_wsgi(app: PaperApi, environ: dict[str, Any]) -> tuple[int, list[tuple[s
 
 
 class WebServer:
-    def __init__(self, api: PaperApi, hub: Hub, metrics: Metrics, latency: Latency) -> None:
+    def __init__(self, api: PaperApi, hub: Hub, metrics: Metrics, latency: Latency,
+                 timeout_hold_s: float = 11.0) -> None:
         self.api = api
+        self.timeout_hold_s = timeout_hold_s
         self.hub = hub
         self.metrics = metrics
         self.latency = latency
@@ -143,10 +146,15 @@ class WebServer:
             return web.Response(body=body, headers={"Content-Type": content_type})
         if target is not None and upgrade:
             return await self.serve_ws(request, target)
+        fault = self.api.faults.draw(request.path)
+        if fault is not None and not fault.processed:
+            return await self._fail(request, fault)
         body = await request.read()
         loop = asyncio.get_running_loop()
         status, headers, data = await loop.run_in_executor(
             self.pool, call_wsgi, self.api, wsgi_environ(request, body))
+        if fault is not None:
+            return await self._fail(request, fault)
         await self._network_delay()
         response = web.Response(body=data, status=status)
         for name, value in headers:
@@ -155,6 +163,20 @@ class WebServer:
             elif name.lower() != "content-length":
                 response.headers.add(name, value)
         return response
+
+    async def _fail(self, request: web.Request, fault: Fault) -> web.StreamResponse:
+        if not fault.is_timeout:
+            await self._network_delay()
+            status, body = fault.answer()
+            if isinstance(body, str):
+                return web.Response(text=body, status=status)
+            return web.json_response(body, status=status)
+        # Held past the client's timeout, then the connection is cut: the client gives up
+        # first and never learns whether the request was processed.
+        await asyncio.sleep(self.timeout_hold_s)
+        if request.transport is not None:
+            request.transport.close()
+        raise asyncio.CancelledError
 
     async def _network_delay(self) -> None:
         delay = self.latency.delay_s()
