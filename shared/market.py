@@ -114,13 +114,14 @@ class ExchangeGateway:
 
     def call_protective(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """``fn`` never short-circuited by the breaker; network failures (timeouts, 5xx,
-        429) retried on a budget of its own. Safe for orders: every order we send has a
+        429, -1001) retried on a budget of its own. Safe for orders: every order we send has a
         deterministic client id, so a retry of one that got through is answered -4116."""
         low, high = PROTECTIVE_WAIT_S
         retrying = tenacity.Retrying(
             stop=tenacity.stop_after_attempt(PROTECTIVE_ATTEMPTS),
             wait=tenacity.wait_exponential(multiplier=low, min=low, max=high),
-            retry=tenacity.retry_if_exception_type(ccxt.NetworkError),
+            # OperationFailed: network errors and Binance's -1001 "internal error, try again"
+            retry=tenacity.retry_if_exception_type(ccxt.OperationFailed),
             reraise=True)
         try:
             return retrying(fn, *args, **kwargs)

@@ -251,7 +251,10 @@ class ExchangeOps:
         return out
 
     def _send_algo(self, symbol: str, close_side: str, qty: Decimal, leg: Leg) -> Order:
-        protective = leg.kind == "stop_loss"  # never short-circuited, own retry budget
+        # both legs are the position's protection: never short-circuited by the breaker,
+        # retried on their own budget (a take-profit lost to a 5xx would leave the position
+        # half-bracketed until the next sweep)
+        protective = True
         try:
             raw = self.gw.call_with(protective, self.gw.client.create_order, symbol,
                                 BRACKET_TYPES[leg.kind], close_side, float(qty), None,

@@ -141,6 +141,28 @@ def test_position_without_stop_loss_is_closed_at_once(engine, make_engine):
     assert engine.gw.positions() == []
 
 
+class _FirstTakeProfitLost(ccxt.binanceusdm):
+    """The exchange answers the first take-profit with a 503 (a fault of the moment)."""
+
+    failed = False
+
+    def create_order(self, symbol, type, side, amount, price=None, params=None):
+        if type == "TAKE_PROFIT_MARKET" and not _FirstTakeProfitLost.failed:
+            _FirstTakeProfitLost.failed = True
+            raise ccxt.ExchangeNotAvailable("503 Service Unavailable")
+        return super().create_order(symbol, type, side, amount, price, params or {})
+
+
+def test_take_profit_lost_to_a_passing_fault_is_sent_again_at_once(engine, make_engine):
+    _FirstTakeProfitLost.failed = False
+    flaky = make_engine(subclassed_client(engine.gw.client, _FirstTakeProfitLost))
+
+    outcome = flaky.open(intent())
+
+    assert outcome.status == "opened" and outcome.reason == ""
+    assert set(_algo(engine)) == {"STOP_MARKET", "TAKE_PROFIT_MARKET"}
+
+
 def test_take_profit_sent_beside_a_refused_stop_is_cancelled_with_the_position(engine,
                                                                                make_engine):
     unsafe = make_engine(subclassed_client(engine.gw.client, _StopsRefused))

@@ -75,6 +75,19 @@ def test_protective_request_goes_through_an_open_circuit_and_retries_network_err
     assert len(attempts) == 3
 
 
+def test_protective_request_retries_binance_internal_error(gateway):
+    attempts: list[int] = []
+
+    def flaky() -> str:
+        attempts.append(1)
+        if len(attempts) < 2:
+            raise ccxt.OperationFailed("-1001 Internal error; unable to process your request")
+        return "armed"
+
+    assert gateway.call_protective(flaky) == "armed"
+    assert len(attempts) == 2
+
+
 def test_protective_request_gives_up_after_its_budget(gateway):
     attempts: list[int] = []
 
