@@ -308,6 +308,10 @@ class StateWriter:
             pipe.hset(STATE_FEED_KEY, "account_heartbeat_ms", at)
         pipe.execute()
 
+    def account_synced(self) -> bool:
+        """False when the marker of the last snapshot is gone (Redis lost its data)."""
+        return bool(self.redis.hexists(STATE_FEED_KEY, "account_synced_ms"))
+
     def mark_down(self, *, market: bool = False, account: bool = False) -> None:
         """The streams dropped: readers see stale state at once, not after the timeout."""
         fields = (["market_heartbeat_ms"] if market else []) + \

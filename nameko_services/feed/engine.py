@@ -67,6 +67,7 @@ class Feed:
         self._stop: asyncio.Event | None = None
         self._market_q: asyncio.Queue[Any] = asyncio.Queue()
         self._account_q: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+        self._reseed: asyncio.Task[None] | None = None
         self._bad_logged = 0
         # computed at scrape time, so /metrics is never a heartbeat behind
         self.metrics.state_age.labels("market").set_function(self._market_age_s)
@@ -315,6 +316,7 @@ class Feed:
         while True:
             now = now_ms()
             try:
+                self._recover_lost_state()
                 market_ok = self.market.fresh(self.max_age_ms, now)
                 if market_ok:
                     self.writer.heartbeat(market=True, at_ms=now)
@@ -324,6 +326,26 @@ class Feed:
             except redis.RedisError as exc:
                 log.error("heartbeat failed: %s", exc)
             await asyncio.sleep(interval)
+
+    def _recover_lost_state(self) -> None:
+        """Redis restarted empty (it keeps nothing on disk): the account marker of the last
+        snapshot is gone while we still count as synced. Stop beating at once (readers see
+        the account stale, not flat) and resynchronise the account and the candles."""
+        if not self.account.live or self.writer.account_synced():
+            return
+        log.error("the account state in Redis is gone (Redis restarted?): resynchronising")
+        self.metrics.reconnects.labels("state_lost").inc()
+        self.account.synced = False
+        self.writer.mark_down(account=True)
+        self._account_q.put_nowait(("resync", self.account.client))
+        if self.ex is not None and (self._reseed is None or self._reseed.done()):
+            self._reseed = asyncio.create_task(self._reseed_candles(), name="reseed")
+
+    async def _reseed_candles(self) -> None:
+        try:
+            await self._seed_candles()
+        except (ccxt.BaseError, redis.RedisError) as exc:
+            log.warning("candles not reseeded after the state loss: %s", exc)
 
     def _market_age_s(self) -> float:
         last = self.market.last_mark_ms

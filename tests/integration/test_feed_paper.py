@@ -182,6 +182,28 @@ def test_after_the_exchange_drops_every_socket_the_feed_reconnects_and_resynchro
     assert feed.feed.metrics.reconnects.labels("account")._value.get() >= 1
 
 
+def test_after_redis_loses_its_data_the_feed_resynchronises_instead_of_reporting_flat(
+        feed: FeedThread, rest: ccxt.binanceusdm, rds: redis.Redis) -> None:
+    reader = StateReader(rds, feed.feed.settings)
+    wait_for(lambda: fresh(reader), what="fresh state")
+    rest.create_order(CCXT_SYMBOL, "market", "buy", 0.01)
+    held = wait_for(lambda: reader.account().position(SYMBOL), what="the position").quantity
+
+    rds.flushdb()  # what a restart of Redis (no persistence) leaves behind
+    # an event for another symbol rewrites the balance: without a resync the account would
+    # now read fresh, with ETHUSDT only, and BTCUSDT's position silently gone
+    rest.create_order("ETH/USDT:USDT", "market", "buy", 0.01)
+
+    account = wait_for(lambda: (a := reader.account()).position("ETHUSDT") and a,
+                       what="the account back after the loss")
+    btc = account.position(SYMBOL)
+    assert btc is not None and btc.quantity == held
+    # candles reseeded too (candle_limit closed ones + the forming one)
+    wait_for(lambda: len(reader.candles(SYMBOL, "5m", 50)) == 21, what="candles reseeded")
+    rest.create_order(CCXT_SYMBOL, "market", "sell", float(held), None, {"reduceOnly": True})
+    rest.create_order("ETH/USDT:USDT", "market", "sell", 0.01, None, {"reduceOnly": True})
+
+
 def test_after_the_listen_key_expires_the_feed_re_creates_it_and_keeps_receiving_events(
         feed: FeedThread, paper: PaperExchange, rest: ccxt.binanceusdm, rds: redis.Redis
 ) -> None:
