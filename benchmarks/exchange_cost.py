@@ -131,8 +131,8 @@ def idle(settings: Settings, seconds: float) -> dict[str, Any]:
             "rest_requests_per_minute": round(total * 60 / seconds, 2), "by_path": d}
 
 
-def tick_latency(settings: Settings) -> dict[str, Any]:
-    """p50/p99 upper bounds from risk's histogram of tick event time -> watch."""
+def tick_buckets(settings: Settings) -> list[tuple[float, float]]:
+    """Risk's cumulative histogram of tick event time -> live watch, as (le, count)."""
     text = scrape(settings.services.url_of("risk") + "/metrics")
     buckets: list[tuple[float, float]] = []
     for line in text.splitlines():
@@ -140,6 +140,15 @@ def tick_latency(settings: Settings) -> dict[str, Any]:
                      line)
         if m:
             buckets.append((float(m.group(1)), float(m.group(2))))
+    return buckets
+
+
+def tick_latency(before: list[tuple[float, float]],
+                 after: list[tuple[float, float]]) -> dict[str, Any]:
+    """p50/p99 upper bounds of the ticks observed between the two scrapes (so a backlog
+    consumed at start-up is not counted)."""
+    base = dict(before)
+    buckets = [(le, count - base.get(le, 0.0)) for le, count in after]
     if not buckets or buckets[-1][1] == 0:
         return {"ticks": 0}
     total = buckets[-1][1]
@@ -159,11 +168,12 @@ def main() -> None:
     settings = get_settings()
     result: dict[str, Any] = {"mode": settings.exchange.mode,
                               "latency_ms": settings.paper_exchange.latency_ms}
+    ticks_before = tick_buckets(settings)
     if args.idle > 0:
         result["idle"] = idle(settings, args.idle)
     if args.n > 0:
         result.update(alerts(settings, args.n, args.symbol))
-    result["tick_to_risk_watch"] = tick_latency(settings)
+    result["tick_to_risk_watch"] = tick_latency(ticks_before, tick_buckets(settings))
     print(json.dumps(result, indent=2, default=lambda v: round(v, 2)))
 
 
