@@ -26,7 +26,13 @@ import streamlit as st  # noqa: E402
 from dashboard import auth, charts, data  # noqa: E402
 from shared import lag as lag_probe  # noqa: E402
 from shared import names  # noqa: E402
-from shared.settings import ConfigError, Settings, get_settings  # noqa: E402
+from shared.redis_conn import redis_client  # noqa: E402
+from shared.settings import (  # noqa: E402
+    ConfigError,
+    RedisStreamsSettings,
+    Settings,
+    get_settings,
+)
 from shared.web import api_key_matches  # noqa: E402
 
 REFRESH_S = 3.0
@@ -37,8 +43,8 @@ STALE_MARKET_S = 10.0
 
 
 @st.cache_resource(show_spinner=False)
-def _reader(url: str) -> data.StreamReader:
-    return data.StreamReader.from_url(url)
+def _reader(url: str, _redis: RedisStreamsSettings) -> data.StreamReader:
+    return data.StreamReader.from_settings(_redis)
 
 
 @st.cache_resource(show_spinner=False)
@@ -52,9 +58,10 @@ def _rpc(amqp_uri: str) -> data.RpcPoller:
 
 
 @st.cache_resource(show_spinner=False)
-def _lags(amqp_uri: str, redis_url: str, kafka: str, group: str) -> data.LagPoller:
+def _lags(amqp_uri: str, redis_url: str, kafka: str, group: str,
+          _redis: RedisStreamsSettings) -> data.LagPoller:
     def probe() -> list[lag_probe.Lag]:
-        client = redis.Redis.from_url(redis_url, socket_timeout=2, socket_connect_timeout=2)
+        client = redis_client(_redis, socket_timeout=2, socket_connect_timeout=2)
         try:
             rows = lag_probe.rabbitmq_lag(amqp_uri, timeout=2.0)
             rows += lag_probe.redis_lag(client)
@@ -125,12 +132,12 @@ def _risk_panel(settings: Settings, snapshot: data.RpcSnapshot | None,
 @st.fragment(run_every=REFRESH_S)
 def live(settings: Settings) -> None:
     url = settings.redis_streams.url
-    reader, book = _reader(url), _candles(url)
+    reader, book = _reader(url, settings.redis_streams), _candles(url)
     poller = _rpc(settings.message_queue.amqp_uri)
     snapshot = poller.latest(wait=RPC_TIMEOUT_S + 2.0)
     lags, lags_at = _lags(settings.message_queue.amqp_uri, url,
                           settings.kafka.bootstrap_servers,
-                          settings.kafka.consumer_group).latest()
+                          settings.kafka.consumer_group, settings.redis_streams).latest()
 
     events = data.read_dashboard(reader, EVENT_COUNT)
     market_error = None

@@ -22,7 +22,8 @@ import redis
 from shared import names
 from shared.lag import Lag
 from shared.records import Record
-from shared.settings import ServicesSettings
+from shared.redis_conn import redis_client
+from shared.settings import RedisStreamsSettings, ServicesSettings
 
 CANDLE_COLUMNS = ["time", "open", "high", "low", "close", "volume"]
 SIGNAL_COLUMNS = [
@@ -70,10 +71,8 @@ class StreamReader:
         self._client = client
 
     @classmethod
-    def from_url(cls, url: str, timeout: float = 2.0) -> StreamReader:
-        client = redis.Redis.from_url(
-            url, socket_timeout=timeout, socket_connect_timeout=timeout
-        )
+    def from_settings(cls, settings: RedisStreamsSettings, timeout: float = 2.0) -> StreamReader:
+        client = redis_client(settings, socket_timeout=timeout, socket_connect_timeout=timeout)
         return cls(client)
 
     def read(self, stream: str, count: int) -> list[StreamEntry]:

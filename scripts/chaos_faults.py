@@ -143,7 +143,7 @@ def redis_restart(stack: Stack, rng: random.Random, size: float) -> float:
                                       check=False).stdout.strip() == "PONG",
                60, "redis answering")
     # consumer groups live in Redis: a restart without persistence loses them
-    infra.create_consumer_groups(stack.settings.redis_streams.url)
+    infra.create_consumer_groups(stack.settings.redis_streams)
     wait_until(lambda: _all_healthy(stack), BACK_TIMEOUT_S, "services healthy")
     return time.monotonic()
 

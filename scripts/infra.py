@@ -19,7 +19,7 @@ from typing import Any
 
 from scripts import lib
 from shared import names
-from shared.settings import Settings
+from shared.settings import RedisStreamsSettings, Settings
 
 DEFINITIONS = lib.ROOT / "rabbitmq" / "definitions.json"
 
@@ -216,15 +216,17 @@ def ensure_redis(settings: Settings, run_dir: Path) -> None:
          "--save", "", "--appendonly", "no"],
         "redis-server", run_dir,
     )
-    create_consumer_groups(settings.redis_streams.url)
+    create_consumer_groups(settings.redis_streams)
 
 
-def create_consumer_groups(url: str) -> list[tuple[str, str]]:
+def create_consumer_groups(redis_settings: RedisStreamsSettings) -> list[tuple[str, str]]:
     """``XGROUP CREATE <stream> <group> $ MKSTREAM`` for every group; returns those created."""
     import redis
 
+    from shared.redis_conn import redis_client
+
     created: list[tuple[str, str]] = []
-    client = redis.Redis.from_url(url, socket_timeout=5)
+    client = redis_client(redis_settings, socket_timeout=5)
     try:
         for stream, groups in names.STREAM_GROUPS.items():
             for group in groups:
@@ -357,9 +359,11 @@ def kafka_reachable(settings: Settings) -> bool:
 def redis_reachable(settings: Settings) -> tuple[bool, str]:
     import redis
 
+    from shared.redis_conn import redis_client
+
     try:
-        client = redis.Redis.from_url(settings.redis_streams.url, socket_timeout=2,
-                                      socket_connect_timeout=2)
+        client = redis_client(settings.redis_streams, socket_timeout=2,
+                              socket_connect_timeout=2)
         client.ping()
         client.close()
         return True, "PING ok"

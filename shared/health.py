@@ -32,6 +32,7 @@ from nameko.messaging import QueueConsumer
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import Engine
 
+from shared.redis_conn import redis_client
 from shared.settings import Settings, get_settings
 from shared.state import StateReader
 
@@ -188,9 +189,9 @@ def probe_engine(settings: Settings) -> Engine:
 
 
 def probe_redis(settings: Settings) -> redis.Redis:
-    return redis.Redis.from_url(settings.redis_streams.url, decode_responses=True,
-                                socket_timeout=PROBE_TIMEOUT_S,
-                                socket_connect_timeout=PROBE_TIMEOUT_S)
+    return redis_client(settings.redis_streams, decode_responses=True,
+                        socket_timeout=PROBE_TIMEOUT_S,
+                        socket_connect_timeout=PROBE_TIMEOUT_S)
 
 
 # -------------------------------------------------------------------------- the probe

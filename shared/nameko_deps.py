@@ -18,6 +18,7 @@ from nameko.extensions import DependencyProvider
 
 from shared.models import _Message
 from shared.names import kombu_exchange
+from shared.redis_conn import redis_client
 from shared.settings import Settings, get_settings
 from shared.state import StateReader
 from shared.telemetry import TelemetryWriter, kafka_producer_config, make_telemetry_redis
@@ -26,8 +27,8 @@ log = logging.getLogger(__name__)
 
 
 def make_redis(settings: Settings) -> redis.Redis:
-    return redis.Redis.from_url(
-        settings.redis_streams.url,
+    return redis_client(
+        settings.redis_streams,
         decode_responses=True,
         socket_timeout=5,
         socket_connect_timeout=5,

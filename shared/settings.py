@@ -253,7 +253,20 @@ class MessageQueueSettings(_Section):
 
 
 class RedisStreamsSettings(_Section):
+    # Host, port and db index; with ``sentinels`` set, only the db index of the URL is used
+    # and the master's address comes from Sentinel (shared/redis_conn.py).
     url: str = "redis://127.0.0.1:6379/0"
+    # "host:port" of each Sentinel; empty = connect to ``url`` directly
+    sentinels: tuple[str, ...] = ()
+    sentinel_master: str = "phoenix95"
+    # Redis ACL user of this process (empty = the URL's user, or the default user)
+    username: str = ""
+    password: SecretStr = SecretStr("")
+    # TLS: on when the URL is rediss:// or ``tls`` is true
+    tls: bool = False
+    tls_ca_certs: str = ""
+    tls_certfile: str = ""
+    tls_keyfile: str = ""
     maxlen: Annotated[int, Field(ge=100)] = 10000
     block_ms: Annotated[int, Field(ge=1)] = 1000
     consumers_per_group: Annotated[int, Field(ge=1, le=64)] = 2

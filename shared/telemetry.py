@@ -30,6 +30,7 @@ from prometheus_client import Counter
 
 from shared.names import TELEMETRY_TOPIC_OF
 from shared.records import Record
+from shared.redis_conn import redis_client
 from shared.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -83,8 +84,8 @@ def kafka_producer_config(settings: Settings) -> dict[str, Any]:
 
 def make_telemetry_redis(settings: Settings) -> redis.Redis:
     """A Redis client for telemetry alone: short timeouts, no retries."""
-    return redis.Redis.from_url(
-        settings.redis_streams.url, decode_responses=True, socket_timeout=REDIS_TIMEOUT_S,
+    return redis_client(
+        settings.redis_streams, decode_responses=True, socket_timeout=REDIS_TIMEOUT_S,
         socket_connect_timeout=REDIS_TIMEOUT_S, retry_on_timeout=False,
     )
 

@@ -178,6 +178,7 @@ def default_guard() -> AuthGuard:
     """The process's guard, built from the settings on first use."""
     with _guard_lock:
         if not _default_guard:
+            from shared.redis_conn import redis_client
             from shared.settings import ConfigError, get_settings
 
             try:
@@ -186,7 +187,8 @@ def default_guard() -> AuthGuard:
                 return AuthGuard(redis.Redis(), 0, 1)
             sec = settings.security
             url = sec.auth_failure_redis_url or settings.redis_streams.url
-            client = redis.Redis.from_url(url, socket_timeout=0.5, socket_connect_timeout=0.5)
+            client = redis_client(settings.redis_streams.model_copy(update={"url": url}),
+                                  socket_timeout=0.5, socket_connect_timeout=0.5)
             _default_guard.append(AuthGuard(client, sec.auth_failure_limit,
                                             sec.auth_failure_window_s,
                                             sec.auth_max_lockout_s))

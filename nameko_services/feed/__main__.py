@@ -8,8 +8,7 @@ import signal
 import sys
 from typing import Any
 
-import redis
-
+from shared.redis_conn import redis_client
 from shared.settings import Settings, settings_or_exit
 from shared.telemetry import kafka_producer_config
 
@@ -35,8 +34,8 @@ def make_producer(settings: Settings) -> Any:
 
 
 async def serve(settings: Settings) -> None:
-    client = redis.Redis.from_url(settings.redis_streams.url, socket_timeout=2.0,
-                                  socket_connect_timeout=2.0, health_check_interval=30)
+    client = redis_client(settings.redis_streams, socket_timeout=2.0,
+                          socket_connect_timeout=2.0, health_check_interval=30)
     feed = Feed(settings, client, producer=make_producer(settings))
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -25,6 +25,7 @@ from prometheus_client import Counter, Gauge
 
 from shared import names
 from shared.records import Record
+from shared.redis_conn import redis_client
 from shared.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -56,8 +57,8 @@ class AlertOutbox:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> AlertOutbox:
-        client = redis.Redis.from_url(settings.redis_streams.url, socket_timeout=5.0,
-                                      socket_connect_timeout=5.0)
+        client = redis_client(settings.redis_streams, socket_timeout=5.0,
+                              socket_connect_timeout=5.0)
         return cls(client, maxlen=settings.redis_streams.maxlen)
 
     def ensure_group(self, group: str = names.TELEGRAM_GROUP) -> None:

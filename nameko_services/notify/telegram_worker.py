@@ -61,6 +61,7 @@ from nameko_services.notify.commands import (
 from nameko_services.notify.outbox import DEAD_LETTERS_KEPT
 from shared import names
 from shared.records import Record
+from shared.redis_conn import async_redis_client
 from shared.settings import Settings, settings_or_exit
 
 log = logging.getLogger("phoenix95.telegram_worker")
@@ -558,7 +559,7 @@ async def run_from_settings(settings: Settings, stop: asyncio.Event | None = Non
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop.set)
-    client = aioredis.Redis.from_url(settings.redis_streams.url, socket_connect_timeout=5.0)
+    client = async_redis_client(settings.redis_streams, socket_connect_timeout=5.0)
     bot = telegram.Bot(settings.telegram.token.get_secret_value(),
                        base_url=settings.telegram.api_base_url)
     chats = parse_chat_ids(settings.telegram.chat_id)

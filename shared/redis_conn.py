@@ -1,0 +1,93 @@
+"""The one place a Redis client is made: direct, through Sentinel, with an ACL user, over TLS.
+
+Every process builds its clients here from ``RedisStreamsSettings`` so a deployment can move
+from a single Redis to a replicated one behind Sentinel, or add ACL users and TLS, by
+configuration alone. The keyword arguments are redis-py's connection options (timeouts,
+``decode_responses``, ``health_check_interval`` ...), passed through unchanged.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import redis
+import redis.asyncio as aioredis
+from redis.asyncio.sentinel import Sentinel as AsyncSentinel
+from redis.connection import parse_url
+from redis.sentinel import Sentinel
+
+from shared.settings import RedisStreamsSettings
+
+
+def _sentinel_addresses(settings: RedisStreamsSettings) -> list[tuple[str, int]]:
+    out: list[tuple[str, int]] = []
+    for item in settings.sentinels:
+        host, _, port = item.rpartition(":")
+        out.append((host or "127.0.0.1", int(port or 26379)))
+    return out
+
+
+def connection_options(settings: RedisStreamsSettings, **options: Any) -> dict[str, Any]:
+    """redis-py keyword arguments for ``settings`` (credentials, TLS, db), ``options`` on top."""
+    parsed = parse_url(settings.url)
+    opts: dict[str, Any] = {k: v for k, v in parsed.items() if k not in ("connection_class",)}
+    if settings.username:
+        opts["username"] = settings.username
+    if settings.password.get_secret_value():
+        opts["password"] = settings.password.get_secret_value()
+    tls = settings.tls or settings.url.startswith("rediss://")
+    if tls:
+        opts["ssl"] = True
+        if settings.tls_ca_certs:
+            opts["ssl_ca_certs"] = settings.tls_ca_certs
+        if settings.tls_certfile:
+            opts["ssl_certfile"] = settings.tls_certfile
+        if settings.tls_keyfile:
+            opts["ssl_keyfile"] = settings.tls_keyfile
+    opts.update(options)
+    return opts
+
+
+def redis_client(settings: RedisStreamsSettings, **options: Any) -> redis.Redis:
+    """A synchronous client for ``settings``; through Sentinel's current master when set."""
+    if settings.sentinels:
+        opts = connection_options(settings, **options)
+        for key in ("host", "port", "unix_socket_path"):
+            opts.pop(key, None)
+        sentinel_opts = {k: v for k, v in opts.items()
+                         if k in ("socket_timeout", "socket_connect_timeout", "username",
+                                  "password", "ssl", "ssl_ca_certs", "ssl_certfile",
+                                  "ssl_keyfile")}
+        sentinel = Sentinel(_sentinel_addresses(settings), sentinel_kwargs=sentinel_opts)
+        return sentinel.master_for(settings.sentinel_master, redis_class=redis.Redis, **opts)
+    if settings.url.startswith("unix://"):
+        return redis.Redis.from_url(settings.url, **_credentials(settings), **options)
+    return redis.Redis(**connection_options(settings, **options))
+
+
+def async_redis_client(settings: RedisStreamsSettings, **options: Any) -> aioredis.Redis:
+    """The asyncio twin of :func:`redis_client`."""
+    if settings.sentinels:
+        opts = connection_options(settings, **options)
+        for key in ("host", "port", "unix_socket_path"):
+            opts.pop(key, None)
+        sentinel = AsyncSentinel(_sentinel_addresses(settings))
+        return sentinel.master_for(settings.sentinel_master, redis_class=aioredis.Redis, **opts)
+    if settings.url.startswith("unix://"):
+        return aioredis.Redis.from_url(settings.url, **_credentials(settings), **options)
+    return aioredis.Redis(**connection_options(settings, **options))
+
+
+def _credentials(settings: RedisStreamsSettings) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    if settings.username:
+        out["username"] = settings.username
+    if settings.password.get_secret_value():
+        out["password"] = settings.password.get_secret_value()
+    return out
+
+
+def redis_from_url(url: str, **options: Any) -> redis.Redis:
+    """A client for a bare URL (tools and probes that are given one); prefer
+    :func:`redis_client` with the settings wherever they are at hand."""
+    return redis_client(RedisStreamsSettings(url=url), **options)
