@@ -162,6 +162,7 @@ STATE_BALANCE_KEY: Final = "phoenix95:state:balance"  # Balance JSON
 STATE_POSITIONS_KEY: Final = "phoenix95:state:positions"  # hash symbol -> Position JSON
 STATE_ORDERS_KEY: Final = "phoenix95:state:orders"  # hash kind:id -> open Order JSON
 STATE_FEED_KEY: Final = "phoenix95:state:feed"  # hash: heartbeats and last sync times
+STATE_SYMBOLS_KEY: Final = "phoenix95:state:symbols"  # hash symbol -> SymbolRules JSON
 FEED: Final = "feed"  # the market and account feed process (health on services.feed_port)
 
 # --- Record types on the streams (shared.records.Record.type) ---

@@ -19,6 +19,7 @@ import redis
 from shared.names import MARKET_STREAM, TRADE_STREAM, TRADING_TOPIC
 from shared.settings import Settings
 from shared.state import StateWriter, now_ms
+from shared.symbol_rules import SymbolRules, store_rules
 
 from .account import AccountBook
 from .client import TeeExchange, drop_private_clients, is_private, make_tee_exchange
@@ -219,6 +220,11 @@ class Feed:
     async def _seed_candles(self) -> None:
         """REST candles for every (symbol, timeframe): at start and after a reconnect."""
         assert self.ex is not None
+        # the symbols' rules first: they are reference data every reader needs, and a Redis
+        # that lost its data (the reseed path) lost them too
+        await asyncio.get_running_loop().run_in_executor(None, store_rules, self.redis, [
+            SymbolRules.from_ccxt_market(self.ex.market(self.unified[sid]))
+            for sid in self.symbols])
         limit = self.settings.feed.candle_limit + 1  # + the forming one
         for sid in self.symbols:
             for tf in self.settings.feed.timeframes:
