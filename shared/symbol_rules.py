@@ -1,10 +1,11 @@
-"""A symbol's trading rules (tick, step, minimums), published by the feed, read by everyone.
+"""A symbol's trading rules (tick, step, minimums, leverage brackets), published by the
+feed, read by everyone.
 
-The feed loads the exchange's markets anyway; it stores each fed symbol's filters in Redis
-so brain and risk size and round orders without loading markets themselves (no REST call
-and no ccxt in those processes). Rules change rarely (a listing's filters are revised a few
-times a year), so readers cache them for a minute; a symbol with no rules is refused as
-``market_data_stale`` like a symbol with no prices.
+The feed loads the exchange's markets anyway; it stores each fed symbol's filters and its
+leverage brackets in Redis so brain and risk size, round and check orders without loading
+markets themselves (no REST call and no ccxt in those processes). Rules change rarely (a
+listing's filters are revised a few times a year), so readers cache them for a minute; a
+symbol with no rules is refused as ``market_data_stale`` like a symbol with no prices.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Any
 import redis
 from pydantic import BaseModel, ConfigDict
 
+from shared.money import DEFAULT_BRACKETS, Bracket
 from shared.names import STATE_SYMBOLS_KEY
 from shared.state import MARKET_STALE, StaleState, dec, now_ms
 
@@ -34,17 +36,21 @@ class SymbolRules(BaseModel):
     step_size: Decimal
     min_quantity: Decimal
     min_notional: Decimal
+    # Binance's leverage brackets (signed REST, fetched by the feed); empty when the feed
+    # could not fetch them, and readers fall back to the built-in table
+    brackets: tuple[Bracket, ...] = ()
     updated_ms: int = 0
 
     @classmethod
-    def from_ccxt_market(cls, market: Mapping[str, Any]) -> SymbolRules:
+    def from_ccxt_market(cls, market: Mapping[str, Any],
+                         brackets: tuple[Bracket, ...] = ()) -> SymbolRules:
         limits = market.get("limits") or {}
         precision = market.get("precision") or {}
         return cls(symbol=str(market["id"]), tick_size=dec(precision.get("price")),
                    step_size=dec(precision.get("amount")),
                    min_quantity=dec((limits.get("amount") or {}).get("min")),
                    min_notional=dec((limits.get("cost") or {}).get("min")),
-                   updated_ms=now_ms())
+                   brackets=brackets, updated_ms=now_ms())
 
     def floor_quantity(self, quantity: Decimal) -> Decimal:
         """``quantity`` rounded down to the step (ccxt's ``amount_to_precision``, TRUNCATE),
@@ -82,3 +88,12 @@ class SymbolRulesReader:
         rules = SymbolRules.model_validate_json(raw)
         self._cache[symbol] = (now, rules)
         return rules
+
+    def brackets(self, symbol: str) -> tuple[Bracket, ...]:
+        """The exchange's brackets as the feed fetched them, else the built-in table;
+        :class:`StaleState` when neither has the symbol."""
+        brackets = self.get(symbol).brackets or DEFAULT_BRACKETS.get(symbol)
+        if not brackets:
+            raise StaleState(MARKET_STALE, f"{symbol}: no leverage brackets (not fetched "
+                                           "by the feed, not in the built-in table)")
+        return brackets

@@ -37,7 +37,6 @@ from nameko_services.risk.engine import breaches
 from nameko_services.risk.stores import STATES
 from nameko_services.risk.watch import missing_stop_alert
 from shared.health import ReadinessChecks, ReadinessProbe
-from shared.market import ExchangeUnavailable
 from shared.models import RiskAlert, TradeIntent
 from shared.money import liquidation_price as liq_price
 from shared.nameko_deps import Bus, BusError, Config, MessageBus, Telemetry
@@ -161,7 +160,7 @@ class RiskService:
         side = side.upper()
         if side not in ("LONG", "SHORT"):
             raise ValueError("side must be LONG or SHORT")
-        brackets = self.desk.gateway.brackets(symbol.upper())
+        brackets = self.desk.rules.brackets(symbol.upper())
         price = liq_price(side, Decimal(str(entry_price)), Decimal(str(quantity)),  # type: ignore[arg-type]
                           int(leverage), brackets,
                           Decimal(str(wallet_balance)) if wallet_balance is not None else None)
@@ -198,8 +197,8 @@ class RiskService:
             return
         try:
             result = self.desk.on_tick(symbol, mark)
-        except ExchangeUnavailable as exc:
-            log.warning("live watch %s: exchange unavailable: %s", symbol, exc)
+        except StaleState as exc:
+            log.warning("live watch %s: %s", symbol, exc)
             return
         self._fan_out_tick(result)
 

@@ -131,6 +131,7 @@ def test_prices_candles_ticks_and_closed_klines_flow_from_the_paper_exchange(
     assert kline[0]["interval"] == "1m" and Decimal(kline[0]["close"]) > 0
     rules = SymbolRulesReader(rds).get(SYMBOL)
     assert rules.tick_size > 0 and rules.step_size > 0 and rules.min_notional > 0
+    assert rules.brackets and rules.brackets[0].notional_floor == 0  # the exchange's table
 
 
 def test_a_position_with_stop_loss_and_take_profit_shows_in_the_account_state(

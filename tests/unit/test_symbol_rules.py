@@ -6,10 +6,13 @@ from __future__ import annotations
 from decimal import Decimal
 
 import ccxt
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from shared.symbol_rules import SymbolRules
+from shared.money import DEFAULT_BRACKETS, Bracket
+from shared.state import MARKET_STALE, StaleState
+from shared.symbol_rules import SymbolRules, SymbolRulesReader
 
 MARKET = {
     "id": "BTCUSDT", "symbol": "BTC/USDT:USDT",
@@ -62,3 +65,35 @@ def _exchange(step: str) -> ccxt.binanceusdm:
         ex.set_markets([market])
         _EXCHANGES[step] = ex
     return _EXCHANGES[step]
+
+
+class _OneHash:
+    """The one Redis call the reader makes (HGET), over a dict."""
+
+    def __init__(self, rows: dict[str, str]) -> None:
+        self.rows = rows
+
+    def hget(self, key: str, field: str) -> str | None:
+        return self.rows.get(field)
+
+
+def test_brackets_fall_back_to_the_built_in_table_when_the_feed_has_none() -> None:
+    stored = SymbolRules.from_ccxt_market(MARKET)
+    reader = SymbolRulesReader(_OneHash({"BTCUSDT": stored.model_dump_json()}))  # type: ignore[arg-type]
+
+    assert reader.brackets("BTCUSDT") == DEFAULT_BRACKETS["BTCUSDT"]
+
+
+def test_the_feeds_brackets_win_and_a_symbol_with_none_anywhere_is_stale() -> None:
+    own = (Bracket(1, 20, Decimal(0), Decimal(1000), Decimal("0.01"), Decimal(0)),)
+    rows = {"BTCUSDT": SymbolRules.from_ccxt_market(MARKET, own).model_dump_json(),
+            "NEWUSDT": SymbolRules.from_ccxt_market({**MARKET, "id": "NEWUSDT"})
+            .model_dump_json()}
+    reader = SymbolRulesReader(_OneHash(rows))  # type: ignore[arg-type]
+
+    assert reader.brackets("BTCUSDT") == own
+    with pytest.raises(StaleState) as raised:
+        reader.brackets("NEWUSDT")
+    assert raised.value.reason == MARKET_STALE
+    with pytest.raises(StaleState):
+        reader.get("NOSUCHUSDT")
