@@ -67,6 +67,37 @@ def test_existing_values_are_never_overwritten(tmp_path: Path) -> None:
     assert set(lib.SECRET_GENERATORS) <= set(values)
 
 
+def test_env_is_read_as_pydantic_settings_reads_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # inline comments, escapes and export: the script and the settings must see one value
+    for key in list(os.environ):
+        if key.startswith("PHOENIX__"):
+            monkeypatch.delenv(key)
+    path = tmp_path / ".env"
+    path.write_text(
+        "PHOENIX__SECURITY__WEBHOOK_SECRET=abc123  # rotated monthly\n"
+        'export PHOENIX__MESSAGE_QUEUE__PASSWORD="p\\"w#1"\n'
+        "PHOENIX__TELEGRAM__CONFIRM_SECRET='lit $HOME # not a comment'\n"
+        "JUST_A_KEY\n")
+    lib.ensure_env_file(path)  # adds the other secrets the settings require
+    monkeypatch.setenv("PHOENIX_DOTENV", str(path))
+
+    values = lib.parse_env(path.read_text())
+    settings = load_settings()
+
+    assert values["PHOENIX__SECURITY__WEBHOOK_SECRET"] == "abc123"
+    assert values["PHOENIX__MESSAGE_QUEUE__PASSWORD"] == 'p"w#1'
+    assert values["PHOENIX__TELEGRAM__CONFIRM_SECRET"] == "lit $HOME # not a comment"
+    assert "JUST_A_KEY" not in values
+    assert settings.security.webhook_secret.get_secret_value() == values[
+        "PHOENIX__SECURITY__WEBHOOK_SECRET"]
+    assert settings.message_queue.password.get_secret_value() == values[
+        "PHOENIX__MESSAGE_QUEUE__PASSWORD"]
+    assert settings.telegram.confirm_secret.get_secret_value() == values[
+        "PHOENIX__TELEGRAM__CONFIRM_SECRET"]
+
+
 def test_complete_env_file_is_left_byte_for_byte(tmp_path: Path) -> None:
     path = tmp_path / ".env"
     lib.ensure_env_file(path)
