@@ -30,6 +30,7 @@ from nameko_services.notify.telegram_format import (
     MAX_MESSAGE,
     Alert,
     Outgoing,
+    as_text,
     parse_entry,
     plan_messages,
 )
@@ -75,7 +76,9 @@ class ChatRateLimiter(AIORateLimiter):
     ) -> Any:
         chat = data.get("chat_id")
         if chat is not None and self.interval > 0:
-            limiter = self._chats.setdefault(str(chat), AsyncLimiter(1, self.interval))
+            limiter = self._chats.get(str(chat))
+            if limiter is None:
+                limiter = self._chats[str(chat)] = AsyncLimiter(1, self.interval)
             await limiter.acquire()
         return await super().process_request(callback, args, kwargs, endpoint, data,
                                              rate_limit_args)
@@ -186,6 +189,7 @@ class OutboxDelivery:
         self.dead_lettered = 0
         self._started = False
         self._next_reclaim = 0.0
+        self._redis_down = False
 
     @property
     def stopping(self) -> bool:
@@ -207,10 +211,10 @@ class OutboxDelivery:
             reply: list[Any] = await self.redis.xautoclaim(
                 self.stream, self.group, self.consumer, min_idle_time=min_idle_ms,
                 start_id=start, count=self.batch)
-            start = _text(reply[0])
+            start = as_text(reply[0])
             for entry_id, fields in reply[1]:
                 if fields is None:  # trimmed away (Redis < 7 reports it like this)
-                    gone.append(_text(entry_id))
+                    gone.append(as_text(entry_id))
                 else:
                     alerts.append(parse_entry(entry_id, fields))
             if start in ("0-0", "0"):
@@ -285,19 +289,24 @@ class OutboxDelivery:
                 await self.ensure_group()
             if time.monotonic() >= self._next_reclaim:
                 idle = self.reclaim_idle_ms if self._started else 0
-                self._started = True
-                self._next_reclaim = time.monotonic() + self.reclaim_every
                 while not self.stopping:
                     reclaimed = await self.reclaim(idle)
                     if not reclaimed or not await self.deliver(reclaimed):
                         break
+                self._started = True  # after a reclaim that worked: a failed one is redone
+                self._next_reclaim = time.monotonic() + self.reclaim_every
             while not self.stopping:
                 alerts = await self.read_new()
                 if not alerts or not await self.deliver(alerts):
                     break
         except RedisError as exc:
-            log.warning("outbox: redis error (%s); next pass in %.2fs", exc, DRAIN_INTERVAL_S)
-
-
-def _text(value: Any) -> str:
-    return value.decode(errors="replace") if isinstance(value, bytes) else str(value)
+            if "NOGROUP" in str(exc):  # the stream was deleted: create the group again
+                self._started, self._next_reclaim = False, 0.0
+            if not self._redis_down:  # once per outage, not every pass
+                log.warning("outbox: redis error (%s); retrying every %.2fs", exc,
+                            DRAIN_INTERVAL_S)
+            self._redis_down = True
+            return
+        if self._redis_down:
+            log.info("outbox: redis is back")
+            self._redis_down = False

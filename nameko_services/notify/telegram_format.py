@@ -32,13 +32,13 @@ class Alert:
         return self.level == "critical"
 
 
-def _text(value: Any) -> str:
+def as_text(value: Any) -> str:
     return value.decode(errors="replace") if isinstance(value, bytes) else str(value)
 
 
 def parse_entry(entry_id: Any, fields: dict[Any, Any]) -> Alert:
     """Decode an outbox entry; a malformed one becomes a warning carrying its raw fields."""
-    eid = _text(entry_id)
+    eid = as_text(entry_id)
     try:
         record = Record.from_stream_fields(fields)
         level = str(record.data.get("level", "info")).lower()
@@ -47,7 +47,7 @@ def parse_entry(entry_id: Any, fields: dict[Any, Any]) -> Alert:
             text = f"(empty alert {eid})"
         return Alert(eid, level, text, record.ts)
     except (ValueError, TypeError, AttributeError):
-        raw = {_text(k): _text(v) for k, v in fields.items()}
+        raw = {as_text(k): as_text(v) for k, v in fields.items()}
         return Alert(eid, "warning", f"(malformed outbox entry {eid}) {raw}")
 
 

@@ -223,6 +223,26 @@ def test_every_chat_gets_it_before_the_ack(
     assert worker.acked == 1 and pending(rds) == 0
 
 
+def test_a_deleted_outbox_stream_is_recreated_and_delivery_goes_on(
+    rds: redis.Redis, outbox: AlertOutbox, tg: TelegramStandin
+) -> None:
+    outbox.append("info", "before")
+
+    def deleted_then_refilled() -> bool:
+        if len(tg.sent) == 1 and rds.exists(STREAM) and not rds.get("t:refilled"):
+            rds.delete(STREAM)  # a Redis that lost its data, or an operator's DEL
+            rds.set("t:refilled", 1, ex=60)
+            rds.xadd(STREAM, Record("alert", {"level": "info", "text": "after"})
+                     .stream_fields())  # type: ignore[arg-type]
+        return len(tg.sent) >= 2
+
+    worker = run(run_worker(tg, until=deleted_then_refilled))
+    rds.delete("t:refilled")
+
+    assert [m.text for m in tg.sent] == ["ℹ️ INFO\nbefore", "ℹ️ INFO\nafter"]
+    assert worker.acked == 2 and pending(rds) == 0
+
+
 def test_outbox_validates_and_trims(rds: redis.Redis) -> None:
     box = AlertOutbox(rds, maxlen=100)
     with pytest.raises(ValueError):
