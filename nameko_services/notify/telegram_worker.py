@@ -5,8 +5,8 @@
 A python-telegram-bot :class:`~telegram.ext.Application` (plain asyncio, no eventlet):
 
 * a :class:`~telegram.ext.JobQueue` job (``OutboxDelivery.drain`` in
-  :mod:`~nameko_services.notify.telegram_delivery`, every ``DRAIN_INTERVAL_S``) reads
-  ``names.ALERT_OUTBOX_STREAM`` through the consumer group
+  :mod:`~nameko_services.notify.telegram_delivery`, every ``DRAIN_INTERVAL_S``, waiting on
+  the stream for most of it) reads ``names.ALERT_OUTBOX_STREAM`` through the consumer group
   ``names.TELEGRAM_GROUP`` (consumer ``<host>-<pid>``), first reclaiming entries a dead
   worker left pending (XAUTOCLAIM), and sends each alert to every chat in
   ``telegram.chat_id``. An entry is XACKed only after Telegram accepted it in every chat
