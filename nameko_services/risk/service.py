@@ -19,11 +19,12 @@ from __future__ import annotations
 
 import logging
 import time
+import uuid
 from decimal import Decimal
 from typing import Any
 
 import eventlet
-from nameko.events import EventDispatcher, event_handler
+from nameko.events import event_handler
 from nameko.rpc import RpcProxy, rpc
 from nameko.timer import timer
 from nameko.web.handlers import http
@@ -42,7 +43,6 @@ from shared.money import liquidation_price as liq_price
 from shared.nameko_deps import Bus, BusError, Config, MessageBus, Telemetry
 from shared.names import (
     EVT_POSITION_CLOSED,
-    EVT_RISK_STATE_CHANGED,
     EVT_TRADE_FAILED,
     EVT_TRADE_OPENED,
     EXECUTE,
@@ -100,7 +100,6 @@ class RiskService:
     desk: RiskDesk = Desk()
     bus: MessageBus = Bus()
     telemetry: TelemetryWriter = Telemetry()
-    dispatch = EventDispatcher()
     execute = RpcProxy(EXECUTE)
 
     # --- RPC ---
@@ -291,15 +290,14 @@ class RiskService:
         previous, state = self.desk.set_state(state, reason)
         _export_state(state)
         if previous != state:
+            # one message per change, on the durable risk_alerts queue, with an id notify
+            # de-duplicates on: a redelivery or a second notify instance sends nothing more
+            change_id = uuid.uuid4().hex
             payload = {"type": "risk_state_changed", "previous": previous, "state": state,
-                       "reason": reason}
-            try:
-                self.dispatch(EVT_RISK_STATE_CHANGED, payload)
-            except Exception:
-                log.exception("could not dispatch %s", EVT_RISK_STATE_CHANGED)
+                       "reason": reason, "change_id": change_id}
             self.telemetry.emit(RISK_STREAM, Record("state_changed", payload))
             self._alert(RiskAlert(level="info" if state == "ACTIVE" else "critical",
-                                  code="STATE_CHANGED",
+                                  code="STATE_CHANGED", alert_id=f"state:{change_id}",
                                   text=f"Trading state {previous} -> {state}: {reason}"))
         return {"state": state, "previous": previous, "reason": reason}
 
