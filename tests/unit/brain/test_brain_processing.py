@@ -79,9 +79,9 @@ def test_approved_signal_is_audited_risk_checked_and_sent_to_execution(settings)
     data = record.data
     assert data["decision"] == "approved" and data["model_version"] == "constant-0.7"
     assert set(data["gates"]) == {"min_confidence", "phoenix_threshold", "execute_threshold"}
-    assert "trend_fast" in data["features"] and data["sizing"]["quantity"] == "0.266"
+    assert "trend_fast" in data["features"] and data["sizing"]["quantity"] == "0.245"
     [(_, key, intent)] = brain.bus.published
-    assert key == "trade.execute" and intent["quantity"] == "0.266"
+    assert key == "trade.execute" and intent["quantity"] == "0.245"
     assert brain.engine.track.remembered == [("sig-9", "ema-cross", "BTCUSDT", "LONG")]
 
 
@@ -128,7 +128,7 @@ def test_dry_run_rpc_returns_the_decision_without_trading(settings):
                             "confidence": 0.9}, dry_run=True)
 
     assert result["dry_run"] is True and result["decision"] == "approved"
-    assert result["intent"]["quantity"] == "0.266"
+    assert result["intent"]["quantity"] == "0.245"
     assert result["gates"]["phoenix_threshold"]["value"] == pytest.approx(0.7)
     assert brain.bus.published == [] and brain.risk.checked == []
 
