@@ -200,7 +200,7 @@ class Gate(DependencyProvider):
         return self.gate
 
 
-class Engine(DependencyProvider):
+class BrainEngineProvider(DependencyProvider):
     """The analysis engine: the market view on the feed's state, the fitted model, the
     track record."""
 

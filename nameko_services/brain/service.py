@@ -16,7 +16,7 @@ from nameko.web.handlers import http
 from werkzeug.wrappers import Request, Response
 
 from nameko_services.brain import metrics
-from nameko_services.brain.dependencies import Engine, Gate, IntakeGate
+from nameko_services.brain.dependencies import BrainEngineProvider, Gate, IntakeGate
 from nameko_services.brain.engine import BrainEngine, Decision
 from nameko_services.brain.intake import (
     check_secret,
@@ -73,7 +73,7 @@ class BrainService:
 
     config: Settings = Config()
     gate: IntakeGate = Gate()
-    engine: BrainEngine = Engine()
+    engine: BrainEngine = BrainEngineProvider()
     bus: MessageBus = Bus()
     telemetry: TelemetryWriter = Telemetry()
     dispatch = EventDispatcher()

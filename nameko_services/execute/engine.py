@@ -19,7 +19,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol, get_args
 
 import ccxt
 import redis
@@ -42,7 +42,7 @@ from shared.names import EXECUTE_BLOCKS_KEY, IDEMPOTENCY_WINDOW_S
 from shared.settings import Settings
 from shared.state import Account, Order, Position, Price, now_ms
 
-__all__ = ["ExecutionEngine", "LockBusy", "Outcome", "SymbolLock", "bracket_ids",
+__all__ = ["ExecutionEngine", "LockBusy", "Outcome", "OutcomeStatus", "SymbolLock", "bracket_ids",
            "intent_ids", "is_retryable"]
 
 log = logging.getLogger(__name__)
@@ -61,13 +61,24 @@ def is_retryable(exc: BaseException) -> bool:
     return isinstance(exc, (ExchangeUnavailable, ccxt.OperationFailed, LockBusy))
 
 
+OutcomeStatus = Literal["opened", "duplicate", "failed", "blocked", "closed",
+                        "nothing_to_close"]
+OUTCOME_STATUSES: frozenset[str] = frozenset(get_args(OutcomeStatus))
+
+
 @dataclass
 class Outcome:
-    status: str  # opened | duplicate | failed | blocked | closed | nothing_to_close
+    """What one intent (or close) came to; ``status`` is one of :data:`OutcomeStatus`."""
+
+    status: OutcomeStatus
     symbol: str
     signal_id: str
     reason: str = ""
     details: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.status not in OUTCOME_STATUSES:  # a typo would skip every branch on it
+            raise ValueError(f"unknown outcome status {self.status!r}")
 
 
 def intent_ids(it: TradeIntent) -> dict[str, str]:

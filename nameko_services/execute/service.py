@@ -18,9 +18,9 @@ from prometheus_client import Counter, Histogram
 from werkzeug.wrappers import Request, Response
 
 from nameko_services.execute import events
-from nameko_services.execute.dependencies import Engine
+from nameko_services.execute.dependencies import ExecutionEngineProvider
 from nameko_services.execute.engine import ExecutionEngine, LockBusy, Outcome, is_retryable
-from nameko_services.execute.reconcile import Correction, Reconciler
+from nameko_services.execute.reconcile import CLOSING_KINDS, Correction, Reconciler
 from shared.consumer import Retryable, durable_consume
 from shared.health import ReadinessChecks, ReadinessProbe, breaker_check
 from shared.market import ExchangeUnavailable
@@ -66,7 +66,7 @@ class ExecuteService:
     name = EXECUTE
 
     config: Settings = Config()
-    engine: ExecutionEngine = Engine()
+    engine: ExecutionEngine = ExecutionEngineProvider()
     bus: MessageBus = Bus()
     telemetry: TelemetryWriter = Telemetry()
     dispatch = EventDispatcher()
@@ -312,7 +312,7 @@ class ExecuteService:
         self.dispatch(EVT_RECONCILIATION, {"type": "reconciliation", "kind": c.kind,
                                            "signal_id": c.signal_id, "symbol": c.symbol,
                                            "text": c.text})
-        if c.kind in ("booked_close", "emergency_close"):
+        if c.kind in CLOSING_KINDS:
             payload = {"symbol": c.symbol, "reason": c.details.get("reason", c.kind),
                        "exit_price": c.details.get("exit_price"),
                        "realized_pnl": c.details.get("realized_pnl")}

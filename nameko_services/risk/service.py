@@ -31,7 +31,7 @@ from prometheus_client import Counter, Gauge, Histogram
 from pydantic import ValidationError
 from werkzeug.wrappers import Request, Response
 
-from nameko_services.risk.dependencies import Desk
+from nameko_services.risk.dependencies import RiskDeskProvider
 from nameko_services.risk.desk import RiskDesk, TickResult
 from nameko_services.risk.engine import breaches
 from nameko_services.risk.stores import STATES
@@ -98,7 +98,7 @@ class RiskService:
     name = RISK
 
     config: Settings = Config()
-    desk: RiskDesk = Desk()
+    desk: RiskDesk = RiskDeskProvider()
     bus: MessageBus = Bus()
     telemetry: TelemetryWriter = Telemetry()
     dispatch = EventDispatcher()
