@@ -18,7 +18,7 @@ from nameko.extensions import DependencyProvider
 from nameko_services.brain.engine import BrainEngine
 from nameko_services.brain.features import FAST_TIMEFRAME, KLINE_LIMIT, SLOW_TIMEFRAME
 from nameko_services.brain.model import DEFAULT_MODEL_PATH, PhoenixModel
-from nameko_services.brain.track_record import TrackRecord
+from nameko_services.brain.track_record import TrackRecordStore
 from shared.market import ExchangeGateway, ExchangeUnavailable
 from shared.nameko_deps import make_redis
 from shared.names import (
@@ -211,7 +211,7 @@ class BrainEngineProvider(DependencyProvider):
         self.engine = BrainEngine(
             settings, StateMarketView(StateReader(make_redis(settings), settings),
                                       self.gateway),
-            load_model(settings), TrackRecord.from_settings(settings),
+            load_model(settings), TrackRecordStore.from_settings(settings),
         )
 
     def start(self) -> None:

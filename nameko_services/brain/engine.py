@@ -38,12 +38,11 @@ from nameko_services.brain.features import (
     live_features,
 )
 from nameko_services.brain.model import P_MARKET, TRACK_LOSSES, TRACK_WINS, PhoenixModel
-from nameko_services.brain.track_record import Record
+from nameko_services.brain.track_record import ClosedTrade, TrackRecord
 from shared.models import Analysis, Signal, TradeIntent
 from shared.money import (
     Payoff,
     bracket_payoff,
-    bracket_prices,
     break_even_probability,
     kelly_size,
 )
@@ -62,8 +61,10 @@ class MarketView(Protocol):
 
 
 class TrackRecordView(Protocol):
-    def get(self, strategy: str, symbol: str, side: str) -> Record: ...
-    def remember(self, signal_id: str, strategy: str, symbol: str, side: str) -> None: ...
+    """The strategies' track record (track_record.TrackRecordStore)."""
+
+    def get(self, strategy: str, symbol: str, side: str) -> TrackRecord: ...
+    def book(self, event_id: str, trade: ClosedTrade) -> bool: ...
 
 
 @dataclass(frozen=True)
@@ -148,6 +149,10 @@ class BrainEngine:
         feats[TRACK_LOSSES] = float(record.losses)
         return feats
 
+    def learn(self, event_id: str, trade: ClosedTrade) -> bool:
+        """Book a closed trade into the track record; False when it was booked already."""
+        return self.track.book(event_id, trade)
+
     # --- the decision ---
     def analyze(self, signal: Signal) -> Decision:
         if signal.side is None:
@@ -215,18 +220,11 @@ class BrainEngine:
             return SizeResult({**out, "quantity": "0"}, None, "below_min_notional")
         if quantity < raw_qty:
             out["bound_by"] = [*sizing.get("bound_by", []), "step_size"]
-        stop, take = bracket_prices(
-            signal.side, price, Decimal(str(lev.stop_loss_percent)),
-            Decimal(str(lev.take_profit_percent)), self.market.tick_size(symbol),
-        )
-        intent = TradeIntent(
-            signal_id=signal.signal_id, idempotency_key=signal.idempotency_key, symbol=symbol,
-            side=signal.side, quantity=quantity, reference_price=price,
-            alert_price=signal.price, leverage=lev.leverage, margin_mode=lev.margin_mode,
-            stop_loss=stop, take_profit=take,
-            margin=(quantity * price / lev.leverage).quantize(Decimal("0.0001")),
-            strategy=signal.strategy, received_at=signal.received_at,
-        )
+        intent = TradeIntent.at_price(
+            signal_id=signal.signal_id, idempotency_key=signal.idempotency_key,
+            symbol=symbol, side=signal.side, quantity=quantity, price=price,
+            tick=self.market.tick_size(symbol), leverage=lev, strategy=signal.strategy,
+            received_at=signal.received_at, alert_price=signal.price)
         return SizeResult(out, intent, None)
 
     def timed_out(self, signal: Signal, elapsed: float) -> Analysis:

@@ -178,7 +178,8 @@ class Reconciler:
                                   reason=reason)
         level: Level = "critical" if reason in ("liquidation", "reconciliation") else "info"
         details = {"reason": reason, "exit_price": str(settled.exit_price),
-                   "realized_pnl": str(settled.realized_pnl), "fees": str(settled.fees)}
+                   "realized_pnl": str(settled.realized_pnl), "fees": str(settled.fees),
+                   "side": row.side, "strategy": row.strategy}
         if settled.unconverted_fees:
             details["unconverted_fees"] = ", ".join(f"{v} {a}" for a, v in
                                                     settled.unconverted_fees)

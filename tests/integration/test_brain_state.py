@@ -16,7 +16,7 @@ import redis
 from nameko_services.brain.dependencies import StateMarketView
 from nameko_services.brain.engine import BrainEngine
 from nameko_services.brain.features import FAST_MS, SLOW_MS
-from nameko_services.brain.track_record import TrackRecord
+from nameko_services.brain.track_record import TrackRecordStore
 from nameko_services.brain.training import synthetic_market
 from nameko_services.paper_exchange.server import PaperExchange
 from shared.exchange import make_exchange
@@ -73,8 +73,8 @@ def make_engine(settings: Settings, paper: PaperExchange, client: redis.Redis,
                 ) -> tuple[BrainEngine, ExchangeGateway]:
     gateway = ExchangeGateway(settings, make_exchange(settings, base_url=paper.base_url))
     view = StateMarketView(StateReader(client, settings), gateway)
-    return BrainEngine(settings, view, constant_model(0.9), TrackRecord.from_settings(settings),
-                       ), gateway
+    return BrainEngine(settings, view, constant_model(0.9),
+                       TrackRecordStore.from_settings(settings)), gateway
 
 
 def signal() -> Signal:

@@ -4,7 +4,7 @@ databases: what a crash, a redelivery or a second instance would do to money."""
 from __future__ import annotations
 
 import threading
-from decimal import Decimal
+from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -190,6 +190,33 @@ def test_close_flattens_cancels_brackets_and_books_pnl_net_of_fees(engine, exec_
     assert _algo(engine) == {}
     booked = engine.store.trades(1)[0]
     assert (booked.status, booked.close_reason) == ("closed", "manual")
+
+
+def test_the_intent_strategy_is_booked_with_the_position_and_reported_at_close(engine,
+                                                                             exec_paper):
+    opened = engine.open(intent().model_copy(update={"strategy": "ema-cross"}))
+    pin_price(exec_paper, 60600)
+
+    closed = engine.close(SYMBOL, "signal")
+
+    assert opened.details["strategy"] == "ema-cross"
+    assert engine.store.trades(1)[0].strategy == "ema-cross"
+    assert (closed.details["strategy"], closed.details["side"]) == ("ema-cross", "LONG")
+
+
+def test_a_manual_intent_is_priced_bracketed_and_stepped_like_brains(engine, exec_paper):
+    pin_price(exec_paper, 60000)
+
+    it = engine.manual_intent(SYMBOL, "LONG", Decimal("0.0109"), "manual:k1")
+
+    price = it.reference_price
+    assert abs(price - 60000) < 60  # the paper market's last trade around the pinned price
+    assert it.quantity == Decimal("0.010")  # truncated to the 0.001 step
+    assert (it.stop_loss, it.take_profit) == (
+        (price * Decimal("0.98")).quantize(Decimal("0.1"), ROUND_HALF_UP),
+        (price * Decimal("1.02")).quantize(Decimal("0.1"), ROUND_HALF_UP))
+    assert it.margin == (Decimal("0.010") * price / 20).quantize(Decimal("0.0001"))
+    assert (it.strategy, it.idempotency_key, it.leverage) == ("manual", "manual:k1", 20)
 
 
 def test_back_to_back_positions_are_settled_with_their_own_fills_only(engine, exec_paper):
