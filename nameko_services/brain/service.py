@@ -205,8 +205,9 @@ class BrainService:
     @stream_consume(TRADE_STREAM, BRAIN_GROUP, count=50, start_id="0", with_id=True)
     def on_trade_event(self, entry_id: str, fields: dict[str, str]) -> None:
         """Closed positions (execute's ``position_closed``, with the intent's strategy)
-        feed the strategies' track record, in brain's own table. Idempotent per signal, so
-        the group may start at the stream's oldest entry: what it retains is learnt too."""
+        feed the strategies' track record, in brain's own table. Idempotent per signal:
+        a group brain creates itself starts at the stream's oldest retained entry
+        (``scripts/up`` creates it at the end, like every group)."""
         if fields.get("type") != REC_POSITION_CLOSED:  # most of the stream: no parsing
             return
         trade = closed_trade(Record.from_stream_fields(fields))
