@@ -85,6 +85,21 @@ def liquidation_price(
     return max(price, Decimal(0))
 
 
+def liquidation_distance(side: str, reference: Decimal,
+                         liquidation: Decimal | None) -> Decimal | None:
+    """How far the price may still move against the position before it is liquidated, as
+    a fraction of ``reference`` (the mark, else the entry): ``(ref - liq) / ref`` for a
+    LONG, ``(liq - ref) / ref`` for a SHORT, 0 once the price is past it. None without a
+    liquidation price (fully collateralised: none, or 0) or a reference price.
+
+    The one definition risk's live watch, notify's ``/positions`` and the dashboard show.
+    """
+    if liquidation is None or liquidation <= 0 or reference <= 0:
+        return None
+    sign = 1 if side.upper() == "LONG" else -1
+    return max(Decimal(0), (reference - liquidation) * sign / reference)
+
+
 def maintenance_margin(notional: Decimal, brackets: Sequence[Bracket]) -> Decimal:
     b = bracket_for_notional(brackets, notional)
     return notional * b.maint_margin_ratio - b.cum

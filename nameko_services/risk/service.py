@@ -78,7 +78,8 @@ TICK_LATENCY = Histogram(
 STATE = Gauge("phoenix95_trading_state", "1 for the current trading state", ["state"])
 HALTED = Gauge("phoenix95_trading_halted", "1 while trading is HALTED")
 LIQ_DISTANCE = Gauge("phoenix95_liquidation_distance_ratio",
-                     "|mark - liquidation price| / mark of the open position", ["symbol"])
+                     "Adverse price move left before liquidation, as a fraction of the mark",
+                     ["symbol"])
 EQUITY = Gauge("phoenix95_equity", "Margin balance (wallet + unrealised PnL), USDT")
 EXPOSURE = Gauge("phoenix95_exposure", "Total notional of open positions, USDT")
 OPEN_POSITIONS = Gauge("phoenix95_open_positions", "Open positions on the exchange")

@@ -17,6 +17,7 @@ from shared.models import TradeIntent
 from tests.integration.conftest import (
     CCXT_SYMBOL,
     SYMBOL,
+    exchange_positions,
     intent,
     pin_price,
     subclassed_client,
@@ -38,7 +39,7 @@ def test_entry_is_protected_by_reduce_only_stop_and_take_profit_at_two_percent(e
     outcome = engine.open(intent())
 
     assert outcome.status == "opened"
-    position = engine.gw.positions()[0]
+    position = exchange_positions(engine)[0]
     assert position["contracts"] == 0.01 and position["side"] == "long"
     assert position["marginMode"] == "isolated"
     algo = _algo(engine)
@@ -68,7 +69,7 @@ def test_redelivered_intent_never_opens_a_second_position(engine):
 
     assert again.status == "duplicate"
     assert len(_entry_trades(engine)) == 1
-    assert engine.gw.positions()[0]["contracts"] == 0.01
+    assert exchange_positions(engine)[0]["contracts"] == 0.01
 
 
 def _send_entry_and_die(engine: ExecutionEngine, it: TradeIntent, *, recorded: bool) -> None:
@@ -138,7 +139,7 @@ def test_position_without_stop_loss_is_closed_at_once(engine, make_engine):
 
     assert outcome.status == "failed"
     assert "stop-loss could not be placed" in outcome.reason
-    assert engine.gw.positions() == []
+    assert exchange_positions(engine) == []
 
 
 class _FirstTakeProfitLost(ccxt.binanceusdm):
@@ -170,7 +171,7 @@ def test_take_profit_sent_beside_a_refused_stop_is_cancelled_with_the_position(e
     outcome = unsafe.open(intent())
 
     assert outcome.status == "failed"
-    assert engine.gw.positions() == []
+    assert exchange_positions(engine) == []
     # no reduce-only order left to cut into the next position on the symbol
     assert _algo(engine) == {}
 
@@ -186,7 +187,7 @@ def test_close_flattens_cancels_brackets_and_books_pnl_net_of_fees(engine, exec_
     fees = Decimal(outcome.details["fees"])
     assert fees > 0
     assert Decimal(outcome.details["realized_pnl"]) == Decimal("6.0") - fees
-    assert engine.gw.positions() == []
+    assert exchange_positions(engine) == []
     assert _algo(engine) == {}
     booked = engine.store.trades(1)[0]
     assert (booked.status, booked.close_reason) == ("closed", "manual")
@@ -250,7 +251,7 @@ def test_leverage_not_applied_blocks_the_symbol_and_sends_nothing(engine, make_e
 
     assert outcome.status == "blocked" and "read back leverage 10" in outcome.reason
     assert again.status == "blocked"
-    assert engine.gw.positions() == []
+    assert exchange_positions(engine) == []
     assert _entry_trades(engine) == []
 
 

@@ -16,6 +16,7 @@ from shared.money import (
     break_even_probability,
     kelly_fraction,
     kelly_size,
+    liquidation_distance,
     liquidation_price,
     maintenance_margin,
     round_to_step,
@@ -190,3 +191,32 @@ def test_kelly_size_is_bounded_and_its_risk_is_the_stop_loss_on_the_margin(
         assert abs(size.equity_at_risk - size.effective_kelly * size.f_star) < D("1e-20")
     if size.f_star <= 0:
         assert size.margin_fraction == 0
+
+
+def test_liquidation_distance_worked_examples():
+    # 20x long at 60 000: liquidation 57 228.92 (Binance's example) is 4.62 % below
+    liq = liquidation_price("LONG", D(60000), D("0.010"), 20, BTC)
+    assert liquidation_distance("LONG", D(60000), liq).quantize(D("0.0001")) == D("0.0462")
+    assert liquidation_distance("SHORT", D(60000), D(63000)) == D("0.05")
+    assert liquidation_distance("LONG", D(56000), D(57000)) == 0  # already past it
+    assert liquidation_distance("SHORT", D(64000), D(63000)) == 0
+    assert liquidation_distance("LONG", D(60000), None) is None  # fully collateralised
+    assert liquidation_distance("LONG", D(60000), D(0)) is None
+    assert liquidation_distance("LONG", D(0), D(57000)) is None
+
+
+@settings(max_examples=200, deadline=None)
+@given(side=st.sampled_from(["LONG", "SHORT"]),
+       ref=st.decimals(min_value=D("0.01"), max_value=D(200000), places=2),
+       liq=st.decimals(min_value=D("0.01"), max_value=D(200000), places=2))
+def test_liquidation_distance_is_the_adverse_move_that_reaches_liquidation(side, ref, liq):
+    dist = liquidation_distance(side, ref, liq)
+
+    assert dist is not None and dist >= 0
+    safe = liq < ref if side == "LONG" else liq > ref
+    if safe:  # moving the price against the position by dist lands on the liquidation
+        moved = ref * (1 - dist) if side == "LONG" else ref * (1 + dist)
+        assert abs(moved - liq) < D("1e-18") * max(ref, D(1))
+        assert dist == abs(ref - liq) / ref
+    else:
+        assert dist == 0
