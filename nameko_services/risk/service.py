@@ -35,11 +35,9 @@ from nameko_services.risk.dependencies import RiskDeskProvider
 from nameko_services.risk.desk import RiskDesk, TickResult
 from nameko_services.risk.engine import breaches
 from nameko_services.risk.stores import STATES
-from nameko_services.risk.watch import missing_stop_alert
 from shared.health import ReadinessChecks, ReadinessProbe
 from shared.market import ExchangeUnavailable
 from shared.models import RiskAlert, TradeIntent
-from shared.money import liquidation_price as liq_price
 from shared.nameko_deps import Bus, BusError, Config, MessageBus, Telemetry
 from shared.names import (
     EVT_POSITION_CLOSED,
@@ -162,24 +160,24 @@ class RiskService:
         side = side.upper()
         if side not in ("LONG", "SHORT"):
             raise ValueError("side must be LONG or SHORT")
-        brackets = self.desk.gateway.brackets(symbol.upper())
-        price = liq_price(side, Decimal(str(entry_price)), Decimal(str(quantity)),  # type: ignore[arg-type]
-                          int(leverage), brackets,
-                          Decimal(str(wallet_balance)) if wallet_balance is not None else None)
+        price = self.desk.liquidation_price(
+            symbol.upper(), side, Decimal(str(entry_price)),  # type: ignore[arg-type]
+            Decimal(str(quantity)), int(leverage),
+            Decimal(str(wallet_balance)) if wallet_balance is not None else None)
         return str(price.quantize(Decimal("0.00000001")))
 
     # --- events from execute: reservations follow the trade ---
     @event_handler(EXECUTE, EVT_TRADE_FAILED)
     def on_trade_failed(self, event: dict[str, Any]) -> None:
-        self.desk.reservations.release(str(event.get("signal_id", "")))
+        self.desk.release(str(event.get("signal_id", "")))
 
     @event_handler(EXECUTE, EVT_TRADE_OPENED)
     def on_trade_opened(self, event: dict[str, Any]) -> None:
-        self.desk.reservations.mark_filled(str(event.get("signal_id", "")))
+        self.desk.mark_filled(str(event.get("signal_id", "")))
 
     @event_handler(EXECUTE, EVT_POSITION_CLOSED)
     def on_position_closed(self, event: dict[str, Any]) -> None:
-        self.desk.reservations.release(str(event.get("signal_id", "")))
+        self.desk.release(str(event.get("signal_id", "")))
 
     # --- live watch ---
     @stream_consume(MARKET_STREAM, RISK_GROUP, count=50)
@@ -211,7 +209,7 @@ class RiskService:
             sup = self.desk.supervise()
         except StaleState as exc:  # the feed is down: notify alerts it, entries are refused
             log.warning("supervision skipped: %s", exc)
-            _export_state(self.desk.state.get()[0])
+            _export_state(self.desk.trading_state())
             return
         _export_state(sup.state)
         EQUITY.set(float(sup.equity))
@@ -222,9 +220,9 @@ class RiskService:
             DRAWDOWN.set(float(sup.ledger.drawdown))
         if sup.halt_reason:
             self._change_state("HALTED", sup.halt_reason)
+        for alert in sup.stop_alerts:
+            self._alert(alert)
         for pos in sup.missing_stops:
-            if self.desk.latch.escalated(pos.symbol, "stop_missing", "critical"):
-                self._alert(missing_stop_alert(pos))
             self._rearm(pos.symbol)
 
     # --- HTTP ---
