@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal, InvalidOperation
 
-from sqlalchemy import Boolean, DateTime, String, func, select
+from sqlalchemy import Boolean, DateTime, String, func, inspect, select, text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
 
@@ -140,3 +140,25 @@ class TrackRecordStore:
         with self._sessions() as s:
             wins, losses = s.execute(stmt).one()
         return TrackRecord(int(wins or 0), int(losses or 0))
+
+
+LEGACY_TABLE = "brain_signal_strategies"  # signal -> strategy, before closes carried it
+
+
+def import_legacy(settings: Settings) -> int:
+    """One-off upgrade step (``scripts/migrate_track_record.py``): the closes booked before
+    ``position_closed`` carried the strategy, from the old ``signal -> strategy`` table
+    joined with execute's ``positions``, into ``brain_closed_trades``. Idempotent; returns
+    how many closes it booked. Brain itself never reads execute's table."""
+    engine = make_engine(settings)
+    if not inspect(engine).has_table(LEGACY_TABLE):
+        return 0
+    store = TrackRecordStore.from_settings(settings, ttl=0.0)
+    query = text(f"SELECT s.signal_id, s.strategy, p.symbol, p.side, p.realized_pnl "
+                 f"FROM {LEGACY_TABLE} s JOIN positions p ON p.signal_id = s.signal_id "
+                 "WHERE p.status = 'closed' AND p.realized_pnl IS NOT NULL")
+    with engine.connect() as conn:
+        rows = conn.execute(query).all()
+    return sum(store.book("legacy", ClosedTrade(str(sid), str(strategy), str(symbol),
+                                                str(side), Decimal(str(pnl))))
+               for sid, strategy, symbol, side, pnl in rows)

@@ -13,11 +13,16 @@ from decimal import Decimal
 import pytest
 import redis
 from nameko.testing.services import worker_factory
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 from sqlalchemy.orm import sessionmaker
 
 from nameko_services.brain.engine import BrainEngine
-from nameko_services.brain.track_record import TrackRecord, TrackRecordStore
+from nameko_services.brain.track_record import (
+    LEGACY_TABLE,
+    TrackRecord,
+    TrackRecordStore,
+    import_legacy,
+)
 from nameko_services.execute import reports
 from shared.db import PositionRow, make_engine
 from shared.names import BRAIN_GROUP
@@ -143,3 +148,33 @@ def test_the_cache_is_refreshed_by_a_close_this_process_books(settings, stream):
     _consume(client, name, _brain(settings, store))
 
     assert store.get("ema", "BTCUSDT", "LONG") == TrackRecord(0, 1)
+
+
+def test_the_upgrade_step_carries_the_earlier_closes_over_once(settings):
+    engine = make_engine(settings)
+    with engine.begin() as conn:  # what the previous version left behind
+        conn.execute(text(f"CREATE TABLE {LEGACY_TABLE} (signal_id VARCHAR(64) PRIMARY KEY, "
+                          "strategy VARCHAR(64), symbol VARCHAR(20), side VARCHAR(8))"))
+        conn.execute(text(f"INSERT INTO {LEGACY_TABLE} VALUES ('o1', 'ema', 'BTCUSDT', 'LONG'),"
+                          " ('o2', 'ema', 'BTCUSDT', 'LONG'), ('o3', 'ema', 'BTCUSDT', 'LONG')"))
+    with sessionmaker(engine)() as s:
+        s.add_all([_position("o1", "12.5"), _position("o2", "-8"),
+                   _position("o3", None, status="open"), _position("zz", "9")])
+        s.commit()
+
+    first, again = import_legacy(settings), import_legacy(settings)
+
+    assert (first, again) == (2, 0)
+    store = TrackRecordStore.from_settings(settings, ttl=0.0)
+    assert store.get("ema", "BTCUSDT", "LONG") == TrackRecord(wins=1, losses=1)
+
+
+def test_the_upgrade_step_on_a_new_database_does_nothing(settings):
+    assert import_legacy(settings) == 0
+
+
+def _position(signal_id: str, pnl: str | None, status: str = "closed") -> PositionRow:
+    return PositionRow(signal_id=signal_id, symbol="BTCUSDT", side="LONG",
+                       quantity=Decimal("0.01"), entry_price=Decimal(60000), leverage=20,
+                       margin=Decimal(30), status=status,
+                       realized_pnl=None if pnl is None else Decimal(pnl))
