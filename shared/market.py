@@ -225,11 +225,6 @@ class ExchangeGateway:
 
         return self._cached("equity", ttl, load)
 
-    def positions(self) -> list[dict[str, Any]]:
-        self.ensure_markets()
-        rows = self.call(self.client.fetch_positions)
-        return [p for p in rows if to_decimal(p.get("contracts")) != 0]
-
     # --- typed account reads (shared.state models: the one parse of ccxt's structures) ---
     def open_positions(self, *, protective: bool = False) -> list[Position]:
         """Every open position (one ``GET /fapi/v3/positionRisk``)."""

@@ -107,7 +107,7 @@ TELEGRAM_GROUP: Final = "telegram_senders"
 STREAM_GROUPS: Final = {
     MARKET_STREAM: (BRAIN_GROUP, RISK_GROUP),
     SIGNAL_STREAM: (BRAIN_GROUP,),
-    TRADE_STREAM: (EXECUTION_GROUP, RISK_GROUP),
+    TRADE_STREAM: (EXECUTION_GROUP, RISK_GROUP, BRAIN_GROUP),  # brain: its track record
     RISK_STREAM: (RISK_GROUP,),
     ALERT_OUTBOX_STREAM: (TELEGRAM_GROUP,),
 }
@@ -171,3 +171,10 @@ REC_KLINE: Final = "kline"  # market:stream, shared.models.KlineRecord (closed c
 REC_EXCHANGE_ORDER: Final = "exchange_order"  # trade:stream, ExchangeOrderRecord
 REC_EXCHANGE_POSITION: Final = "exchange_position"  # trade:stream, ExchangePositionRecord
 REC_EXCHANGE_BALANCE: Final = "exchange_balance"  # trade:stream, ExchangeBalanceRecord
+# execute's own records on trade:stream (and Kafka trading_events), keyed by signal_id
+REC_ENTRY_FILLED: Final = "entry_filled"  # shared.models.EntryFilledRecord
+REC_BRACKETS_PLACED: Final = "brackets_placed"  # stop-loss and take-profit sent
+REC_TRADE_FAILED: Final = "trade_failed"  # the intent ended without a position
+REC_POSITION_CLOSED: Final = "position_closed"  # shared.models.PositionClosedRecord
+REC_RECONCILIATION: Final = "reconciliation"  # a repair (execute.reconcile.Correction)
+REC_CLOSE_FAILED: Final = "close_failed"  # a requested close the exchange refused

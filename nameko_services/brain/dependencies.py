@@ -17,7 +17,7 @@ from nameko.extensions import DependencyProvider
 from nameko_services.brain.engine import BrainEngine
 from nameko_services.brain.features import FAST_TIMEFRAME, KLINE_LIMIT, SLOW_TIMEFRAME
 from nameko_services.brain.model import DEFAULT_MODEL_PATH, PhoenixModel
-from nameko_services.brain.track_record import TrackRecord
+from nameko_services.brain.track_record import TrackRecordStore
 from shared.nameko_deps import make_redis
 from shared.names import (
     IDEMPOTENCY_KEY_PREFIX,
@@ -199,7 +199,7 @@ class Gate(DependencyProvider):
         return self.gate
 
 
-class Engine(DependencyProvider):
+class BrainEngineProvider(DependencyProvider):
     """The analysis engine: the market view on the feed's state, the fitted model, the
     track record."""
 
@@ -209,7 +209,7 @@ class Engine(DependencyProvider):
         client = make_redis(settings)
         self.engine = BrainEngine(
             settings, StateMarketView(StateReader(client, settings), SymbolRulesReader(client)),
-            load_model(settings), TrackRecord.from_settings(settings),
+            load_model(settings), TrackRecordStore.from_settings(settings),
         )
 
     def get_dependency(self, worker_ctx: Any) -> BrainEngine:

@@ -18,7 +18,7 @@ from shared.settings import get_settings
 log = logging.getLogger(__name__)
 
 
-class Desk(DependencyProvider):
+class RiskDeskProvider(DependencyProvider):
     """The process's :class:`RiskDesk`; mirrors the durable trading state at start."""
 
     def setup(self) -> None:

@@ -28,11 +28,12 @@ from nameko_services.risk.watch import (
     WatchedPosition,
     WatchEngine,
     liquidation_alert,
+    missing_stop_alert,
     stop_alert,
 )
 from shared.db import make_sessionmaker
 from shared.models import RiskAlert, TradeIntent
-from shared.money import Bracket
+from shared.money import Bracket, Side, liquidation_price
 from shared.nameko_deps import make_redis
 from shared.records import Record
 from shared.settings import Settings
@@ -57,7 +58,8 @@ class Supervision:
     state: str
     ledger: LedgerView | None
     halt_reason: str = ""
-    missing_stops: list[WatchedPosition] = field(default_factory=list)
+    missing_stops: list[WatchedPosition] = field(default_factory=list)  # ask execute
+    stop_alerts: list[RiskAlert] = field(default_factory=list)  # newly missing: alert once
     equity: Decimal = Decimal(0)
     exposure: Decimal = Decimal(0)
     open_positions: int = 0
@@ -200,7 +202,28 @@ class RiskDesk:
             wire["reasons"] = list(held.reasons)
         return wire
 
+    # --- what execute's events mean for the reservations ---
+    def release(self, signal_id: str) -> bool:
+        """The intent failed or its position closed: its reservation is free again."""
+        return self.reservations.release(signal_id)
+
+    def mark_filled(self, signal_id: str) -> bool:
+        """The intent filled: its reservation stays until the account shows the position."""
+        return self.reservations.mark_filled(signal_id)
+
+    # --- liquidation price on request ---
+    def liquidation_price(self, symbol: str, side: Side, entry_price: Decimal,
+                          quantity: Decimal, leverage: int,
+                          wallet_balance: Decimal | None = None) -> Decimal:
+        """Binance's isolated one-way formula with the symbol's leverage brackets."""
+        return liquidation_price(side, entry_price, quantity, leverage,
+                                 self.rules.brackets(symbol), wallet_balance)
+
     # --- state ---
+    def trading_state(self) -> str:
+        """ACTIVE, REDUCING or HALTED, as last stored."""
+        return self.state.get()[0]
+
     def set_state(self, state: str, reason: str) -> tuple[str, str]:
         """(previous, new). A manual resume accepts the current equity as the baseline."""
         state = state.upper()
@@ -238,6 +261,8 @@ class RiskDesk:
         out.exposure = sum((p.notional for p in self.open_positions(account, prices)),
                            Decimal(0))
         out.missing_stops = self._missing_stops(account)
+        out.stop_alerts = [missing_stop_alert(p) for p in out.missing_stops
+                           if self.latch.escalated(p.symbol, "stop_missing", "critical")]
         self.latch.forget_except({p.symbol for p in account.positions})
         return out
 

@@ -32,14 +32,12 @@ from prometheus_client import Counter, Gauge, Histogram
 from pydantic import ValidationError
 from werkzeug.wrappers import Request, Response
 
-from nameko_services.risk.dependencies import Desk
+from nameko_services.risk.dependencies import RiskDeskProvider
 from nameko_services.risk.desk import RiskDesk, TickResult
 from nameko_services.risk.engine import breaches
 from nameko_services.risk.stores import STATES
-from nameko_services.risk.watch import missing_stop_alert
 from shared.health import ReadinessChecks, ReadinessProbe
 from shared.models import RiskAlert, TradeIntent
-from shared.money import liquidation_price as liq_price
 from shared.nameko_deps import Bus, BusError, Config, MessageBus, Telemetry
 from shared.names import (
     EVT_POSITION_CLOSED,
@@ -77,7 +75,8 @@ TICK_LATENCY = Histogram(
 STATE = Gauge("phoenix95_trading_state", "1 for the current trading state", ["state"])
 HALTED = Gauge("phoenix95_trading_halted", "1 while trading is HALTED")
 LIQ_DISTANCE = Gauge("phoenix95_liquidation_distance_ratio",
-                     "|mark - liquidation price| / mark of the open position", ["symbol"])
+                     "Adverse price move left before liquidation, as a fraction of the mark",
+                     ["symbol"])
 EQUITY = Gauge("phoenix95_equity", "Margin balance (wallet + unrealised PnL), USDT")
 EXPOSURE = Gauge("phoenix95_exposure", "Total notional of open positions, USDT")
 OPEN_POSITIONS = Gauge("phoenix95_open_positions", "Open positions on the exchange")
@@ -97,7 +96,7 @@ class RiskService:
     name = RISK
 
     config: Settings = Config()
-    desk: RiskDesk = Desk()
+    desk: RiskDesk = RiskDeskProvider()
     bus: MessageBus = Bus()
     telemetry: TelemetryWriter = Telemetry()
     execute = RpcProxy(EXECUTE)
@@ -159,24 +158,24 @@ class RiskService:
         side = side.upper()
         if side not in ("LONG", "SHORT"):
             raise ValueError("side must be LONG or SHORT")
-        brackets = self.desk.rules.brackets(symbol.upper())
-        price = liq_price(side, Decimal(str(entry_price)), Decimal(str(quantity)),  # type: ignore[arg-type]
-                          int(leverage), brackets,
-                          Decimal(str(wallet_balance)) if wallet_balance is not None else None)
+        price = self.desk.liquidation_price(
+            symbol.upper(), side, Decimal(str(entry_price)),  # type: ignore[arg-type]
+            Decimal(str(quantity)), int(leverage),
+            Decimal(str(wallet_balance)) if wallet_balance is not None else None)
         return str(price.quantize(Decimal("0.00000001")))
 
     # --- events from execute: reservations follow the trade ---
     @event_handler(EXECUTE, EVT_TRADE_FAILED)
     def on_trade_failed(self, event: dict[str, Any]) -> None:
-        self.desk.reservations.release(str(event.get("signal_id", "")))
+        self.desk.release(str(event.get("signal_id", "")))
 
     @event_handler(EXECUTE, EVT_TRADE_OPENED)
     def on_trade_opened(self, event: dict[str, Any]) -> None:
-        self.desk.reservations.mark_filled(str(event.get("signal_id", "")))
+        self.desk.mark_filled(str(event.get("signal_id", "")))
 
     @event_handler(EXECUTE, EVT_POSITION_CLOSED)
     def on_position_closed(self, event: dict[str, Any]) -> None:
-        self.desk.reservations.release(str(event.get("signal_id", "")))
+        self.desk.release(str(event.get("signal_id", "")))
 
     # --- live watch ---
     @stream_consume(MARKET_STREAM, RISK_GROUP, count=50)
@@ -208,7 +207,7 @@ class RiskService:
             sup = self.desk.supervise()
         except StaleState as exc:  # the feed is down: notify alerts it, entries are refused
             log.warning("supervision skipped: %s", exc)
-            _export_state(self.desk.state.get()[0])
+            _export_state(self.desk.trading_state())
             return
         _export_state(sup.state)
         EQUITY.set(float(sup.equity))
@@ -219,9 +218,9 @@ class RiskService:
             DRAWDOWN.set(float(sup.ledger.drawdown))
         if sup.halt_reason:
             self._change_state("HALTED", sup.halt_reason)
+        for alert in sup.stop_alerts:
+            self._alert(alert)
         for pos in sup.missing_stops:
-            if self.desk.latch.escalated(pos.symbol, "stop_missing", "critical"):
-                self._alert(missing_stop_alert(pos))
             self._rearm(pos.symbol)
 
     # --- HTTP ---

@@ -17,7 +17,7 @@ import redis
 from nameko_services.brain.dependencies import StateMarketView
 from nameko_services.brain.engine import BrainEngine
 from nameko_services.brain.features import FAST_MS, SLOW_MS
-from nameko_services.brain.track_record import TrackRecord
+from nameko_services.brain.track_record import TrackRecordStore
 from nameko_services.brain.training import synthetic_market
 from nameko_services.paper_exchange.server import PaperExchange
 from shared.exchange import make_exchange
@@ -80,7 +80,8 @@ def publish_rules(settings: Settings, paper: PaperExchange, client: redis.Redis)
 
 def make_engine(settings: Settings, client: redis.Redis) -> BrainEngine:
     view = StateMarketView(StateReader(client, settings), SymbolRulesReader(client))
-    return BrainEngine(settings, view, constant_model(0.9), TrackRecord.from_settings(settings))
+    return BrainEngine(settings, view, constant_model(0.9),
+                       TrackRecordStore.from_settings(settings))
 
 
 def signal() -> Signal:

@@ -345,13 +345,18 @@ def test_liquidation_price_is_computed_when_the_stream_did_not_give_one(
 
 def test_position_without_a_stop_loss_is_reported_missing(
         make_desk: DeskFactory, feed: PaperFeed) -> None:
-    desk = make_desk(risk={"stop_grace_s": 0.0})
+    # re-checked at every supervision (the interval must be > 0: a microsecond)
+    desk = make_desk(risk={"stop_grace_s": 0.0, "stop_check_interval_s": 1e-6})
     open_position(feed)
 
     sup = desk.supervise()
+    again = desk.supervise()
 
     assert [p.symbol for p in sup.missing_stops] == [SYMBOL]
     assert sup.open_positions == 1 and sup.exposure > 0
+    # alerted once (the latch in Redis), reported missing (execute asked to re-arm) each time
+    assert [a.code for a in sup.stop_alerts] == ["STOP_LOSS_MISSING"]
+    assert [p.symbol for p in again.missing_stops] == [SYMBOL] and again.stop_alerts == []
 
 
 def test_armed_stop_in_the_state_is_not_reported_missing(

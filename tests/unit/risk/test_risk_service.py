@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from nameko_services.risk.desk import Supervision, TickResult
-from nameko_services.risk.watch import WatchedPosition
+from nameko_services.risk.watch import WatchedPosition, missing_stop_alert
 from shared.models import RiskAlert
 from shared.records import Record
 from shared.state import StaleState
@@ -77,7 +77,20 @@ class FakeDesk:
     def supervise(self) -> Supervision:
         if self.supervision is None:
             raise StaleState("account_state_stale", "account state 9000 ms old")
-        return self.supervision
+        current = self.supervision
+        # the desk alerts a missing stop once (its latch); it keeps reporting it missing
+        self.supervision = Supervision(current.state, current.ledger,
+                                       missing_stops=current.missing_stops)
+        return current
+
+    def release(self, signal_id: str) -> bool:
+        return self.reservations.release(signal_id)
+
+    def mark_filled(self, signal_id: str) -> bool:
+        return self.reservations.mark_filled(signal_id)
+
+    def trading_state(self) -> str:
+        return self.state.get()[0]
 
     def on_tick(self, symbol: str, mark: D) -> TickResult:
         self.ticks.append((symbol, mark))
@@ -187,7 +200,8 @@ def test_supervision_breach_halts_and_a_missing_stop_is_alerted_once_and_rearmed
     pos = WatchedPosition("ETHUSDT", "LONG", D("0.2"), D(3000), D(2860), D(30))
     desk = FakeDesk(supervision=Supervision(state="ACTIVE", ledger=None,
                                             halt_reason="max_drawdown: 25%",
-                                            missing_stops=[pos]))
+                                            missing_stops=[pos],
+                                            stop_alerts=[missing_stop_alert(pos)]))
     execute = FakeExecute()
     svc = make_service(desk, execute)
 
@@ -203,7 +217,8 @@ def test_supervision_breach_halts_and_a_missing_stop_is_alerted_once_and_rearmed
 
 def test_missing_rearm_rpc_is_tolerated(make_service: Any) -> None:
     pos = WatchedPosition("ETHUSDT", "LONG", D("0.2"), D(3000), D(2860), D(30))
-    desk = FakeDesk(supervision=Supervision(state="ACTIVE", ledger=None, missing_stops=[pos]))
+    desk = FakeDesk(supervision=Supervision(state="ACTIVE", ledger=None, missing_stops=[pos],
+                                            stop_alerts=[missing_stop_alert(pos)]))
     svc = make_service(desk, FakeExecute(fail=True))
 
     svc.supervise()
