@@ -6,7 +6,6 @@ from __future__ import annotations
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 
 import pandas as pd
@@ -17,6 +16,7 @@ from dashboard.rows import StreamEntry
 from shared.records import Record
 from shared.state import Account, Balance, Order, Price
 from shared.state import Position as StatePosition
+from tests.support.waiting import wait_for
 
 T0 = 1_700_000_040_000  # a minute boundary (ms)
 
@@ -289,6 +289,14 @@ http.server.ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), Handler).serve_
 """
 
 
+def _accepts(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        return True
+    except OSError:
+        return False
+
+
 @pytest.fixture()
 def health_server() -> Iterator[str]:
     # a process of its own: whatever the test session did to this process's threading
@@ -298,15 +306,7 @@ def health_server() -> Iterator[str]:
         port = probe.getsockname()[1]
     proc = subprocess.Popen([sys.executable, "-c", _HEALTH_SERVER, str(port)])
     try:
-        deadline = time.monotonic() + 15
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.05)
+        wait_for(lambda: _accepts(port), timeout=15, what=f"the health server on {port}")
         yield f"http://127.0.0.1:{port}"
     finally:
         proc.kill()
