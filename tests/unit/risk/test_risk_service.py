@@ -13,6 +13,7 @@ from nameko_services.risk.watch import WatchedPosition
 from shared.models import RiskAlert
 from shared.records import Record
 from shared.state import StaleState
+from tests.support.bus import FakeBus
 
 
 class FakeLatch:
@@ -82,14 +83,6 @@ class FakeDesk:
     def on_tick(self, symbol: str, mark: D) -> TickResult:
         self.ticks.append((symbol, mark))
         return self.tick
-
-
-class FakeBus:
-    def __init__(self) -> None:
-        self.alerts: list[RiskAlert] = []
-
-    def publish(self, exchange: str, key: str, message: Any, **_: Any) -> None:
-        self.alerts.append(message)
 
 
 class FakeTelemetry:
@@ -168,7 +161,7 @@ def test_denial_for_a_breached_daily_loss_halts_trading_once(make_service: Any) 
 
     assert desk.state_now == "HALTED"
     assert [name for name, _ in svc.dispatch.sent] == ["risk_state_changed"]
-    assert [a.code for a in svc.bus.alerts] == ["STATE_CHANGED"]
+    assert [a.code for a in svc.bus.messages] == ["STATE_CHANGED"]
     assert "state_changed" in [r.type for _, r in svc.telemetry.records]
 
 
@@ -181,7 +174,7 @@ def test_set_state_announces_a_change_by_event_alert_and_record(make_service: An
                      "reason": "exchange pre-flight failed"}
     [(name, payload)] = svc.dispatch.sent
     assert name == "risk_state_changed" and payload["state"] == "REDUCING"
-    [alert] = svc.bus.alerts
+    [alert] = svc.bus.messages
     assert alert.level == "critical" and "ACTIVE -> REDUCING" in alert.text
 
 
@@ -199,7 +192,7 @@ def test_supervision_breach_halts_and_a_missing_stop_is_alerted_once_and_rearmed
 
     assert desk.state_now == "HALTED"
     assert [name for name, _ in svc.dispatch.sent] == ["risk_state_changed"]
-    codes = [a.code for a in svc.bus.alerts]
+    codes = [a.code for a in svc.bus.messages]
     assert codes.count("STOP_LOSS_MISSING") == 1
     assert execute.rearmed == ["ETHUSDT", "ETHUSDT"]
 
@@ -211,7 +204,7 @@ def test_missing_rearm_rpc_is_tolerated(make_service: Any) -> None:
 
     svc.supervise()
 
-    assert [a.code for a in svc.bus.alerts] == ["STOP_LOSS_MISSING"]
+    assert [a.code for a in svc.bus.messages] == ["STOP_LOSS_MISSING"]
 
 
 def test_tick_fans_out_alerts_and_metrics_records(make_service: Any) -> None:
@@ -226,7 +219,7 @@ def test_tick_fans_out_alerts_and_metrics_records(make_service: Any) -> None:
     svc.on_market(fields)
 
     assert desk.ticks == [("BTCUSDT", D("58990"))]
-    assert [a.code for a in svc.bus.alerts] == ["LIQUIDATION_WARNING"]
+    assert [a.code for a in svc.bus.messages] == ["LIQUIDATION_WARNING"]
     assert [r.type for _, r in svc.telemetry.records] == ["risk_alert", "position_risk"]
 
 
@@ -261,4 +254,4 @@ def test_supervision_on_stale_account_state_halts_nothing_and_alerts_nothing(
 
     svc.supervise()
 
-    assert desk.changes == [] and svc.bus.alerts == [] and execute.rearmed == []
+    assert desk.changes == [] and svc.bus.messages == [] and execute.rearmed == []
