@@ -23,6 +23,7 @@ from werkzeug.serving import make_server
 from werkzeug.wrappers import Request
 
 from nameko_services.notify.engine import AlertPolicy
+from tests.support.notify_fakes import FakeOutbox
 from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.integration
@@ -45,15 +46,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-class FakeOutbox:
-    def __init__(self) -> None:
-        self.items: list[tuple[str, str, str]] = []
-
-    def append(self, level: str, text: str, signal_id: str = "") -> str:
-        self.items.append((level, text, signal_id))
-        return f"{len(self.items)}-0"
 
 
 @pytest.fixture

@@ -3,9 +3,6 @@ state, health."""
 
 from __future__ import annotations
 
-import socket
-import subprocess
-import sys
 from collections.abc import Iterator
 
 import pandas as pd
@@ -16,7 +13,7 @@ from dashboard.rows import StreamEntry
 from shared.records import Record
 from shared.state import Account, Balance, Order, Price
 from shared.state import Position as StatePosition
-from tests.support.waiting import wait_for
+from tests.support.http_stub import serving
 
 T0 = 1_700_000_040_000  # a minute boundary (ms)
 
@@ -289,28 +286,10 @@ http.server.ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), Handler).serve_
 """
 
 
-def _accepts(port: int) -> bool:
-    try:
-        socket.create_connection(("127.0.0.1", port), timeout=1).close()
-        return True
-    except OSError:
-        return False
-
-
 @pytest.fixture()
 def health_server() -> Iterator[str]:
-    # a process of its own: whatever the test session did to this process's threading
-    # (eventlet, other tests' pollers), the server answers on its own schedule
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    proc = subprocess.Popen([sys.executable, "-c", _HEALTH_SERVER, str(port)])
-    try:
-        wait_for(lambda: _accepts(port), timeout=15, what=f"the health server on {port}")
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        proc.kill()
-        proc.wait(10)
+    with serving(_HEALTH_SERVER) as url:
+        yield url
 
 
 def test_check_health_up_down_and_error(health_server: str) -> None:

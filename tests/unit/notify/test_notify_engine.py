@@ -21,6 +21,7 @@ from nameko_services.notify.engine import (
     summary_due,
 )
 from shared.lag import Lag
+from tests.support.notify_fakes import FakeOutbox
 
 
 class Clock:
@@ -136,15 +137,6 @@ def test_daily_summary_text_and_schedule() -> None:
 
 
 # --------------------------------------------------------------------------- service
-
-
-class FakeOutbox:
-    def __init__(self) -> None:
-        self.items: list[tuple[str, str, str]] = []
-
-    def append(self, level: str, text: str, signal_id: str = "") -> str:
-        self.items.append((level, text, signal_id))
-        return f"{len(self.items)}-0"
 
 
 @pytest.fixture()
