@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import pandas as pd
 import plotly.graph_objects as go
 
-from dashboard.data import Fill, Position
+from dashboard.rows import Fill, Position
 
 LEVEL_STYLES: dict[str, tuple[str, str]] = {
     # kind -> (colour, dash)

@@ -9,7 +9,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -33,6 +32,7 @@ from shared.names import (
 from tests.conftest import TEST_SECRETS
 from tests.support.durable_probe import probe_queue
 from tests.support.rabbit import temporary_vhost
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -81,16 +81,6 @@ class Probe:
             while (msg := bound.get(no_ack=True)) is not None:
                 out.append(msg)
         return out
-
-
-def wait_for(condition: Callable[[], Any], timeout: float = 30.0, what: str = "") -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what or condition}")
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -25,6 +25,7 @@ from shared.names import SIGNAL_STREAM, SIGNALS_TOPIC, TOPIC_PARTITIONS
 from shared.records import Record
 from shared.settings import Settings, load_settings
 from shared.telemetry import TelemetryWriter, kafka_producer_config, make_telemetry_redis
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -123,13 +124,6 @@ def _dead_kafka(secrets_env: Any, timeout_s: float = 3.0, **producer: Any
     return dead, Producer({**kafka_producer_config(dead), "log_level": 0, **producer})
 
 
-def _wait_for(condition: Callable[[], bool], timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        time.sleep(0.05)
-
-
 def test_kafka_outage_never_makes_emit_wait_and_redis_still_gets_every_record(
         secrets_env, store):
     dead, producer = _dead_kafka(secrets_env, timeout_s=3.0)
@@ -161,7 +155,7 @@ def test_records_beyond_the_kafka_buffer_are_dropped_counted_and_logged_once(
             writer.emit(SIGNAL_STREAM, Record("signal_scored", {"i": i}, uuid.uuid4().hex))
         assert _dropped("kafka", "buffer_full") - full_before == 7
         # the 5 buffered ones time out in librdkafka; the background loop accounts them
-        _wait_for(lambda: _dropped("kafka", "not_acknowledged") - late_before == 5)
+        wait_for(lambda: _dropped("kafka", "not_acknowledged") - late_before == 5, 20)
 
     assert writer.health()["kafka"].startswith("failing")
     errors = [r for r in caplog.records if r.levelno >= logging.ERROR]

@@ -13,9 +13,9 @@ from werkzeug.test import EnvironBuilder
 from werkzeug.wrappers import Request
 
 from nameko_services.brain.dependencies import Admission
-from shared.nameko_deps import BusError
 from shared.settings import load_settings
 from tests.support.brain_fakes import FakeTelemetry
+from tests.support.bus import FakeBus
 
 
 class FakeGate:
@@ -51,19 +51,6 @@ class FakeGate:
     def release(self, key, signal_id):
         if self.claims.get(key) == signal_id:
             del self.claims[key]
-
-
-class FakeBus:
-    def __init__(self, fail: bool = False):
-        self.published: list[tuple[str, str, dict]] = []
-        self.fail = fail
-
-    def publish(self, exchange, key, message, declare=None, headers=None):
-        if self.fail:
-            raise BusError("broker down")
-        self.published.append((exchange, key, message.wire()))
-
-
 
 
 def _request(body, content_type="application/json", remote_addr="127.0.0.1",
@@ -105,7 +92,7 @@ def test_valid_text_plain_alert_is_queued_durably_and_answered_202(brain, settin
     assert response.status_code == 202
     payload = json.loads(response.get_data())
     assert payload["status"] == "accepted"
-    [(exchange, key, message)] = brain.bus.published
+    [(exchange, key, message)] = brain.bus.wired
     assert (exchange, key) == ("trading.signals", "signal.process")
     assert message["signal_id"] == payload["signal_id"] and message["symbol"] == "BTCUSDT"
     assert brain.telemetry.records[-1][0] == "signal:stream"
@@ -119,7 +106,7 @@ def test_repeat_of_the_same_alert_is_200_duplicate_and_not_queued_again(brain, s
     assert response.status_code == 200
     assert json.loads(response.get_data()) == {"status": "duplicate",
                                                "signal_id": first["signal_id"]}
-    assert len(brain.bus.published) == 1
+    assert len(brain.bus.wired) == 1
 
 
 @pytest.mark.parametrize("body,status,needle", [
@@ -133,7 +120,7 @@ def test_malformed_bodies_get_a_json_error_and_reach_nothing(brain, body, status
 
     assert response.status_code == status
     assert needle in json.loads(response.get_data())["error"]
-    assert brain.bus.published == []
+    assert brain.bus.wired == []
 
 
 def test_wrong_secret_is_401_spends_no_rate_budget_and_writes_no_record(brain, settings):
@@ -141,7 +128,7 @@ def test_wrong_secret_is_401_spends_no_rate_budget_and_writes_no_record(brain, s
 
     assert response.status_code == 401
     assert json.loads(response.get_data())["reason"] == "unauthorized"
-    assert brain.bus.published == []
+    assert brain.bus.wired == []
     assert brain.gate.spent == {}
     assert brain.telemetry.records == []
 
@@ -189,7 +176,7 @@ def test_lone_surrogate_in_a_text_field_is_422_not_500(brain, settings, field):
 
     assert response.status_code == 422
     assert json.loads(response.get_data())["field"] == field
-    assert brain.bus.published == []
+    assert brain.bus.wired == []
 
 
 def test_huge_price_is_422_not_queued_to_overflow_later(brain, settings):
@@ -197,7 +184,7 @@ def test_huge_price_is_422_not_queued_to_overflow_later(brain, settings):
 
     assert response.status_code == 422
     assert json.loads(response.get_data())["field"] == "price"
-    assert brain.bus.published == []
+    assert brain.bus.wired == []
 
 
 def test_invalid_authenticated_alerts_spend_the_budget_and_stop_recording_past_it(settings):
@@ -263,7 +250,7 @@ def test_stale_or_future_alert_is_422_stale_and_not_queued(brain, settings, delt
     assert response.status_code == 422
     payload = json.loads(response.get_data())
     assert (payload["reason"], payload["field"]) == ("stale", "time")
-    assert brain.bus.published == []
+    assert brain.bus.wired == []
     assert brain.telemetry.records[-1][1].data["reason"] == "stale"
 
 
@@ -388,7 +375,7 @@ def test_entries_are_refused_fast_while_risk_is_not_active(settings, state):
 
     assert response.status_code == 423
     assert json.loads(response.get_data())["reason"] == state.lower()
-    assert brain.bus.published == []
+    assert brain.bus.wired == []
     assert brain.telemetry.records[-1][1].data["reason"] == state.lower()
 
 

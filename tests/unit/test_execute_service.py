@@ -13,6 +13,7 @@ from nameko_services.execute.reconcile import Correction
 from shared.consumer import Retryable
 from shared.market import ExchangeUnavailable
 from shared.models import TradeIntent
+from tests.support.bus import FakeBus
 
 
 def _intent() -> dict:
@@ -51,14 +52,6 @@ class FakeTelemetry:
 
     def emit(self, stream, record):
         self.records.append((stream, record.type, record.signal_id, record.data))
-
-
-class FakeBus:
-    def __init__(self):
-        self.published = []
-
-    def publish(self, exchange, key, message, declare=None, headers=None):
-        self.published.append((exchange, key, message))
 
 
 @pytest.fixture

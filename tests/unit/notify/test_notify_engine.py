@@ -19,7 +19,15 @@ from nameko_services.notify.engine import (
     summary_due,
 )
 from shared.lag import Lag
-from tests.support.notify_fakes import MemoryLatch
+from tests.support.notify_fakes import FakeOutbox, MemoryLatch
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.t = 0.0
+
+    def __call__(self) -> float:
+        return self.t
 
 
 @pytest.mark.parametrize(("verbosity", "rejected", "accepted"), [
@@ -108,15 +116,6 @@ def test_daily_summary_text_and_schedule() -> None:
 # --------------------------------------------------------------------------- service
 
 
-class FakeOutbox:
-    def __init__(self) -> None:
-        self.items: list[tuple[str, str, str]] = []
-
-    def append(self, level: str, text: str, signal_id: str = "") -> str:
-        self.items.append((level, text, signal_id))
-        return f"{len(self.items)}-0"
-
-
 @pytest.fixture()
 def service(secrets_env: dict[str, str]) -> Any:
     from nameko_services.notify.alerts import Alerts
@@ -160,7 +159,7 @@ def test_an_alert_whose_queueing_failed_is_not_taken_for_a_duplicate(
     from nameko_services.notify.alerts import Alerts
 
     class FlakyOutbox(FakeOutbox):
-        fail = True
+        """Fails the first append only."""
 
         def append(self, level: str, text: str, signal_id: str = "") -> str:
             if self.fail:
@@ -168,7 +167,7 @@ def test_an_alert_whose_queueing_failed_is_not_taken_for_a_duplicate(
                 raise ConnectionError("redis down")
             return super().append(level, text, signal_id)
 
-    outbox = FlakyOutbox()
+    outbox = FlakyOutbox(fail=True)
     alerts = Alerts(outbox, AlertPolicy("normal"), MemoryLatch())  # type: ignore[arg-type]
     with pytest.raises(ConnectionError):
         alerts.send("critical", "halted", "risk", dedupe_key="risk:state:c1")
