@@ -477,3 +477,15 @@ def paper_requests(paper: PaperExchange) -> float:
     """Every HTTP request the paper exchange has answered so far."""
     return sum(sample.value for metric in paper.metrics.requests.collect()
                for sample in metric.samples if sample.name.endswith("_total"))
+
+
+def test_a_fresh_price_row_without_any_price_is_refused_as_stale_market(
+        make_desk: DeskFactory, feed: PaperFeed) -> None:
+    # right after the feed reconnects, a book-ticker update can write the symbol's row
+    # before any mark or last price: a check must refuse it, not raise
+    desk = make_desk()
+    feed.writer.prices([Price(symbol=SYMBOL, bid=Decimal(59990), updated_ms=now_ms())])
+
+    decision = desk.check(intent())
+
+    assert decision["approved"] is False and decision["reasons"] == ["market_data_stale"]
