@@ -28,6 +28,7 @@ import redis
 from confluent_kafka import KafkaException, Producer
 from prometheus_client import Counter
 
+from shared.kafka_producer import RecoveringProducer
 from shared.names import TELEMETRY_TOPIC_OF
 from shared.records import Record
 from shared.redis_conn import redis_client
@@ -103,7 +104,7 @@ class TelemetryWriter:
         self,
         settings: Settings,
         redis_client: redis.Redis,
-        producer: Producer | None,
+        producer: Producer | RecoveringProducer | None,
         *,
         run_blocking: Blocking = _direct,
         spawn: Spawn = _thread,
