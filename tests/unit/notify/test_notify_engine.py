@@ -98,12 +98,13 @@ def test_lag_gauges_publish_and_forget_series() -> None:
 def test_daily_summary_text_and_schedule() -> None:
     day = dtm.date(2026, 11, 23)
     text = format_daily_summary(
-        day, {"equity": "10010", "state": "ACTIVE", "margin_usage": "0.05"},
+        day, {"equity": "10010", "state": "ACTIVE", "margin_usage": "0.05",
+              "daily_pnl": "9.60"},
         [{"realized_pnl": "10", "closed_at": "2026-11-23T01:00:00"}],
         [{"unrealized_pnl": "-2"}], ["nothing"])
     assert text.splitlines() == [
         "DAILY SUMMARY 2026-11-23 (UTC)",
-        "Closed today: 1 (1 won, 0 lost), realised 10.00 USDT",
+        "Closed today: 1 (1 won, 0 lost), realised 9.60 USDT (net of fees)",
         "Open now: 1, unrealised -2.00 USDT",
         "Equity 10,010.00 USDT · state ACTIVE",
         "Margin usage 5.0%",
