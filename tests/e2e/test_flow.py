@@ -140,7 +140,8 @@ def test_same_alert_twice_trades_once(settings, exchange, streams, flat):
     second_status, second = post(url, body)
 
     assert (first_status, second_status) == (202, 200)
-    assert second == {"status": "duplicate", "signal_id": first["signal_id"]}
+    assert (second["status"], second["signal_id"], second["reason"]) == (
+        "duplicate", first["signal_id"], "duplicate")
     # the signal's work is done once its brackets are placed; the duplicate was refused
     # at intake, so nothing else can still be on its way
     wait_for(lambda: {r.type for r in stream_records(streams, "trade:stream",
