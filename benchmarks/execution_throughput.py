@@ -78,7 +78,7 @@ def start_extra_instance(settings: Settings) -> subprocess.Popen[bytes]:
 
 
 def run(settings: Settings, n: int) -> dict[str, Any]:
-    from nameko.standalone.rpc import ClusterRpcProxy
+    from shared.signed_rpc import cluster_proxy
 
     r: Any = redis.Redis.from_url(settings.redis_streams.url, decode_responses=True)
     intents = minimum_intents(settings, n)
@@ -104,7 +104,7 @@ def run(settings: Settings, n: int) -> dict[str, Any]:
         time.sleep(0.01)
     latencies = [filled[s] - sent[s] * 1000 for s in filled]
     elapsed = (max(filled.values()) / 1000 - started) if filled else float("nan")
-    with ClusterRpcProxy({"AMQP_URI": settings.message_queue.amqp_uri}, timeout=60) as rpc:
+    with cluster_proxy(settings.message_queue.amqp_uri, timeout=60) as rpc:
         rpc.execute.close_all()
     return {"intents": n, "filled": len(filled), "seconds": round(elapsed, 2),
             "intents_per_second": round(len(filled) / elapsed, 1) if filled else 0,

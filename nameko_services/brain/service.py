@@ -11,7 +11,6 @@ import eventlet
 import redis
 from eventlet import tpool
 from nameko.events import EventDispatcher
-from nameko.rpc import RpcProxy, rpc
 from nameko.web.handlers import http
 from werkzeug.wrappers import Request, Response
 
@@ -32,21 +31,24 @@ from shared.market import ExchangeUnavailable
 from shared.models import CloseRequest, RiskDecision, Signal, SignalRejectedEvent
 from shared.nameko_deps import Bus, BusError, Config, MessageBus, Telemetry
 from shared.names import (
+    AUTH_HEADER,
     BRAIN,
     EVT_SIGNAL_ACCEPTED,
     EVT_SIGNAL_REJECTED,
+    EXECUTE,
     RISK,
     SIGNAL_KEY,
     SIGNAL_QUEUE,
     SIGNAL_STREAM,
     SIGNALS_EXCHANGE,
     TRADE_KEY,
-    TRADE_QUEUE,
     kombu_queue,
 )
 from shared.openapi import openapi_response
 from shared.records import Record
 from shared.settings import Settings, settings_or_exit
+from shared.signed_rpc import SignedRpcProxy, signed_rpc
+from shared.signing import sign_call
 from shared.telemetry import TelemetryWriter
 from shared.web import (
     HttpError,
@@ -77,7 +79,7 @@ class BrainService:
     bus: MessageBus = Bus()
     telemetry: TelemetryWriter = Telemetry()
     dispatch = EventDispatcher()
-    risk = RpcProxy(RISK)
+    risk = SignedRpcProxy(RISK)
 
     # --- HTTP ---
     @http("POST", "/webhook")
@@ -150,13 +152,15 @@ class BrainService:
         return metrics_response()
 
     # --- RPC ---
-    @rpc
+    @signed_rpc(unless=lambda args, kwargs: bool(
+        kwargs.get("dry_run", args[1] if len(args) > 1 else True)))
     def analyze(self, signal: dict[str, Any], dry_run: bool = True) -> dict[str, Any]:
         """Score a signal (a webhook body without the secret).
 
         ``dry_run=True`` (default): the same decision the queue consumer would take -
         features, model version, every gate, the size - without trading it.
-        ``dry_run=False``: queue it like a webhook (idempotent on its ``id``)."""
+        ``dry_run=False``: queue it like a webhook (idempotent on its ``id``); only a
+        signed operator may (names.SIGNED_RPCS): it skips the webhook's secret."""
         secret = self.config.security.webhook_secret.get_secret_value()
         parsed = parse_alert({**signal, "secret": secret}, secret,
                              self.config.trading.allowed_symbols)
@@ -193,7 +197,7 @@ class BrainService:
         if not risk.approved:
             self._signal_rejected(signal, list(risk.reasons))
             return
-        self._publish_trade(decision.intent)
+        self._publish_trade(decision.intent.model_copy(update={"approval": risk.approval}))
         self.dispatch(EVT_SIGNAL_ACCEPTED, {"type": "signal_accepted",
                                             "signal_id": signal.signal_id,
                                             "symbol": signal.symbol, "side": signal.side})
@@ -292,9 +296,16 @@ class BrainService:
         return RiskDecision.model_validate(reply)
 
     def _publish_trade(self, message: Any) -> None:
+        """An intent carries risk's approval; a close request is signed by brain."""
+        headers = {}
+        key = self.config.security.signing_key.get_secret_value()
+        if isinstance(message, CloseRequest) and key:
+            headers[AUTH_HEADER] = sign_call(self.config.security.signing_identity, key,
+                                             EXECUTE, "close_request", [message.wire()], {})
         try:
-            self.bus.publish(SIGNALS_EXCHANGE, TRADE_KEY, message,
-                             declare=[kombu_queue(TRADE_QUEUE)])
+            # execute's queue, declared by it and scripts/up: declaring it here would need
+            # read on it, which brain's broker user does not have
+            self.bus.publish(SIGNALS_EXCHANGE, TRADE_KEY, message, headers=headers)
         except BusError as exc:
             raise Retryable(str(exc)) from exc
 
