@@ -124,8 +124,10 @@ P = "phoenix95:"
 AUTH_FAILURES = P + "authfail:*"
 REDIS_WRITES: dict[str, tuple[str, ...]] = {
     "feed": (P + "state:*", names.MARKET_STREAM, names.TRADE_STREAM),
+    # trading_state: brain's intake script reads it, and Redis checks a script's keys for
+    # write too; risk keeps the real state (its database) and re-checks every intent
     "brain": (P + "idem:*", P + "rate:*", AUTH_FAILURES, names.SIGNAL_STREAM,
-              names.MARKET_STREAM),
+              names.MARKET_STREAM, names.TRADING_STATE_KEY),
     "risk": (P + "risk:*", names.TRADING_STATE_KEY, AUTH_FAILURES, names.RISK_STREAM,
              names.MARKET_STREAM, names.TRADE_STREAM),
     "execute": (P + "lock:*", P + "execute:*", AUTH_FAILURES, names.TRADE_STREAM),
