@@ -60,8 +60,9 @@ def pair_key(own_key: str, receiver: str) -> str:
 
 
 def canonical(value: Any) -> bytes:
-    return json.dumps(value, sort_keys=True, separators=(",", ":"),
-                      ensure_ascii=False).encode()
+    # kombu's JSON brings Decimals and datetimes back as such: str() of both is stable
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
+                      default=str).encode()
 
 
 def args_digest(args: Sequence[Any], kwargs: Mapping[str, Any]) -> str:
