@@ -1,0 +1,112 @@
+"""A broker credential is not enough: unsigned RPCs and unapproved intents are refused."""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from decimal import Decimal
+from typing import Any
+
+import pytest
+from kombu import Connection
+from nameko.exceptions import RemoteError
+
+from scripts import lib, provision
+from shared.models import TradeIntent
+from shared.names import (
+    SIGNALS_EXCHANGE,
+    TRADE_KEY,
+    TRADE_QUEUE,
+    kombu_dead_letter_queue,
+    kombu_exchange,
+)
+from shared.settings import Settings
+from shared.signed_rpc import cluster_proxy
+
+pytestmark = pytest.mark.e2e
+
+
+def _stack_secrets() -> dict[str, str]:
+    path = os.environ.get("PHOENIX_DOTENV", ".env")
+    full = path if os.path.isabs(path) else str(lib.ROOT / path)
+    try:
+        return lib.parse_env(open(full, encoding="utf-8").read())
+    except OSError:
+        return {}
+
+
+@pytest.fixture(scope="module")
+def brain_uri(settings: Settings) -> str:
+    """Brain's own broker user: it may publish on trade_execution (after risk.check)."""
+    password = _stack_secrets().get(provision.mq_password_env("brain"))
+    if not password:
+        pytest.skip("the stack runs without per-process broker users")
+    mq = settings.message_queue
+    from urllib.parse import quote
+
+    return (f"amqp://{quote(mq.username + '_brain', safe='')}:{quote(password, safe='')}"
+            f"@{mq.host}:{mq.port}/{quote(mq.virtual_host, safe='')}")
+
+
+def _intent(exchange: Any) -> dict[str, Any]:
+    price = Decimal(str(exchange.fetch_ticker("BTC/USDT:USDT")["last"]))
+    return TradeIntent(
+        signal_id=f"unsigned-{uuid.uuid4().hex[:10]}", idempotency_key=f"e2e:{uuid.uuid4()}",
+        symbol="BTCUSDT", side="LONG", quantity=Decimal("0.002"), reference_price=price,
+        leverage=20, stop_loss=(price * Decimal("0.98")).quantize(Decimal("0.1")),
+        take_profit=(price * Decimal("1.02")).quantize(Decimal("0.1")),
+        margin=price * Decimal("0.002") / 20, strategy="e2e").wire()
+
+
+def test_an_unsigned_intent_on_trade_execution_is_not_traded(settings, exchange, rpc,
+                                                             brain_uri):
+    body = _intent(exchange)
+    with Connection(brain_uri, transport_options={"confirm_publish": True}) as conn:
+        conn.Producer().publish(body, exchange=kombu_exchange(SIGNALS_EXCHANGE),
+                                routing_key=TRADE_KEY, delivery_mode=2, serializer="json")
+
+    found = None
+    held = []
+    deadline = time.monotonic() + 30
+    with Connection(settings.message_queue.amqp_uri) as admin:  # operator: reads the DLQ
+        dlq = kombu_dead_letter_queue(TRADE_QUEUE)(admin.channel())
+        dlq.declare()
+        try:
+            while found is None and time.monotonic() < deadline:
+                msg = dlq.get(no_ack=False)
+                if msg is None:
+                    time.sleep(0.2)
+                elif msg.payload.get("signal_id") == body["signal_id"]:
+                    found = msg
+                    msg.ack()
+                else:
+                    held.append(msg)
+        finally:
+            for msg in held:
+                msg.requeue()
+
+    assert found is not None, "the unsigned intent was not dead-lettered"
+    assert "unsigned_intent" in found.headers["x-phoenix-error"]
+    trades = rpc.execute.trades(200)
+    assert body["signal_id"] not in {t["signal_id"] for t in trades}
+
+
+def test_an_unsigned_state_changing_rpc_is_refused(settings, rpc):
+    with cluster_proxy(settings.message_queue.amqp_uri, caller="operator", key="",
+                       timeout=30) as unsigned:
+        with pytest.raises(RemoteError) as refused:
+            unsigned.execute.close_all()
+        assert refused.value.exc_type == "CallerRefused"
+        with pytest.raises(RemoteError, match="unsigned"):
+            unsigned.risk.set_state("HALTED", "e2e: must be refused")
+        assert "state" in unsigned.risk.status()  # reads need no signature
+
+
+def test_a_signed_operator_is_accepted_and_another_caller_name_is_not(settings, rpc):
+    assert isinstance(rpc.execute.close_all(), list)
+    key = settings.security.signing_key.get_secret_value()
+    with cluster_proxy(settings.message_queue.amqp_uri, caller="telegram", key=key,
+                       timeout=30) as impostor:  # the operator's key, telegram's name
+        with pytest.raises(RemoteError, match="bad_signature"):
+            impostor.execute.close_all()
