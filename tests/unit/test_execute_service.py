@@ -16,7 +16,6 @@ from shared.models import TradeIntent
 from shared.names import AUTH_HEADER, BRAIN, EXECUTE, RISK
 from shared.signing import CallerRefused, pair_key, sign_approval, sign_call
 
-
 RISK_KEY, BRAIN_KEY = "risk-own-key-for-tests", "brain-own-key-for-tests"
 
 
