@@ -115,6 +115,25 @@ class SecuritySettings(_Section):
     def api_key_values(self) -> frozenset[str]:
         return frozenset(k.get_secret_value() for k in self.api_keys)
 
+    @field_validator("signing_identity")
+    @classmethod
+    def _identity(cls, value: str) -> str:
+        # it names the reply queues too (rpc.reply-<identity>-<uuid>, broker grants)
+        if not value.replace("_", "").isalnum() or not value.islower():
+            raise ValueError("lower-case letters, digits and _ only (e.g. operator, brain)")
+        return value
+
+    @field_validator("verify_keys")
+    @classmethod
+    def _known_callers(cls, value: dict[str, SecretStr]) -> dict[str, SecretStr]:
+        from shared.names import SIGNERS
+
+        unknown = sorted(set(value) - set(SIGNERS))
+        if unknown:
+            raise ValueError(f"unknown caller(s) {', '.join(unknown)}; one of "
+                             f"{', '.join(SIGNERS)}")
+        return value
+
 
 class TelegramSettings(_Section):
     enabled: bool = True  # false keeps Telegram off even with a token and chat id
