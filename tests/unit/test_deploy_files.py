@@ -539,6 +539,19 @@ def test_k8s_kustomization_lists_every_manifest_but_the_example_secret() -> None
     assert listed == on_disk
 
 
+def test_k8s_network_policies_admit_only_the_ingress_and_phoenix95() -> None:
+    deny = k8s_find("NetworkPolicy", "default-deny-ingress")
+    assert deny["spec"]["podSelector"] == {} and "ingress" not in deny["spec"]
+    public = k8s_find("NetworkPolicy", "webhook-and-dashboard-from-ingress")
+    assert public["spec"]["podSelector"]["matchExpressions"][0]["values"] == [
+        "brain", "dashboard"]
+    [infra] = load_all(K8S / "infra" / "networkpolicy.yaml")
+    assert infra["metadata"]["namespace"] == "phoenix95-infra"
+    sources = infra["spec"]["ingress"][0]["from"]
+    assert sources == [{"namespaceSelector": {"matchLabels": {
+        "kubernetes.io/metadata.name": "phoenix95"}}}]
+
+
 def test_k8s_manifests_validate_against_kubernetes_schemas() -> None:
     try:
         import kubernetes_validate
@@ -547,7 +560,8 @@ def test_k8s_manifests_validate_against_kubernetes_schemas() -> None:
         raise
     version = kubernetes_validate.latest_version()
     errors = []
-    for path, doc in k8s_docs():
+    infra = [(p, d) for p in sorted((K8S / "infra").glob("*.yaml")) for d in load_all(p)]
+    for path, doc in [*k8s_docs(), *infra]:
         try:
             kubernetes_validate.validate(doc, version, strict=True)
         except kubernetes_validate.ValidationError as exc:
