@@ -562,11 +562,36 @@ def test_k8s_gives_each_container_only_its_secrets() -> None:
             if var in wanted:
                 assert entry is not None, (name, var)
                 ref = entry["valueFrom"]["secretKeyRef"]
-                assert (ref["name"], ref["key"]) == ("phoenix95-secrets", var), (name, var)
+                key = var if var != BROKER else provision.mq_password_env(
+                    str(provision.kind_of(name.replace("-", "_"))))  # its own broker user
+                assert (ref["name"], ref["key"]) == ("phoenix95-secrets", key), (name, var)
             elif var in SECRET_VARS[:5]:  # required by settings.py: a value, not a secret
                 assert entry is not None and NOT_GIVEN in entry["value"], (name, var)
             else:
                 assert entry is None, (name, var)
+
+
+def test_k8s_runs_each_process_with_its_own_identity() -> None:
+    secret = k8s_find("Secret", "phoenix95-secrets")["stringData"]
+    for name in (*CORE, "feed", "dashboard", "telegram-worker"):
+        proc = str(provision.kind_of(name.replace("-", "_")))
+        container = k8s_find("Deployment", name)["spec"]["template"]["spec"]["containers"][0]
+        env = {e["name"]: e for e in container["env"]}
+        stack = SimpleNamespace(message_queue=SimpleNamespace(username="phoenix95"))
+        expected = provision.identity_envs(stack, identities.secret_lines({}))[proc]
+        for key in expected:
+            if key == "PHOENIX__SECURITY__SIGNING_KEY" and proc not in provision.SIGNER_OF:
+                assert key not in env, name  # signs nothing
+                continue
+            assert key in env, (name, key)
+            ref = env[key].get("valueFrom", {}).get("secretKeyRef")
+            if ref:
+                assert ref["key"] in secret, (name, ref["key"])
+                assert ref["key"] not in {provision.signer_key_env(s) for s in
+                                          provision.SIGNER_OF.values()} - {
+                    provision.signer_key_env(provision.SIGNER_OF.get(proc, "-"))}, name
+            else:
+                assert env[key]["value"] == expected[key], (name, key)
 
 
 def test_k8s_kustomization_lists_every_manifest_but_the_example_secret() -> None:
