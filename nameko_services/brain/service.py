@@ -36,6 +36,7 @@ from shared.names import (
     EVT_SIGNAL_ACCEPTED,
     EVT_SIGNAL_REJECTED,
     EXECUTE,
+    IDEMPOTENCY_WINDOW_S,
     RISK,
     SIGNAL_KEY,
     SIGNAL_QUEUE,
@@ -47,8 +48,8 @@ from shared.names import (
 from shared.openapi import openapi_response
 from shared.records import Record
 from shared.settings import Settings, settings_or_exit
-from shared.signed_rpc import SignedRpcProxy, signed_rpc
-from shared.signing import sign_call
+from shared.signed_rpc import MessageHeaders, SignedRpcProxy, signed_rpc
+from shared.signing import Verifier, pair_key, sign_call
 from shared.telemetry import TelemetryWriter
 from shared.web import (
     HttpError,
@@ -80,6 +81,7 @@ class BrainService:
     telemetry: TelemetryWriter = Telemetry()
     dispatch = EventDispatcher()
     risk = SignedRpcProxy(RISK)
+    headers: dict[str, Any] = MessageHeaders()
 
     # --- HTTP ---
     @http("POST", "/webhook")
@@ -172,6 +174,7 @@ class BrainService:
     # --- queue ---
     @durable_consume(kombu_queue(SIGNAL_QUEUE))
     def process_signal(self, body: dict[str, Any]) -> None:
+        self._verify_queued(body)  # refused: dead-lettered, never analysed
         signal = Signal.model_validate(body)
         if signal.action == "close":
             request = CloseRequest(signal_id=signal.signal_id,
@@ -231,10 +234,12 @@ class BrainService:
         return self._queue(signal, started)
 
     def _queue(self, signal: Signal, started: float) -> tuple[int, dict[str, Any]]:
-        """Publish a claimed signal durably; on failure release the claim and answer 503."""
+        """Publish a claimed signal durably, signed by brain (only what passed intake is
+        analysed); on failure release the claim and answer 503."""
         try:
             self.bus.publish(SIGNALS_EXCHANGE, SIGNAL_KEY, signal,
-                             declare=[kombu_queue(SIGNAL_QUEUE)])
+                             declare=[kombu_queue(SIGNAL_QUEUE)],
+                             headers=self._signed(BRAIN, "signal", signal.wire()))
         except BusError as exc:
             self.gate.release(signal.idempotency_key, signal.signal_id)
             log.error("signal %s not queued: %s", signal.signal_id, exc)
@@ -295,13 +300,28 @@ class BrainService:
             raise Retryable(f"risk.check did not answer within {timeout}s") from exc
         return RiskDecision.model_validate(reply)
 
+    def _signed(self, receiver: str, kind: str, body: dict[str, Any]) -> dict[str, Any]:
+        """The ``x-phoenix-auth`` header of a message brain queues (none without a key)."""
+        sec = self.config.security
+        key = sec.signing_key.get_secret_value()
+        if not key:
+            return {}
+        return {AUTH_HEADER: sign_call(sec.signing_identity, key, receiver, kind, [body], {})}
+
+    def _verify_queued(self, body: dict[str, Any]) -> None:
+        """Only brain signs signals, with its own key: another process that can reach the
+        queue (through the default exchange, say) cannot make brain analyse a signal."""
+        sec = self.config.security
+        key = sec.signing_key.get_secret_value()
+        own = {sec.signing_identity: pair_key(key, BRAIN)} if key else {}
+        Verifier(BRAIN, own, sec.signature_max_age_s).verify(
+            self.headers.get(AUTH_HEADER), "signal", [body], {}, tuple(own),
+            max_age_s=IDEMPOTENCY_WINDOW_S, once=False)
+
     def _publish_trade(self, message: Any) -> None:
         """An intent carries risk's approval; a close request is signed by brain."""
-        headers = {}
-        key = self.config.security.signing_key.get_secret_value()
-        if isinstance(message, CloseRequest) and key:
-            headers[AUTH_HEADER] = sign_call(self.config.security.signing_identity, key,
-                                             EXECUTE, "close_request", [message.wire()], {})
+        headers = self._signed(EXECUTE, "close_request", message.wire()) \
+            if isinstance(message, CloseRequest) else {}
         try:
             # execute's queue, declared by it and scripts/up: declaring it here would need
             # read on it, which brain's broker user does not have
