@@ -14,6 +14,7 @@ import urllib.request
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from decimal import Decimal
 from typing import Any
 
 import pandas as pd
@@ -21,6 +22,7 @@ import redis
 
 from shared import names
 from shared.lag import Lag
+from shared.money import liquidation_distance
 from shared.records import Record
 from shared.redis_conn import redis_client
 from shared.settings import RedisStreamsSettings, ServicesSettings
@@ -839,10 +841,13 @@ def pipeline_latencies(signal_entries: Iterable[StreamEntry],
 
 
 def liquidation_distance_pct(position: Position) -> float | None:
+    """``shared.money.liquidation_distance`` from the mark (else entry), in percent."""
     ref = position.mark_price or position.entry_price
-    if not ref or not position.liquidation_price:
+    if not ref or position.liquidation_price is None:
         return None
-    return abs(ref - position.liquidation_price) / ref * 100
+    distance = liquidation_distance(position.side, Decimal(str(ref)),
+                                    Decimal(str(position.liquidation_price)))
+    return None if distance is None else float(distance * 100)
 
 
 # --------------------------------------------------------------------------- controls

@@ -35,7 +35,7 @@ from nameko_services.brain.features import (
     unsigned_features,
 )
 from nameko_services.brain.model import PhoenixModel
-from nameko_services.brain.track_record import Record
+from nameko_services.brain.track_record import ClosedTrade, TrackRecord
 from nameko_services.risk.engine import OpenPosition, RiskEngine, Snapshot, breaches
 from shared.models import Signal
 from shared.money import DEFAULT_BRACKETS, liquidation_price
@@ -201,12 +201,12 @@ class Track:
     def __init__(self) -> None:
         self.counts: dict[tuple[str, str, str], list[int]] = {}
 
-    def get(self, strategy: str, symbol: str, side: str) -> Record:
+    def get(self, strategy: str, symbol: str, side: str) -> TrackRecord:
         w, n = self.counts.get((strategy, symbol, side), [0, 0])
-        return Record(w, n)
+        return TrackRecord(w, n)
 
-    def remember(self, signal_id: str, strategy: str, symbol: str, side: str) -> None:
-        return None
+    def book(self, event_id: str, trade: ClosedTrade) -> bool:
+        return False  # the replay books its own closes (add)
 
     def add(self, t: Trade) -> None:
         rec = self.counts.setdefault((t.strategy, t.symbol, t.side), [0, 0])

@@ -97,7 +97,7 @@ RABBIT_GRANTS: dict[str, RabbitGrant] = {
                       _publisher(SIGNALS, ALERTS),
                       topics={RPC_EXCHANGE: _calls(f"{R}.check", f"{R}.set_state"),
                               SIGNALS: _names(names.TRADE_KEY)}),
-    "notify": _merge(_rpc_service(N, handles=(B, R, E)), _consumer(names.RISK_ALERT_QUEUE),
+    "notify": _merge(_rpc_service(N, handles=(B, E)), _consumer(names.RISK_ALERT_QUEUE),
                      topics={RPC_EXCHANGE: _calls(f"{R}.status", f"{E}.positions",
                                                   f"{E}.trades"), SIGNALS: ()}),
     "dashboard": _merge(_caller("dashboard"),
@@ -127,7 +127,7 @@ REDIS_WRITES: dict[str, tuple[str, ...]] = {
     # trading_state: brain's intake script reads it, and Redis checks a script's keys for
     # write too; risk keeps the real state (its database) and re-checks every intent
     "brain": (P + "idem:*", P + "rate:*", AUTH_FAILURES, names.SIGNAL_STREAM,
-              names.MARKET_STREAM, names.TRADING_STATE_KEY),
+              names.MARKET_STREAM, names.TRADE_STREAM, names.TRADING_STATE_KEY),
     "risk": (P + "risk:*", names.TRADING_STATE_KEY, AUTH_FAILURES, names.RISK_STREAM,
              names.MARKET_STREAM, names.TRADE_STREAM),
     "execute": (P + "lock:*", P + "execute:*", AUTH_FAILURES, names.TRADE_STREAM),

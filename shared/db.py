@@ -132,6 +132,8 @@ class PositionRow(Base):
     realized_pnl: Mapped[Decimal | None] = mapped_column(PRICE, nullable=True)
     fees: Mapped[Decimal | None] = mapped_column(PRICE, nullable=True)
     close_reason: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    # the intent's strategy, carried on position_closed (None: adopted, or booked before)
+    strategy: Mapped[str | None] = mapped_column(String(64), nullable=True)
     opened_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     closed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
 

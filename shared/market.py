@@ -25,7 +25,7 @@ import tenacity
 from prometheus_client import Gauge
 
 from shared.exchange import make_exchange
-from shared.money import DEFAULT_BRACKETS, Bracket
+from shared.money import DEFAULT_BRACKETS, Bracket, parse_brackets
 from shared.settings import Settings
 from shared.state import Order, Position
 
@@ -198,13 +198,7 @@ class ExchangeGateway:
                         f"{symbol}: no leverage brackets (exchange: {exc}; not in the "
                         f"built-in table)") from exc
                 return fallback
-            rows = raw[0]["brackets"] if isinstance(raw, list) else raw["brackets"]
-            return tuple(
-                Bracket(int(r["bracket"]), int(r["initialLeverage"]),
-                        to_decimal(r["notionalFloor"]), to_decimal(r["notionalCap"]),
-                        to_decimal(r["maintMarginRatio"]), to_decimal(r["cum"]))
-                for r in rows
-            )
+            return parse_brackets(raw)
 
         return self._cached(f"brackets:{symbol}", 3600.0, load)
 
@@ -230,11 +224,6 @@ class ExchangeGateway:
             return to_decimal(usdt.get("total")), to_decimal(usdt.get("free"))
 
         return self._cached("equity", ttl, load)
-
-    def positions(self) -> list[dict[str, Any]]:
-        self.ensure_markets()
-        rows = self.call(self.client.fetch_positions)
-        return [p for p in rows if to_decimal(p.get("contracts")) != 0]
 
     # --- typed account reads (shared.state models: the one parse of ccxt's structures) ---
     def open_positions(self, *, protective: bool = False) -> list[Position]:

@@ -12,9 +12,13 @@ from typing import Any, Literal, TypedDict
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from shared.money import bracket_prices
+from shared.settings import LeverageSettings
+
 Side = Literal["LONG", "SHORT"]
 Action = Literal["buy", "sell", "long", "short", "close"]
 TradingState = Literal["ACTIVE", "REDUCING", "HALTED"]
+MARGIN_QUANTUM = Decimal("0.0001")  # an intent's margin, USDT
 
 
 class _Message(BaseModel):
@@ -89,6 +93,24 @@ class TradeIntent(_Message):
     received_at: datetime | None = None  # when the webhook arrived (end-to-end latency)
     approval: Approval | None = None  # set from risk's decision before it is queued
 
+    @classmethod
+    def at_price(cls, *, signal_id: str, idempotency_key: str, symbol: str, side: Side,
+                 quantity: Decimal, price: Decimal, tick: Decimal, leverage: LeverageSettings,
+                 strategy: str, received_at: datetime | None,
+                 alert_price: Decimal | None = None) -> TradeIntent:
+        """The one way an intent is made (brain's sizing, execute's manual ``/trade``):
+        ``quantity`` (already on the step size) at ``price``, with the configured
+        leverage and margin mode, the stop-loss and take-profit at -/+ their percentages
+        of ``price`` on ``tick``, and the margin that quantity needs."""
+        stop, take = bracket_prices(side, price, Decimal(str(leverage.stop_loss_percent)),
+                                    Decimal(str(leverage.take_profit_percent)), tick)
+        return cls(signal_id=signal_id, idempotency_key=idempotency_key, symbol=symbol,
+                   side=side, quantity=quantity, reference_price=price,
+                   alert_price=alert_price, leverage=leverage.leverage,
+                   margin_mode=leverage.margin_mode, stop_loss=stop, take_profit=take,
+                   margin=(quantity * price / leverage.leverage).quantize(MARGIN_QUANTUM),
+                   strategy=strategy, received_at=received_at)
+
 
 class RiskDecision(_Message):
     type: Literal["risk_decision"] = "risk_decision"
@@ -115,6 +137,9 @@ class RiskAlert(_Message):
     text: str
     symbol: str | None = None
     signal_id: str = ""
+    # set on an alert that must reach Telegram once (a trading state change): notify
+    # de-duplicates on it across redeliveries and instances; "" = not de-duplicated
+    alert_id: str = ""
 
 
 # --- Nameko event payloads (dispatched by execute/risk/brain, handled by notify) ---
@@ -132,6 +157,7 @@ class TradeOpenedEvent(TypedDict):
     liquidation_price: str
     margin: str
     leverage: int
+    strategy: str | None  # the intent's (None: a position execute adopted)
 
 
 class TradeFailedEvent(TypedDict):
@@ -148,13 +174,39 @@ class SignalRejectedEvent(TypedDict):
     reasons: list[str]
 
 
-class PositionClosedEvent(TypedDict):
+class PositionClosedRecord(TypedDict):
+    """trade:stream ``position_closed`` (``Record.signal_id``: the signal that opened it):
+    a position execute booked closed. ``strategy`` is the intent's, so brain keeps its
+    track record from this record alone (None: a position execute adopted)."""
+
+    symbol: str
+    side: str | None  # LONG | SHORT
+    strategy: str | None
+    reason: str  # manual, signal, stop_loss, take_profit, liquidation, reconciliation, ...
+    exit_price: str | None
+    realized_pnl: str | None  # net of fees
+
+
+class PositionClosedEvent(PositionClosedRecord):
+    """The same close as a Nameko event (``execute.position_closed``)."""
+
     type: Literal["position_closed"]
     signal_id: str
+
+
+class EntryFilledRecord(TypedDict):
+    """trade:stream ``entry_filled``: the entry filled (``status`` opened) or was found
+    filled by a redelivery (``duplicate``)."""
+
     symbol: str
-    reason: str
-    exit_price: str
-    realized_pnl: str
+    side: str | None
+    quantity: str | None
+    entry_price: str | None
+    leverage: int | None
+    margin: str | None
+    status: str
+    filled_at: int | None  # the fill's exchange time, epoch ms
+    strategy: str | None
 
 
 class PositionView(TypedDict):

@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from decimal import ROUND_DOWN, ROUND_HALF_UP, Decimal
-from typing import Literal
+from typing import Any, Literal
 
 Side = Literal["LONG", "SHORT"]
 
@@ -23,6 +23,18 @@ class Bracket:
     notional_cap: Decimal
     maint_margin_ratio: Decimal
     cum: Decimal
+
+
+def parse_brackets(raw: Any) -> tuple[Bracket, ...]:
+    """Binance's ``GET /fapi/v1/leverageBracket`` answer for one symbol (a list of one
+    ``{"symbol", "brackets": [...]}`` or that object) as a table."""
+    rows = raw[0]["brackets"] if isinstance(raw, list) else raw["brackets"]
+    return tuple(
+        Bracket(int(r["bracket"]), int(r["initialLeverage"]), Decimal(str(r["notionalFloor"])),
+                Decimal(str(r["notionalCap"])), Decimal(str(r["maintMarginRatio"])),
+                Decimal(str(r["cum"])))
+        for r in rows
+    )
 
 
 def bracket_table(rows: Sequence[tuple[int, float, float, float]]) -> tuple[Bracket, ...]:
@@ -85,6 +97,21 @@ def liquidation_price(
     return max(price, Decimal(0))
 
 
+def liquidation_distance(side: str, reference: Decimal,
+                         liquidation: Decimal | None) -> Decimal | None:
+    """How far the price may still move against the position before it is liquidated, as
+    a fraction of ``reference`` (the mark, else the entry): ``(ref - liq) / ref`` for a
+    LONG, ``(liq - ref) / ref`` for a SHORT, 0 once the price is past it. None without a
+    liquidation price (fully collateralised: none, or 0) or a reference price.
+
+    The one definition risk's live watch, notify's ``/positions`` and the dashboard show.
+    """
+    if liquidation is None or liquidation <= 0 or reference <= 0:
+        return None
+    sign = 1 if side.upper() == "LONG" else -1
+    return max(Decimal(0), (reference - liquidation) * sign / reference)
+
+
 def maintenance_margin(notional: Decimal, brackets: Sequence[Bracket]) -> Decimal:
     b = bracket_for_notional(brackets, notional)
     return notional * b.maint_margin_ratio - b.cum
@@ -111,29 +138,78 @@ def round_to_step(value: Decimal, step: Decimal, rounding: str = ROUND_DOWN) -> 
     return (value / step).to_integral_value(rounding=rounding) * step
 
 
-def kelly_fraction(win_probability: float, payoff_ratio: float) -> float:
-    """Full-Kelly fraction of equity to risk: ``p - (1 - p) / b``; 0 when negative."""
+@dataclass(frozen=True)
+class Payoff:
+    """A bracket's outcome per unit of entry notional, net of the taker fee on both legs.
+
+    The entry and the exit (a STOP_MARKET / TAKE_PROFIT_MARKET or a market close) are both
+    taker fills; both fees are counted on the entry notional (the exit's differs by the
+    ±TP/SL move, i.e. ``fee * TP``, 1e-5 at the defaults).
+    """
+
+    win: Decimal  # take-profit move minus two fees
+    loss: Decimal  # stop-loss move plus two fees
+
+    @property
+    def ratio(self) -> Decimal:
+        """Kelly's ``b``: what a win pays per unit a loss costs."""
+        return self.win / self.loss
+
+
+def bracket_payoff(stop_loss_pct: Decimal, take_profit_pct: Decimal,
+                   taker_fee: Decimal) -> Payoff:
+    if stop_loss_pct <= 0 or take_profit_pct <= 0 or taker_fee < 0:
+        raise ValueError("stop-loss and take-profit must be positive, the fee not negative")
+    win = take_profit_pct - 2 * taker_fee
+    if win <= 0:
+        raise ValueError("the take-profit does not cover the fees")
+    return Payoff(win=win, loss=stop_loss_pct + 2 * taker_fee)
+
+
+def kelly_fraction(win_probability: Decimal, payoff_ratio: Decimal) -> Decimal:
+    """Full Kelly ``p - (1 - p) / b``: the fraction of equity to *lose* when the bet is
+    lost. Negative when there is no edge (kept, so the audit shows how far off)."""
     if payoff_ratio <= 0:
         raise ValueError("payoff_ratio must be positive")
-    return max(0.0, win_probability - (1.0 - win_probability) / payoff_ratio)
+    return win_probability - (1 - win_probability) / payoff_ratio
 
 
-def kelly_margin_fraction(
-    win_probability: float,
-    stop_loss_pct: float,
-    take_profit_pct: float,
-    leverage: int,
-    fractional: float,
-    cap: float,
-) -> float:
-    """Margin to commit, as a fraction of equity.
+def break_even_probability(payoff: Payoff) -> Decimal:
+    """The win probability at which full Kelly is 0: ``loss / (win + loss)``."""
+    return payoff.loss / (payoff.win + payoff.loss)
 
-    Kelly sizes the *amount at risk*: a stop at ``stop_loss_pct`` with ``leverage`` loses
-    ``stop_loss_pct * leverage`` of the margin, so margin = risk / that loss, capped.
+
+@dataclass(frozen=True)
+class KellySize:
+    """Kelly sizing of one bracket, with what it means in equity at risk.
+
+    ``margin_fraction = min(cap, max(0, fractional * f_star))`` - the fraction multiplies
+    f* into *margin*, not into the amount at risk. The stop then loses
+    ``leverage * payoff.loss`` of the margin, so the equity lost at the stop is
+    ``effective_kelly * f_star`` with ``effective_kelly = fractional * leverage *
+    payoff.loss``: at 20x, a 2 % stop and a 0.05 % taker fee, ``kelly_fraction`` 0.2 is
+    0.2 * 20 * 0.021 = 0.084 of full Kelly.
     """
-    risk = kelly_fraction(win_probability, take_profit_pct / stop_loss_pct) * fractional
-    loss_per_margin = stop_loss_pct * leverage
-    return min(cap, risk / loss_per_margin) if loss_per_margin > 0 else 0.0
+
+    f_star: Decimal  # full Kelly (negative: no edge)
+    margin_fraction: Decimal  # margin / equity, after the fraction and the cap
+    equity_at_risk: Decimal  # equity lost at the stop (fees included) / equity
+    effective_kelly: Decimal  # equity_at_risk / f_star before the cap
+    capped: bool  # the cap bound the margin
+
+
+def kelly_size(win_probability: Decimal, payoff: Payoff, leverage: int,
+               fractional: Decimal, cap: Decimal) -> KellySize:
+    """Fractional Kelly margin for a bracket at ``leverage``, capped at ``cap`` of equity."""
+    if leverage < 1 or fractional < 0 or cap < 0:
+        raise ValueError("leverage >= 1, fraction and cap not negative")
+    f_star = kelly_fraction(win_probability, payoff.ratio)
+    raw = max(Decimal(0), fractional * f_star)
+    margin = min(raw, cap)
+    loss_per_margin = leverage * payoff.loss
+    return KellySize(f_star=f_star, margin_fraction=margin,
+                     equity_at_risk=margin * loss_per_margin,
+                     effective_kelly=fractional * loss_per_margin, capped=raw > cap)
 
 
 # Tier tables the paper exchange serves (and the default when the exchange is unreachable).

@@ -124,7 +124,7 @@ TELEGRAM_GROUP: Final = "telegram_senders"
 STREAM_GROUPS: Final = {
     MARKET_STREAM: (BRAIN_GROUP, RISK_GROUP),
     SIGNAL_STREAM: (BRAIN_GROUP,),
-    TRADE_STREAM: (EXECUTION_GROUP, RISK_GROUP),
+    TRADE_STREAM: (EXECUTION_GROUP, RISK_GROUP, BRAIN_GROUP),  # brain: its track record
     RISK_STREAM: (RISK_GROUP,),
     ALERT_OUTBOX_STREAM: (TELEGRAM_GROUP,),
 }
@@ -148,7 +148,6 @@ EVT_SIGNAL_REJECTED: Final = "signal_rejected"
 EVT_TRADE_OPENED: Final = "trade_opened"
 EVT_TRADE_FAILED: Final = "trade_failed"
 EVT_POSITION_CLOSED: Final = "position_closed"
-EVT_RISK_STATE_CHANGED: Final = "risk_state_changed"
 EVT_RECONCILIATION: Final = "reconciliation"
 
 # --- Redis keys ---
@@ -165,6 +164,7 @@ TELEGRAM_CONFIRM_PREFIX: Final = "phoenix95:telegram:confirm:"  # pending confir
 TELEGRAM_DEAD_LETTERS_KEY: Final = "phoenix95:telegram:dead_letters"
 NOTIFY_SUMMARY_PREFIX: Final = "phoenix95:notify:summary:"  # daily summary sent, per date
 NOTIFY_STALE_PREFIX: Final = "phoenix95:notify:stale:"  # + market/account: stale alert sent
+NOTIFY_SENT_PREFIX: Final = "phoenix95:notify:sent:"  # + dedupe key: alert queued (SET NX EX)
 TRADING_STATE_KEY: Final = "phoenix95:trading_state"  # ACTIVE | REDUCING | HALTED (risk mirrors)
 RISK_RESERVATIONS_KEY: Final = "phoenix95:risk:reservations"  # hash signal_id -> reservation
 RISK_ORDER_RATE_KEY: Final = "phoenix95:risk:orders"  # zset of approved intents by time
@@ -179,6 +179,7 @@ STATE_BALANCE_KEY: Final = "phoenix95:state:balance"  # Balance JSON
 STATE_POSITIONS_KEY: Final = "phoenix95:state:positions"  # hash symbol -> Position JSON
 STATE_ORDERS_KEY: Final = "phoenix95:state:orders"  # hash kind:id -> open Order JSON
 STATE_FEED_KEY: Final = "phoenix95:state:feed"  # hash: heartbeats and last sync times
+STATE_SYMBOLS_KEY: Final = "phoenix95:state:symbols"  # hash symbol -> SymbolRules JSON
 FEED: Final = "feed"  # the market and account feed process (health on services.feed_port)
 
 # --- Record types on the streams (shared.records.Record.type) ---
@@ -187,3 +188,10 @@ REC_KLINE: Final = "kline"  # market:stream, shared.models.KlineRecord (closed c
 REC_EXCHANGE_ORDER: Final = "exchange_order"  # trade:stream, ExchangeOrderRecord
 REC_EXCHANGE_POSITION: Final = "exchange_position"  # trade:stream, ExchangePositionRecord
 REC_EXCHANGE_BALANCE: Final = "exchange_balance"  # trade:stream, ExchangeBalanceRecord
+# execute's own records on trade:stream (and Kafka trading_events), keyed by signal_id
+REC_ENTRY_FILLED: Final = "entry_filled"  # shared.models.EntryFilledRecord
+REC_BRACKETS_PLACED: Final = "brackets_placed"  # stop-loss and take-profit sent
+REC_TRADE_FAILED: Final = "trade_failed"  # the intent ended without a position
+REC_POSITION_CLOSED: Final = "position_closed"  # shared.models.PositionClosedRecord
+REC_RECONCILIATION: Final = "reconciliation"  # a repair (execute.reconcile.Correction)
+REC_CLOSE_FAILED: Final = "close_failed"  # a requested close the exchange refused

@@ -10,8 +10,11 @@ The gates, in order (each with its own reason code):
    ``min(1, (weight * p + (1 - weight) * confidence) * multiplier)``
    -> ``final_confidence_below_execute_threshold``.
 
-Then the size (``trading.sizing``): ``kelly`` - f* = p - (1 - p) / b with b = TP / SL;
-margin = ``kelly_fraction`` * f* * equity (``no_edge`` when f* <= 0); ``fixed`` - margin =
+Then the size (``trading.sizing``): ``kelly`` - f* = p - (1 - p) / b with b the bracket's
+payoff net of the taker fee on both legs, (TP - 2 fee) / (SL + 2 fee)
+(``shared.money.kelly_size``); margin = ``kelly_fraction`` * f* * equity (``no_edge`` when
+f* <= 0), which puts ``kelly_fraction * leverage * (SL + 2 fee)`` * f* of equity at risk
+(0.084 of full Kelly at the defaults); ``fixed`` - margin =
 ``fixed_margin_fraction`` * equity. Both are capped at ``max_position_size`` of equity and
 turned into quantity = margin * leverage / price, rounded down to the step size
 (``below_min_notional`` when that is under the exchange minimum).
@@ -35,9 +38,14 @@ from nameko_services.brain.features import (
     live_features,
 )
 from nameko_services.brain.model import P_MARKET, TRACK_LOSSES, TRACK_WINS, PhoenixModel
-from nameko_services.brain.track_record import Record
+from nameko_services.brain.track_record import ClosedTrade, TrackRecord
 from shared.models import Analysis, Signal, TradeIntent
-from shared.money import bracket_prices
+from shared.money import (
+    Payoff,
+    bracket_payoff,
+    break_even_probability,
+    kelly_size,
+)
 from shared.settings import Settings
 from shared.state import StaleState
 
@@ -53,8 +61,10 @@ class MarketView(Protocol):
 
 
 class TrackRecordView(Protocol):
-    def get(self, strategy: str, symbol: str, side: str) -> Record: ...
-    def remember(self, signal_id: str, strategy: str, symbol: str, side: str) -> None: ...
+    """The strategies' track record (track_record.TrackRecordStore)."""
+
+    def get(self, strategy: str, symbol: str, side: str) -> TrackRecord: ...
+    def book(self, event_id: str, trade: ClosedTrade) -> bool: ...
 
 
 @dataclass(frozen=True)
@@ -76,23 +86,44 @@ class Decision:
         return self.analysis.decision == "approved"
 
 
-def kelly_f(p: float, payoff_ratio: float) -> float:
-    """Full Kelly fraction ``p - (1 - p) / b`` (may be negative: no edge)."""
-    return p - (1.0 - p) / payoff_ratio
+def payoff(settings: Settings) -> Payoff:
+    """The configured bracket's payoff, net of the taker fee on entry and exit."""
+    lev = settings.leverage
+    return bracket_payoff(Decimal(str(lev.stop_loss_percent)),
+                          Decimal(str(lev.take_profit_percent)),
+                          Decimal(str(settings.paper_exchange.taker_fee)))
 
 
-def margin_fraction(settings: Settings, p: float) -> tuple[float, float, list[str]]:
-    """(f*, margin as a fraction of equity, the caps that bound it) for the sizing mode."""
+@dataclass(frozen=True)
+class Sizing:
+    """The sizing mode applied to p: margin as a fraction of equity and how it was bound."""
+
+    f_star: float  # full Kelly (shared.money.kelly_size), negative without an edge
+    fraction: float  # margin / equity
+    bound_by: list[str]
+    audit: dict[str, Any]  # what the decision records (payoff, equity at risk, ...)
+
+
+def margin_fraction(settings: Settings, p: float) -> Sizing:
+    """Kelly (``shared.money.kelly_size``) or the fixed fraction, capped at
+    ``max_position_size``."""
     t, lev = settings.trading, settings.leverage
-    f_star = kelly_f(p, lev.take_profit_percent / lev.stop_loss_percent)
+    pay = payoff(settings)
+    cap = Decimal(str(t.max_position_size))
+    kelly = kelly_size(Decimal(str(p)), pay, lev.leverage, Decimal(str(t.kelly_fraction)), cap)
     if t.sizing == "fixed":
-        raw = t.fixed_margin_fraction
+        raw = Decimal(str(t.fixed_margin_fraction))
+        fraction, capped = min(raw, cap), raw > cap
     else:
-        raw = max(0.0, t.kelly_fraction * f_star)
-    bound_by: list[str] = []
-    if raw > t.max_position_size:
-        bound_by.append("max_position_size")
-    return f_star, min(raw, t.max_position_size), bound_by
+        fraction, capped = kelly.margin_fraction, kelly.capped
+    audit = {
+        "payoff_ratio": round(float(pay.ratio), 6),
+        "break_even_p": round(float(break_even_probability(pay)), 6),
+        "effective_kelly": round(float(kelly.effective_kelly), 6),
+        "equity_at_risk": round(float(fraction * lev.leverage * pay.loss), 6),
+    }
+    return Sizing(float(kelly.f_star), float(fraction),
+                  ["max_position_size"] if capped else [], audit)
 
 
 class BrainEngine:
@@ -118,11 +149,21 @@ class BrainEngine:
         feats[TRACK_LOSSES] = float(record.losses)
         return feats
 
+    def learn(self, event_id: str, trade: ClosedTrade) -> bool:
+        """Book a closed trade into the track record; False when it was booked already."""
+        return self.track.book(event_id, trade)
+
     # --- the decision ---
     def analyze(self, signal: Signal) -> Decision:
         if signal.side is None:
             return Decision(self._verdict(signal, {}, 0.0, {}, {}, ["not_an_entry"]), None)
         s, p95 = self.settings, self.settings.phoenix_95
+        if signal.confidence < s.trading.min_confidence:
+            # Gate 1 needs nothing but the alert: refusing before the features saves the
+            # candle reads and indicators, most of an analysis (docs/performance.md).
+            gate = {"min_confidence": _gate(signal.confidence, s.trading.min_confidence)}
+            return Decision(self._verdict(signal, {}, 0.0, gate, {}, ["confidence_below_min"]),
+                            None)
         try:
             feats = self.features(signal)
         except StaleState as exc:  # never analysed on state the feed no longer keeps
@@ -146,23 +187,23 @@ class BrainEngine:
             ("confidence_below_min", "phoenix_score_below_threshold",
              "final_confidence_below_execute_threshold"), gates.values(), strict=True)
             if not g["passed"]]
-        f_star, fraction, bound_by = margin_fraction(s, p)
+        sized = margin_fraction(s, p)
+        fraction = sized.fraction
         sizing: dict[str, Any] = {
-            "mode": s.trading.sizing, "p": round(p, 6), "kelly_f": round(f_star, 6),
-            "payoff_ratio": s.leverage.take_profit_percent / s.leverage.stop_loss_percent,
-            "margin_fraction": round(fraction, 6), "bound_by": bound_by,
+            "mode": s.trading.sizing, "p": round(p, 6), "kelly_f": round(sized.f_star, 6),
+            **sized.audit, "margin_fraction": round(fraction, 6), "bound_by": sized.bound_by,
         }
-        if s.trading.sizing == "kelly" and f_star <= 0:
+        if s.trading.sizing == "kelly" and sized.f_star <= 0:
             reasons.append("no_edge")
         intent = None
         if not reasons:
             try:
-                sized = self.size(signal, fraction, sizing)
+                result = self.size(signal, fraction, sizing)
             except StaleState as exc:
-                sized = SizeResult({**sizing, "stale": exc.detail}, None, exc.reason)
-            sizing, intent = sized.sizing, sized.intent
-            if sized.reason:
-                reasons.append(sized.reason)
+                result = SizeResult({**sizing, "stale": exc.detail}, None, exc.reason)
+            sizing, intent = result.sizing, result.intent
+            if result.reason:
+                reasons.append(result.reason)
         return Decision(self._verdict(signal, feats, final, gates, sizing, reasons),
                         intent if not reasons else None)
 
@@ -185,18 +226,11 @@ class BrainEngine:
             return SizeResult({**out, "quantity": "0"}, None, "below_min_notional")
         if quantity < raw_qty:
             out["bound_by"] = [*sizing.get("bound_by", []), "step_size"]
-        stop, take = bracket_prices(
-            signal.side, price, Decimal(str(lev.stop_loss_percent)),
-            Decimal(str(lev.take_profit_percent)), self.market.tick_size(symbol),
-        )
-        intent = TradeIntent(
-            signal_id=signal.signal_id, idempotency_key=signal.idempotency_key, symbol=symbol,
-            side=signal.side, quantity=quantity, reference_price=price,
-            alert_price=signal.price, leverage=lev.leverage, margin_mode=lev.margin_mode,
-            stop_loss=stop, take_profit=take,
-            margin=(quantity * price / lev.leverage).quantize(Decimal("0.0001")),
-            strategy=signal.strategy, received_at=signal.received_at,
-        )
+        intent = TradeIntent.at_price(
+            signal_id=signal.signal_id, idempotency_key=signal.idempotency_key,
+            symbol=symbol, side=signal.side, quantity=quantity, price=price,
+            tick=self.market.tick_size(symbol), leverage=lev, strategy=signal.strategy,
+            received_at=signal.received_at, alert_price=signal.price)
         return SizeResult(out, intent, None)
 
     def timed_out(self, signal: Signal, elapsed: float) -> Analysis:

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from nameko_services.brain.engine import kelly_f
+from nameko_services.brain.engine import payoff
 from nameko_services.brain.history import iso
 from nameko_services.brain.training import (
     Array,
@@ -25,6 +25,7 @@ from nameko_services.brain.training import (
     predict,
     reliability,
 )
+from shared.money import break_even_probability
 from shared.settings import Settings
 
 
@@ -46,17 +47,14 @@ def auc(p: Array, y: Array) -> float:
 def gate_mask(p: Array, settings: Settings) -> Array:
     """Entries the three gates and Kelly would take if the model's ``p_market`` were the
     whole story (no alert: the claim is the model's own, no track record yet)."""
-    p95, lev = settings.phoenix_95, settings.leverage
+    p95 = settings.phoenix_95
     final = np.minimum(1.0, (p95.weight * p + (1 - p95.weight) * p) * p95.multiplier)
-    edge = kelly_f_arr(p, lev.take_profit_percent / lev.stop_loss_percent) > 0
+    # Kelly's f* > 0 exactly above the break-even probability (fees included)
+    edge = p > float(break_even_probability(payoff(settings)))
     ok = (p >= p95.threshold) & (final >= p95.execute_threshold)
     if settings.trading.sizing == "kelly":
         ok &= edge
     return np.asarray(ok & (p >= settings.trading.min_confidence))
-
-
-def kelly_f_arr(p: Array, b: float) -> Array:
-    return np.asarray([kelly_f(float(v), b) for v in p]) if len(p) else np.zeros(0)
 
 
 def scores(p: Array, y: Array, ret: Array | None, base_rate: float, gated: Array

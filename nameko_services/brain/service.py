@@ -15,7 +15,7 @@ from nameko.web.handlers import http
 from werkzeug.wrappers import Request, Response
 
 from nameko_services.brain import metrics
-from nameko_services.brain.dependencies import Engine, Gate, IntakeGate
+from nameko_services.brain.dependencies import BrainEngineProvider, Gate, IntakeGate
 from nameko_services.brain.engine import BrainEngine, Decision
 from nameko_services.brain.intake import (
     check_secret,
@@ -25,24 +25,27 @@ from nameko_services.brain.intake import (
     read_body,
     to_signal,
 )
+from nameko_services.brain.track_record import closed_trade
 from shared.consumer import Retryable, durable_consume
 from shared.health import ReadinessChecks, ReadinessProbe
-from shared.market import ExchangeUnavailable
 from shared.models import CloseRequest, RiskDecision, Signal, SignalRejectedEvent
 from shared.nameko_deps import Bus, BusError, Config, MessageBus, Telemetry
 from shared.names import (
     AUTH_HEADER,
     BRAIN,
+    BRAIN_GROUP,
     EVT_SIGNAL_ACCEPTED,
     EVT_SIGNAL_REJECTED,
     EXECUTE,
     IDEMPOTENCY_WINDOW_S,
+    REC_POSITION_CLOSED,
     RISK,
     SIGNAL_KEY,
     SIGNAL_QUEUE,
     SIGNAL_STREAM,
     SIGNALS_EXCHANGE,
     TRADE_KEY,
+    TRADE_STREAM,
     kombu_queue,
 )
 from shared.openapi import openapi_response
@@ -50,6 +53,7 @@ from shared.records import Record
 from shared.settings import Settings, settings_or_exit
 from shared.signed_rpc import MessageHeaders, SignedRpcProxy, signed_rpc
 from shared.signing import Verifier, pair_key, sign_call
+from shared.streams import stream_consume
 from shared.telemetry import TelemetryWriter
 from shared.web import (
     HttpError,
@@ -76,7 +80,7 @@ class BrainService:
 
     config: Settings = Config()
     gate: IntakeGate = Gate()
-    engine: BrainEngine = Engine()
+    engine: BrainEngine = BrainEngineProvider()
     bus: MessageBus = Bus()
     telemetry: TelemetryWriter = Telemetry()
     dispatch = EventDispatcher()
@@ -184,7 +188,7 @@ class BrainService:
         started = time.perf_counter()
         try:
             decision = self._decide(signal)
-        except (ExchangeUnavailable, redis.RedisError) as exc:
+        except redis.RedisError as exc:
             # retried 3x, 5 s apart; past analysis_timeout the retry rejects the signal
             raise Retryable(f"market data unavailable: {exc}") from exc
         metrics.ANALYSIS_SECONDS.observe(time.perf_counter() - started)
@@ -195,7 +199,6 @@ class BrainService:
         if decision.intent is None:
             self._signal_rejected(signal, list(analysis.reasons))
             return
-        self._remember_strategy(signal)
         risk = self._risk_check(decision.intent.wire())
         if not risk.approved:
             self._signal_rejected(signal, list(risk.reasons))
@@ -204,6 +207,21 @@ class BrainService:
         self.dispatch(EVT_SIGNAL_ACCEPTED, {"type": "signal_accepted",
                                             "signal_id": signal.signal_id,
                                             "symbol": signal.symbol, "side": signal.side})
+
+    @stream_consume(TRADE_STREAM, BRAIN_GROUP, count=50, start_id="0", with_id=True)
+    def on_trade_event(self, entry_id: str, fields: dict[str, str]) -> None:
+        """Closed positions (execute's ``position_closed``, with the intent's strategy)
+        feed the strategies' track record, in brain's own table. Idempotent per signal:
+        a group brain creates itself starts at the stream's oldest retained entry
+        (``scripts/up`` creates it at the end, like every group)."""
+        if fields.get("type") != REC_POSITION_CLOSED:  # most of the stream: no parsing
+            return
+        trade = closed_trade(Record.from_stream_fields(fields))
+        if trade is None:
+            return
+        # in a real thread: a SQL commit (SQLite's fsync, a lock held by execute) would
+        # otherwise stop every greenlet of this process, the webhook's included
+        tpool.execute(self.engine.learn, entry_id, trade)
 
     # --- helpers (not entrypoints) ---
     def _validated(self, body: dict[str, Any], client: str) -> Signal:
@@ -274,22 +292,11 @@ class BrainService:
     def _dry_run(self, signal: Signal) -> dict[str, Any]:
         try:
             decision = self._decide(signal)
-        except (ExchangeUnavailable, redis.RedisError) as exc:
+        except redis.RedisError as exc:
             raise HttpError(503, f"market data unavailable: {exc}",
                             reason="market_data_unavailable") from exc
         intent = decision.intent.wire() if decision.intent is not None else None
         return {**decision.analysis.wire(), "dry_run": True, "intent": intent}
-
-    def _remember_strategy(self, signal: Signal) -> None:
-        """Learning, not trading: a failure here is logged and the trade goes on."""
-        assert signal.side is not None
-        try:
-            # in a real thread: a SQL commit (SQLite's fsync, a lock held by execute) would
-            # otherwise stop every greenlet of this process, the webhook's included
-            tpool.execute(self.engine.track.remember, signal.signal_id, signal.strategy,
-                          signal.symbol, signal.side)
-        except Exception:
-            log.exception("could not record the strategy of %s", signal.signal_id)
 
     def _risk_check(self, intent: dict[str, Any]) -> RiskDecision:
         timeout = self.config.phoenix_95.analysis_timeout

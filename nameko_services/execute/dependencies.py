@@ -19,7 +19,7 @@ from shared.state import StateReader
 log = logging.getLogger(__name__)
 
 
-class Engine(DependencyProvider):
+class ExecutionEngineProvider(DependencyProvider):
     def setup(self) -> None:
         settings = get_settings()
         client = make_redis(settings)
@@ -35,7 +35,7 @@ class Engine(DependencyProvider):
         # pre-flight off the start-up path: an unreachable exchange must not stop the
         # container from consuming; a symbol not prepared yet is prepared at first use
         self.container.spawn_managed_thread(
-            self._prepare, identifier="execute.Engine.prepare")
+            self._prepare, identifier="execute.ExecutionEngineProvider.prepare")
 
     def _prepare(self) -> None:
         try:

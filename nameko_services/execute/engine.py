@@ -13,17 +13,19 @@ recorded outcome: opened, duplicate (a redelivery), failed or blocked, with its 
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import time
 import uuid
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from decimal import Decimal
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol, get_args
 
 import ccxt
 import redis
 
+from nameko_services.execute import views
+from nameko_services.execute.events import ExchangeEvents
 from nameko_services.execute.exchange_ops import (
     ExchangeOps,
     Fill,
@@ -36,13 +38,14 @@ from nameko_services.execute.store import EntryFill, OrderRecord, TradeStore, ag
 from shared.db import OrderRow, PositionRow
 from shared.exchange import client_order_id
 from shared.market import ExchangeGateway, ExchangeUnavailable
-from shared.models import PositionView, TradeIntent
+from shared.models import PositionView, Side, TradeIntent
 from shared.money import bracket_prices, liquidation_price
 from shared.names import EXECUTE_BLOCKS_KEY, IDEMPOTENCY_WINDOW_S
+from shared.records import Record
 from shared.settings import Settings
 from shared.state import Account, Order, Position, Price, now_ms
 
-__all__ = ["ExecutionEngine", "LockBusy", "Outcome", "SymbolLock", "bracket_ids",
+__all__ = ["ExecutionEngine", "LockBusy", "Outcome", "OutcomeStatus", "SymbolLock", "bracket_ids",
            "intent_ids", "is_retryable"]
 
 log = logging.getLogger(__name__)
@@ -61,13 +64,24 @@ def is_retryable(exc: BaseException) -> bool:
     return isinstance(exc, (ExchangeUnavailable, ccxt.OperationFailed, LockBusy))
 
 
+OutcomeStatus = Literal["opened", "duplicate", "failed", "blocked", "closed",
+                        "nothing_to_close"]
+OUTCOME_STATUSES: frozenset[str] = frozenset(get_args(OutcomeStatus))
+
+
 @dataclass
 class Outcome:
-    status: str  # opened | duplicate | failed | blocked | closed | nothing_to_close
+    """What one intent (or close) came to; ``status`` is one of :data:`OutcomeStatus`."""
+
+    status: OutcomeStatus
     symbol: str
     signal_id: str
     reason: str = ""
     details: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.status not in OUTCOME_STATUSES:  # a typo would skip every branch on it
+            raise ValueError(f"unknown outcome status {self.status!r}")
 
 
 def intent_ids(it: TradeIntent) -> dict[str, str]:
@@ -180,7 +194,7 @@ class ExecutionEngine:
             position = self.store.position_for_signal(known.signal_id)
             if position is not None:
                 return Outcome("duplicate", it.symbol, known.signal_id, "already executed",
-                               position_details(position))
+                               views.position_details(position))
         return None
 
     def _expired(self, it: TradeIntent) -> bool:
@@ -302,9 +316,10 @@ class ExecutionEngine:
         position = self.store.book(booked, entry=entry, position=PositionRow(
             signal_id=it.signal_id, symbol=it.symbol, side=it.side, quantity=qty,
             entry_price=fill, leverage=it.leverage, margin=qty * fill / it.leverage,
-            stop_loss=stop, take_profit=take, liquidation_price=liq, status="open"))
+            stop_loss=stop, take_profit=take, liquidation_price=liq, status="open",
+            strategy=it.strategy))
         assert position is not None
-        details = position_details(position)
+        details = views.position_details(position)
         details.update(sl_client_id=ids["stop_loss"], tp_client_id=ids["take_profit"],
                        stop_loss_armed=sl.is_open,
                        take_profit_armed=isinstance(tp, Order) and tp.is_open,
@@ -345,7 +360,8 @@ class ExecutionEngine:
                     reason=reason if mine else "reconciliation") or closed
             details = {"exit_price": str(settled.exit_price),
                        "realized_pnl": str(settled.realized_pnl),
-                       "fees": str(settled.fees), "quantity": str(qty), "side": side}
+                       "fees": str(settled.fees), "quantity": str(qty), "side": side,
+                       "strategy": closed.strategy if closed else None}
             if settled.unconverted_fees:
                 details["unconverted_fees"] = ", ".join(f"{v} {a}" for a, v in
                                                         settled.unconverted_fees)
@@ -368,39 +384,30 @@ class ExecutionEngine:
         return Snapshot({p.symbol: p for p in self.gw.open_positions()},
                         self.gw.open_orders(None), "rest")
 
-    # --- views ---
+    # --- views and the service's entry points into the engine ---
     def positions(self) -> list[PositionView]:
-        ours = {p.symbol: p for p in self.store.open_positions()}  # oldest first: newest wins
-        snap = self.snapshot()
-        prices: dict[str, Price] = {}
-        if self.state is not None:
-            with contextlib.suppress(redis.RedisError):
-                prices = self.state.prices()
-        views: list[PositionView] = []
-        for symbol, p in sorted(snap.positions.items()):
-            row = ours.get(symbol)
-            leverage = row.leverage if row else p.leverage or self.settings.leverage.leverage
-            liq = p.liquidation_price or (row.liquidation_price if row else None) or \
-                p.liquidation(self.ops.brackets(symbol), leverage)
-            price = prices.get(symbol)
-            mark = (price.mark or price.last) if price is not None else None
-            views.append(PositionView(
-                symbol=symbol, side=p.side, quantity=str(p.quantity),
-                entry_price=str(p.entry_price), mark_price=str(mark or p.entry_price),
-                unrealized_pnl=str(p.unrealized_pnl), leverage=leverage,
-                margin=str(p.isolated_wallet or (row.margin if row else 0)),
-                liquidation_price=str(liq),
-                stop_loss=str(row.stop_loss) if row and row.stop_loss else None,
-                take_profit=str(row.take_profit) if row and row.take_profit else None,
-                signal_id=row.signal_id if row else "",
-            ))
-        return views
+        """Open positions as ``execute.positions()`` shows them (views.py)."""
+        return views.positions(self)
 
+    def trades(self, limit: int) -> list[dict[str, Any]]:
+        """The latest ``limit`` positions of the book, newest first."""
+        return [views.trade(row) for row in self.store.trades(limit)]
 
-def position_details(row: PositionRow) -> dict[str, Any]:
-    return {
-        "side": row.side, "quantity": str(row.quantity), "entry_price": str(row.entry_price),
-        "stop_loss": str(row.stop_loss), "take_profit": str(row.take_profit),
-        "liquidation_price": str(row.liquidation_price), "margin": str(row.margin),
-        "leverage": row.leverage,
-    }
+    def breaker_state(self) -> str:
+        """The exchange circuit breaker's state: closed | open | half-open."""
+        return str(self.gw.breaker.current_state)
+
+    def on_exchange_record(self, record: Record) -> str | None:
+        """Write what a user-data stream record tells the book (events.py); the symbol to
+        reconcile, if any."""
+        return ExchangeEvents(self.store).handle(record)
+
+    def manual_intent(self, symbol: str, side: Side, quantity: Decimal,
+                      idempotency_key: str) -> TradeIntent:
+        """A manual trade (``POST /trade``) at the current price, made like brain's."""
+        price, _ = self.gw.last_price(symbol)
+        return TradeIntent.at_price(
+            signal_id=uuid.uuid4().hex, idempotency_key=idempotency_key, symbol=symbol,
+            side=side, quantity=self.gw.amount_to_precision(symbol, quantity), price=price,
+            tick=self.gw.tick_size(symbol), leverage=self.settings.leverage,
+            strategy="manual", received_at=datetime.now(UTC))

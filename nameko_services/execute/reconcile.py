@@ -25,7 +25,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Any
+from typing import Any, Literal, get_args
 
 import ccxt
 
@@ -48,14 +48,28 @@ def _with_next(rows: list[PositionRow]) -> list[tuple[PositionRow, PositionRow |
     return list(zip(rows, [*rows[1:], None], strict=False))
 
 
+CorrectionKind = Literal["booked_close", "adopted", "rearmed", "emergency_close",
+                         "rearm_failed"]
+Level = Literal["info", "warning", "critical"]
+CORRECTION_KINDS: frozenset[str] = frozenset(get_args(CorrectionKind))
+# the corrections that end a position: each is reported as position_closed
+CLOSING_KINDS: frozenset[CorrectionKind] = frozenset({"booked_close", "emergency_close"})
+
+
 @dataclass
 class Correction:
-    kind: str  # booked_close | adopted | rearmed | emergency_close | rearm_failed
+    """One repair reconciliation made; ``kind`` is one of :data:`CorrectionKind`."""
+
+    kind: CorrectionKind
     symbol: str
     signal_id: str
-    level: str  # info | warning | critical
+    level: Level
     text: str
     details: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.kind not in CORRECTION_KINDS or self.level not in get_args(Level):
+            raise ValueError(f"unknown correction {self.kind!r} / level {self.level!r}")
 
 
 class Reconciler:
@@ -162,9 +176,10 @@ class Reconciler:
         self.store.close_position(row.id, exit_price=settled.exit_price,
                                   realized_pnl=settled.realized_pnl, fees=settled.fees,
                                   reason=reason)
-        level = "critical" if reason in ("liquidation", "reconciliation") else "info"
+        level: Level = "critical" if reason in ("liquidation", "reconciliation") else "info"
         details = {"reason": reason, "exit_price": str(settled.exit_price),
-                   "realized_pnl": str(settled.realized_pnl), "fees": str(settled.fees)}
+                   "realized_pnl": str(settled.realized_pnl), "fees": str(settled.fees),
+                   "side": row.side, "strategy": row.strategy}
         if settled.unconverted_fees:
             details["unconverted_fees"] = ", ".join(f"{v} {a}" for a, v in
                                                     settled.unconverted_fees)

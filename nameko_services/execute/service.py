@@ -17,26 +17,22 @@ from nameko.web.handlers import http
 from prometheus_client import Counter, Histogram
 from werkzeug.wrappers import Request, Response
 
-from nameko_services.execute import events
-from nameko_services.execute.dependencies import Engine
+from nameko_services.execute import events, reports
+from nameko_services.execute.dependencies import ExecutionEngineProvider
 from nameko_services.execute.engine import ExecutionEngine, LockBusy, Outcome, is_retryable
 from nameko_services.execute.reconcile import Correction, Reconciler
 from shared.consumer import Retryable, durable_consume
 from shared.health import ReadinessChecks, ReadinessProbe, breaker_check
 from shared.market import ExchangeUnavailable
 from shared.models import Approval, CloseRequest, RiskAlert, TradeIntent
-from shared.money import bracket_prices
 from shared.nameko_deps import Bus, BusError, Config, MessageBus, Telemetry
 from shared.names import (
     AUTH_HEADER,
     CLOSE_REQUEST_SIGNERS,
-    EVT_POSITION_CLOSED,
-    EVT_RECONCILIATION,
-    EVT_TRADE_FAILED,
-    EVT_TRADE_OPENED,
     EXECUTE,
     EXECUTION_GROUP,
     IDEMPOTENCY_WINDOW_S,
+    REC_CLOSE_FAILED,
     RISK,
     RISK_ALERT_KEY,
     RISK_EXCHANGE,
@@ -70,7 +66,7 @@ class ExecuteService:
     name = EXECUTE
 
     config: Settings = Config()
-    engine: ExecutionEngine = Engine()
+    engine: ExecutionEngine = ExecutionEngineProvider()
     bus: MessageBus = Bus()
     telemetry: TelemetryWriter = Telemetry()
     dispatch = EventDispatcher()
@@ -130,11 +126,12 @@ class ExecuteService:
                                     CLOSE_REQUEST_SIGNERS, max_age_s=IDEMPOTENCY_WINDOW_S,
                                     once=False)
         except CallerRefused as exc:
-            self.telemetry.emit(TRADE_STREAM, Record("close_failed", {
+            self.telemetry.emit(TRADE_STREAM, Record(REC_CLOSE_FAILED, {
                 "symbol": request.symbol, "reason": f"unsigned_intent: {exc}"},
                 request.signal_id))
-            self._alert("critical", "UNSIGNED_INTENT", f"close request refused: {exc}",
-                        request.symbol, request.signal_id)
+            self._alert(reports.alert("critical", "UNSIGNED_INTENT",
+                                      f"close request refused: {exc}", request.symbol,
+                                      request.signal_id))
             raise
 
     def _close_requested(self, request: CloseRequest) -> None:
@@ -145,9 +142,10 @@ class ExecuteService:
                 raise
             text = f"close of {request.symbol} refused by the exchange: {exc}"
             log.error("%s", text)
-            self.telemetry.emit(TRADE_STREAM, Record("close_failed", {
+            self.telemetry.emit(TRADE_STREAM, Record(REC_CLOSE_FAILED, {
                 "symbol": request.symbol, "reason": str(exc)}, request.signal_id))
-            self._alert("critical", "CLOSE_FAILED", text, request.symbol, request.signal_id)
+            self._alert(reports.alert("critical", "CLOSE_FAILED", text, request.symbol,
+                                      request.signal_id))
 
     # --- reconciliation ---
     @stream_consume(TRADE_STREAM, EXECUTION_GROUP, count=50)
@@ -155,8 +153,7 @@ class ExecuteService:
         """The user-data stream, as the feed records it: arm, and reconcile on change."""
         if not events.wanted(fields):  # our own telemetry, balances: no parsing
             return
-        symbol = events.ExchangeEvents(self.engine.store).handle(
-            Record.from_stream_fields(fields))
+        symbol = self.engine.on_exchange_record(Record.from_stream_fields(fields))
         if symbol is None:
             return
         # raising leaves the entry pending: it is claimed and tried again
@@ -200,16 +197,7 @@ class ExecuteService:
 
     @rpc
     def trades(self, limit: int = 50) -> list[dict[str, Any]]:
-        rows = self.engine.store.trades(max(1, min(int(limit), 1000)))
-        return [{
-            "signal_id": r.signal_id, "symbol": r.symbol, "side": r.side,
-            "quantity": str(r.quantity), "entry_price": str(r.entry_price),
-            "exit_price": str(r.exit_price) if r.exit_price is not None else None,
-            "realized_pnl": str(r.realized_pnl) if r.realized_pnl is not None else None,
-            "status": r.status, "close_reason": r.close_reason,
-            "opened_at": r.opened_at.isoformat(),
-            "closed_at": r.closed_at.isoformat() if r.closed_at else None,
-        } for r in rows]
+        return self.engine.trades(max(1, min(int(limit), 1000)))
 
     # --- HTTP ---
     @http("POST", "/trade")
@@ -258,7 +246,7 @@ class ExecuteService:
     @api
     def health(self, request: Request) -> tuple[int, Any]:
         problems = self.telemetry.health()
-        breaker = self.engine.gw.breaker.current_state
+        breaker = self.engine.breaker_state()
         if breaker == "open":
             problems["exchange"] = "circuit open"
         return 200, {"status": "degraded" if problems else "ok", "service": EXECUTE,
@@ -283,103 +271,42 @@ class ExecuteService:
                             field="quantity") from None
         if not quantity.is_finite() or quantity <= 0:  # NaN/Infinity parse as Decimals
             raise HttpError(422, "quantity: a positive number is required", field="quantity")
-        lev = self.config.leverage
-        gw = self.engine.gw
-        price, _ = gw.last_price(symbol)
-        stop, take = bracket_prices(side, price, Decimal(str(lev.stop_loss_percent)),  # type: ignore[arg-type]
-                                    Decimal(str(lev.take_profit_percent)), gw.tick_size(symbol))
         key = str(body.get("id") or uuid.uuid4().hex)
-        return TradeIntent(
-            signal_id=uuid.uuid4().hex, idempotency_key=f"manual:{key}", symbol=symbol,
-            side=side, quantity=gw.amount_to_precision(symbol, quantity),
-            reference_price=price, leverage=lev.leverage, margin_mode=lev.margin_mode,
-            stop_loss=stop, take_profit=take, margin=quantity * price / lev.leverage,
-            strategy="manual", received_at=datetime.now(UTC))
+        return self.engine.manual_intent(symbol, side, quantity,  # type: ignore[arg-type]
+                                         f"manual:{key}")
+
+    def _send(self, report: reports.Report) -> None:
+        """Fan out what an outcome or a correction tells the others (reports.py)."""
+        for record in report.records:
+            self.telemetry.emit(TRADE_STREAM, record)
+        for name, payload in report.events:
+            self.dispatch(name, payload)
+        if report.alert is not None:
+            self._alert(report.alert)
 
     def _report(self, outcome: Outcome) -> None:
-        d = outcome.details
         if outcome.status in ("opened", "duplicate"):
-            self.telemetry.emit(TRADE_STREAM, Record("entry_filled", {
-                "symbol": outcome.symbol, "side": d.get("side"), "quantity": d.get("quantity"),
-                "entry_price": d.get("entry_price"), "leverage": d.get("leverage"),
-                "margin": d.get("margin"), "status": outcome.status,
-                "filled_at": d.get("filled_at")}, outcome.signal_id))
-            if outcome.status == "duplicate":
-                return
-            self.telemetry.emit(TRADE_STREAM, Record("brackets_placed", {
-                "symbol": outcome.symbol, "stop_loss": d.get("stop_loss"),
-                "take_profit": d.get("take_profit"), "sl_client_id": d.get("sl_client_id"),
-                "tp_client_id": d.get("tp_client_id"),
-                "stop_loss_armed": d.get("stop_loss_armed"),
-                "take_profit_armed": d.get("take_profit_armed"),
-                "liquidation_price": d.get("liquidation_price"),
-                "armed_at": d.get("armed_at")}, outcome.signal_id))
-            self.dispatch(EVT_TRADE_OPENED, {
-                "type": "trade_opened", "signal_id": outcome.signal_id,
-                "symbol": outcome.symbol, "side": d["side"], "quantity": d["quantity"],
-                "entry_price": d["entry_price"], "stop_loss": d["stop_loss"],
-                "take_profit": d["take_profit"], "liquidation_price": d["liquidation_price"],
-                "margin": d["margin"], "leverage": d["leverage"]})
-        else:
-            self.telemetry.emit(TRADE_STREAM, Record("trade_failed", {
-                "symbol": outcome.symbol, "reason": outcome.reason}, outcome.signal_id))
-            self.dispatch(EVT_TRADE_FAILED, {"type": "trade_failed",
-                                             "signal_id": outcome.signal_id,
-                                             "symbol": outcome.symbol, "reason": outcome.reason})
-            if outcome.status == "blocked":
-                self._preflight_failed(outcome)
-            else:
-                critical = "position closed" in outcome.reason or \
-                    "refused" in outcome.reason or "idempotency" in outcome.reason
-                code = "INTENT_EXPIRED" if outcome.reason == "intent_expired" else \
-                    "TRADE_FAILED"
-                self._alert("critical" if critical else "warning", code,
-                            f"{outcome.symbol} not traded: {outcome.reason}", outcome.symbol,
-                            outcome.signal_id)
-
-    def _preflight_failed(self, outcome: Outcome) -> None:
-        """No order was sent; ask risk to stop new entries until someone looks."""
-        try:
-            self.risk.set_state("REDUCING", f"{outcome.symbol}: {outcome.reason}")
-        except Exception:
-            log.exception("could not switch risk to REDUCING")
-        self._alert("critical", "PREFLIGHT_FAILED", outcome.reason, outcome.symbol,
-                    outcome.signal_id)
+            self._send(reports.opened(outcome))
+            return
+        if outcome.status == "blocked":
+            # no order was sent; ask risk to stop new entries until someone looks
+            try:
+                self.risk.set_state("REDUCING", f"{outcome.symbol}: {outcome.reason}")
+            except Exception:
+                log.exception("could not switch risk to REDUCING")
+        self._send(reports.failed(outcome))
 
     def _corrected(self, c: Correction) -> None:
-        self.telemetry.emit(TRADE_STREAM, Record("reconciliation", {
-            "kind": c.kind, "symbol": c.symbol, "text": c.text, **c.details}, c.signal_id))
-        self.dispatch(EVT_RECONCILIATION, {"type": "reconciliation", "kind": c.kind,
-                                           "signal_id": c.signal_id, "symbol": c.symbol,
-                                           "text": c.text})
-        if c.kind in ("booked_close", "emergency_close"):
-            payload = {"symbol": c.symbol, "reason": c.details.get("reason", c.kind),
-                       "exit_price": c.details.get("exit_price"),
-                       "realized_pnl": c.details.get("realized_pnl")}
-            self.telemetry.emit(TRADE_STREAM, Record("position_closed", payload, c.signal_id))
-            self.dispatch(EVT_POSITION_CLOSED, {"type": "position_closed",
-                                                "signal_id": c.signal_id, **payload})
-        if c.kind != "booked_close" or c.level == "critical":
-            self._alert(c.level, f"RECONCILIATION_{c.kind.upper()}", c.text, c.symbol,
-                        c.signal_id)
+        self._send(reports.corrected(c))
 
-    def _alert(self, level: str, code: str, text: str, symbol: str, signal_id: str) -> None:
+    def _alert(self, alert: RiskAlert) -> None:
         try:
-            self.bus.publish(RISK_EXCHANGE, RISK_ALERT_KEY, RiskAlert(
-                level=level, code=code, text=text, symbol=symbol,
-                signal_id=signal_id))  # notify's queue: not declared here
+            self.bus.publish(RISK_EXCHANGE, RISK_ALERT_KEY, alert)  # notify's queue
         except BusError:
-            log.exception("alert not queued: %s %s", code, text)
+            log.exception("alert not queued: %s %s", alert.code, alert.text)
 
     def _closed(self, outcome: Outcome) -> None:
-        if outcome.status != "closed":
-            return
-        d = outcome.details
-        payload = {"symbol": outcome.symbol, "reason": outcome.reason,
-                   "exit_price": d.get("exit_price"), "realized_pnl": d.get("realized_pnl")}
-        self.telemetry.emit(TRADE_STREAM, Record("position_closed", payload, outcome.signal_id))
-        self.dispatch(EVT_POSITION_CLOSED, {"type": "position_closed",
-                                            "signal_id": outcome.signal_id, **payload})
+        self._send(reports.closed(outcome))
 
     # --- readiness (k8s readinessProbe, compose healthcheck) ---
     readiness: ReadinessChecks = ReadinessProbe(market=True, account=True, database=True)
@@ -388,7 +315,7 @@ class ExecuteService:
     @api
     def ready(self, request: Request) -> tuple[int, Any]:
         """200 when this replica can do its job, else 503 with the failing checks."""
-        result = self.readiness.run([breaker_check(self.engine.gw.breaker.current_state)])
+        result = self.readiness.run([breaker_check(self.engine.breaker_state())])
         return result.status, {**result.wire(), "service": EXECUTE}
 
     @http("GET", "/openapi.json")

@@ -33,7 +33,7 @@ from typing import Any, Final, Protocol
 
 import redis.asyncio as aioredis
 
-from shared import names
+from shared import money, names
 
 log = logging.getLogger("phoenix95.telegram_commands")
 
@@ -242,12 +242,13 @@ def fmt_money(value: Any) -> str:
 
 
 def liquidation_distance(position: dict[str, Any]) -> Decimal | None:
-    """Distance from the mark (else entry) price to liquidation, as a fraction."""
-    liq = _dec(position.get("liquidation_price"))
+    """Distance from the mark (else entry) price to liquidation, as a fraction
+    (``shared.money.liquidation_distance``, as risk's watch measures it)."""
     ref = _dec(position.get("mark_price")) or _dec(position.get("entry_price"))
-    if liq is None or ref is None or ref == 0 or liq <= 0:
+    if ref is None:
         return None
-    return abs(ref - liq) / ref
+    return money.liquidation_distance(str(position.get("side") or ""), ref,
+                                      _dec(position.get("liquidation_price")))
 
 
 def format_status(status: dict[str, Any]) -> str:

@@ -19,7 +19,7 @@ from urllib.parse import parse_qsl
 from werkzeug.wrappers import Request, Response
 
 from . import views
-from .engine import STOP_TYPES, Engine, now_ms, spec_of
+from .engine import STOP_TYPES, MatchingEngine, now_ms, spec_of
 from .faults import FaultInjector, FaultSpec
 from .limiter import WeightLimiter, request_weight
 from .listenkeys import ListenKeys
@@ -93,7 +93,7 @@ ADMIN_PATHS = ("/paper/state", "/paper/reset", "/paper/price", "/paper/faults", 
 class PaperApi:
     """Routes ``(method, path)`` to handlers; ``signed`` routes need key + HMAC + timestamp."""
 
-    def __init__(self, engine: Engine, market: Market, api_key: str, api_secret: str,
+    def __init__(self, engine: MatchingEngine, market: Market, api_key: str, api_secret: str,
                  limiter: WeightLimiter | None = None, listen_keys: ListenKeys | None = None,
                  admin_hooks: dict[tuple[str, str], AdminHook] | None = None,
                  faults: FaultInjector | None = None) -> None:

@@ -1,7 +1,7 @@
 """The account book: wallet, per-symbol settings, positions, orders, trades, id counter.
 
 :class:`Account` owns the state and its write-through persistence; the trading rules live
-in :class:`~.engine.Engine`, which extends it. Every mutation happens inside
+in :class:`~.engine.MatchingEngine`, which extends it. Every mutation happens inside
 ``with self.write():`` and marks what it changed; when the outermost ``write`` block ends
 (still inside the engine lock) the changed rows go to the store in one transaction, so
 an order event costs one small SQLite commit and nesting (a trigger placing a market

@@ -27,7 +27,7 @@ from .market import SYMBOLS, Market, SymbolSpec
 from .models import ZERO, AlgoOrder, ApiError, Order, Position, Trade
 from .store import PaperStore
 
-__all__ = ["ALGO_TYPES", "STOP_TYPES", "Engine", "max_notional", "now_ms", "spec_of"]
+__all__ = ["ALGO_TYPES", "STOP_TYPES", "MatchingEngine", "max_notional", "now_ms", "spec_of"]
 
 MAX_OPEN_ALGO_ORDERS = 200  # Binance's conditional-order limit across all symbols
 _CLIENT_ID = re.compile(r"^[.A-Z:/a-z0-9_-]{1,36}$")
@@ -36,7 +36,7 @@ STOP_TYPES = frozenset({"STOP", "STOP_MARKET", "TAKE_PROFIT", "TAKE_PROFIT_MARKE
 ALGO_TYPES = frozenset({"STOP_MARKET", "TAKE_PROFIT_MARKET"})
 
 
-class Engine(Account):
+class MatchingEngine(Account):
     def __init__(self, market: Market, starting_balance: Decimal, taker_fee: Decimal,
                  slippage: Decimal = ZERO, clock: Callable[[], int] = now_ms,
                  store: PaperStore | None = None) -> None:

@@ -17,7 +17,7 @@ from decimal import Decimal
 from typing import Any
 
 from . import streams, userdata, views
-from .engine import Engine
+from .engine import MatchingEngine
 from .events import UserEvent
 from .listenkeys import ListenKeys
 from .market import MINUTE_MS, SYMBOLS, Market, Tick, quantise
@@ -35,7 +35,7 @@ def now_ms() -> int:
 
 
 class Hub:
-    def __init__(self, market: Market, engine: Engine, keys: ListenKeys, latency: Latency,
+    def __init__(self, market: Market, engine: MatchingEngine, keys: ListenKeys, latency: Latency,
                  metrics: Metrics) -> None:
         self.market = market
         self.engine = engine

@@ -18,7 +18,7 @@ from pathlib import Path
 from shared.settings import Settings
 
 from .api import JsonBody, PaperApi
-from .engine import Engine
+from .engine import MatchingEngine
 from .hub import Hub
 from .limiter import WeightLimiter
 from .listenkeys import ListenKeys
@@ -47,7 +47,7 @@ class PaperExchange:
         path = cfg.resolved_state_path() if state_path is None else (
             Path(state_path) if str(state_path) not in ("", ":memory:") else None)
         self.store = PaperStore(path) if path is not None else None
-        self.engine = Engine(self.market, Decimal(str(cfg.starting_balance)),
+        self.engine = MatchingEngine(self.market, Decimal(str(cfg.starting_balance)),
                              Decimal(str(cfg.taker_fee)), slippage, store=self.store)
         limiter = (WeightLimiter(cfg.max_requests_per_minute)
                    if cfg.max_requests_per_minute else None)

@@ -8,7 +8,7 @@ from typing import Any
 from shared.money import DEFAULT_BRACKETS, maintenance_margin
 
 from .book import LIQUIDATION_PREFIX, max_notional
-from .engine import Engine, spec_of
+from .engine import MatchingEngine, spec_of
 from .market import INTERVAL_MS, MINUTE_MS, SYMBOLS, Candle, Market, quantise
 from .models import ZERO, Position, num
 
@@ -114,7 +114,7 @@ def leverage_brackets(symbol: str) -> dict[str, Any]:
         for b in DEFAULT_BRACKETS[symbol]]}
 
 
-def position_json(engine: Engine, pos: Position) -> dict[str, Any]:
+def position_json(engine: MatchingEngine, pos: Position) -> dict[str, Any]:
     spec = SYMBOLS[pos.symbol]
     mark = engine.market.mark_price(pos.symbol)
     notional = pos.amount * mark
@@ -137,13 +137,13 @@ def position_json(engine: Engine, pos: Position) -> dict[str, Any]:
     }
 
 
-def positions(engine: Engine, symbol: str | None) -> list[dict[str, Any]]:
+def positions(engine: MatchingEngine, symbol: str | None) -> list[dict[str, Any]]:
     with engine.lock:
         return [position_json(engine, p) for p in engine.positions.values()
                 if p.amount and (symbol is None or p.symbol == symbol)]
 
 
-def _totals(engine: Engine) -> dict[str, Decimal]:
+def _totals(engine: MatchingEngine) -> dict[str, Decimal]:
     with engine.lock:
         open_pos = [p for p in engine.positions.values() if p.amount]
         unrealized = sum((p.unrealized(engine.market.mark_price(p.symbol)) for p in open_pos),
@@ -154,7 +154,7 @@ def _totals(engine: Engine) -> dict[str, Decimal]:
                 "initial": engine.isolated_total(), "available": engine.available()}
 
 
-def account(engine: Engine) -> dict[str, Any]:
+def account(engine: MatchingEngine) -> dict[str, Any]:
     t = _totals(engine)
     margin_balance = t["wallet"] + t["unrealized"]
     asset = {
@@ -187,7 +187,7 @@ def account(engine: Engine) -> dict[str, Any]:
     }
 
 
-def balance(engine: Engine) -> list[dict[str, Any]]:
+def balance(engine: MatchingEngine) -> list[dict[str, Any]]:
     t = _totals(engine)
     return [{"accountAlias": "paper", "asset": "USDT", "balance": num(t["wallet"], 8),
              "crossWalletBalance": num(t["available"], 8), "crossUnPnl": "0.00000000",
@@ -196,7 +196,7 @@ def balance(engine: Engine) -> list[dict[str, Any]]:
              "updateTime": engine.update_time}]
 
 
-def state(engine: Engine) -> dict[str, Any]:
+def state(engine: MatchingEngine) -> dict[str, Any]:
     """Everything a test or an operator wants in one call (GET /paper/state)."""
     with engine.lock:
         return {
@@ -211,7 +211,7 @@ def state(engine: Engine) -> dict[str, Any]:
         }
 
 
-def symbol_config(engine: Engine, symbol: str | None) -> list[dict[str, Any]]:
+def symbol_config(engine: MatchingEngine, symbol: str | None) -> list[dict[str, Any]]:
     """GET /fapi/v1/symbolConfig: margin type and leverage as the account has them."""
     with engine.lock:
         return [{"symbol": s, "marginType": engine.margin_type[s], "isAutoAddMargin": "false",
@@ -220,7 +220,7 @@ def symbol_config(engine: Engine, symbol: str | None) -> list[dict[str, Any]]:
                 for s in SYMBOLS if symbol is None or s == symbol]
 
 
-def force_orders(engine: Engine, symbol: str | None, auto_close_type: str | None,
+def force_orders(engine: MatchingEngine, symbol: str | None, auto_close_type: str | None,
                  start: int | None, end: int | None, limit: int) -> list[dict[str, Any]]:
     """GET /fapi/v1/forceOrders: the account's liquidation orders, newest last."""
     if auto_close_type == "ADL":  # ADL is not simulated

@@ -19,11 +19,12 @@ from __future__ import annotations
 
 import logging
 import time
+import uuid
 from decimal import Decimal
 from typing import Any
 
 import eventlet
-from nameko.events import EventDispatcher, event_handler
+from nameko.events import event_handler
 from nameko.rpc import rpc
 from nameko.timer import timer
 from nameko.web.handlers import http
@@ -31,19 +32,15 @@ from prometheus_client import Counter, Gauge, Histogram
 from pydantic import ValidationError
 from werkzeug.wrappers import Request, Response
 
-from nameko_services.risk.dependencies import Desk
+from nameko_services.risk.dependencies import RiskDeskProvider
 from nameko_services.risk.desk import RiskDesk, TickResult
 from nameko_services.risk.engine import breaches
 from nameko_services.risk.stores import STATES
-from nameko_services.risk.watch import missing_stop_alert
 from shared.health import ReadinessChecks, ReadinessProbe
-from shared.market import ExchangeUnavailable
 from shared.models import RiskAlert, TradeIntent
-from shared.money import liquidation_price as liq_price
 from shared.nameko_deps import Bus, BusError, Config, MessageBus, Telemetry
 from shared.names import (
     EVT_POSITION_CLOSED,
-    EVT_RISK_STATE_CHANGED,
     EVT_TRADE_FAILED,
     EVT_TRADE_OPENED,
     EXECUTE,
@@ -78,7 +75,8 @@ TICK_LATENCY = Histogram(
 STATE = Gauge("phoenix95_trading_state", "1 for the current trading state", ["state"])
 HALTED = Gauge("phoenix95_trading_halted", "1 while trading is HALTED")
 LIQ_DISTANCE = Gauge("phoenix95_liquidation_distance_ratio",
-                     "|mark - liquidation price| / mark of the open position", ["symbol"])
+                     "Adverse price move left before liquidation, as a fraction of the mark",
+                     ["symbol"])
 EQUITY = Gauge("phoenix95_equity", "Margin balance (wallet + unrealised PnL), USDT")
 EXPOSURE = Gauge("phoenix95_exposure", "Total notional of open positions, USDT")
 OPEN_POSITIONS = Gauge("phoenix95_open_positions", "Open positions on the exchange")
@@ -98,10 +96,9 @@ class RiskService:
     name = RISK
 
     config: Settings = Config()
-    desk: RiskDesk = Desk()
+    desk: RiskDesk = RiskDeskProvider()
     bus: MessageBus = Bus()
     telemetry: TelemetryWriter = Telemetry()
-    dispatch = EventDispatcher()
     execute = SignedRpcProxy(EXECUTE)
 
     # --- RPC ---
@@ -164,24 +161,24 @@ class RiskService:
         side = side.upper()
         if side not in ("LONG", "SHORT"):
             raise ValueError("side must be LONG or SHORT")
-        brackets = self.desk.gateway.brackets(symbol.upper())
-        price = liq_price(side, Decimal(str(entry_price)), Decimal(str(quantity)),  # type: ignore[arg-type]
-                          int(leverage), brackets,
-                          Decimal(str(wallet_balance)) if wallet_balance is not None else None)
+        price = self.desk.liquidation_price(
+            symbol.upper(), side, Decimal(str(entry_price)),  # type: ignore[arg-type]
+            Decimal(str(quantity)), int(leverage),
+            Decimal(str(wallet_balance)) if wallet_balance is not None else None)
         return str(price.quantize(Decimal("0.00000001")))
 
     # --- events from execute: reservations follow the trade ---
     @event_handler(EXECUTE, EVT_TRADE_FAILED)
     def on_trade_failed(self, event: dict[str, Any]) -> None:
-        self.desk.reservations.release(str(event.get("signal_id", "")))
+        self.desk.release(str(event.get("signal_id", "")))
 
     @event_handler(EXECUTE, EVT_TRADE_OPENED)
     def on_trade_opened(self, event: dict[str, Any]) -> None:
-        self.desk.reservations.mark_filled(str(event.get("signal_id", "")))
+        self.desk.mark_filled(str(event.get("signal_id", "")))
 
     @event_handler(EXECUTE, EVT_POSITION_CLOSED)
     def on_position_closed(self, event: dict[str, Any]) -> None:
-        self.desk.reservations.release(str(event.get("signal_id", "")))
+        self.desk.release(str(event.get("signal_id", "")))
 
     # --- live watch ---
     @stream_consume(MARKET_STREAM, RISK_GROUP, count=50)
@@ -201,8 +198,8 @@ class RiskService:
             return
         try:
             result = self.desk.on_tick(symbol, mark)
-        except ExchangeUnavailable as exc:
-            log.warning("live watch %s: exchange unavailable: %s", symbol, exc)
+        except StaleState as exc:
+            log.warning("live watch %s: %s", symbol, exc)
             return
         self._fan_out_tick(result)
 
@@ -213,7 +210,7 @@ class RiskService:
             sup = self.desk.supervise()
         except StaleState as exc:  # the feed is down: notify alerts it, entries are refused
             log.warning("supervision skipped: %s", exc)
-            _export_state(self.desk.state.get()[0])
+            _export_state(self.desk.trading_state())
             return
         _export_state(sup.state)
         EQUITY.set(float(sup.equity))
@@ -224,9 +221,9 @@ class RiskService:
             DRAWDOWN.set(float(sup.ledger.drawdown))
         if sup.halt_reason:
             self._change_state("HALTED", sup.halt_reason)
+        for alert in sup.stop_alerts:
+            self._alert(alert)
         for pos in sup.missing_stops:
-            if self.desk.latch.escalated(pos.symbol, "stop_missing", "critical"):
-                self._alert(missing_stop_alert(pos))
             self._rearm(pos.symbol)
 
     # --- HTTP ---
@@ -306,15 +303,14 @@ class RiskService:
         previous, state = self.desk.set_state(state, reason)
         _export_state(state)
         if previous != state:
+            # one message per change, on the durable risk_alerts queue, with an id notify
+            # de-duplicates on: a redelivery or a second notify instance sends nothing more
+            change_id = uuid.uuid4().hex
             payload = {"type": "risk_state_changed", "previous": previous, "state": state,
-                       "reason": reason}
-            try:
-                self.dispatch(EVT_RISK_STATE_CHANGED, payload)
-            except Exception:
-                log.exception("could not dispatch %s", EVT_RISK_STATE_CHANGED)
+                       "reason": reason, "change_id": change_id}
             self.telemetry.emit(RISK_STREAM, Record("state_changed", payload))
             self._alert(RiskAlert(level="info" if state == "ACTIVE" else "critical",
-                                  code="STATE_CHANGED",
+                                  code="STATE_CHANGED", alert_id=f"state:{change_id}",
                                   text=f"Trading state {previous} -> {state}: {reason}"))
         return {"state": state, "previous": previous, "reason": reason}
 

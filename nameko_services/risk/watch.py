@@ -12,7 +12,7 @@ from decimal import Decimal
 from typing import Any, Literal
 
 from shared.models import RiskAlert
-from shared.money import Bracket, maintenance_margin
+from shared.money import Bracket, liquidation_distance, maintenance_margin
 from shared.settings import RiskSettings
 
 Level = Literal["", "warning", "critical"]
@@ -73,10 +73,11 @@ class WatchEngine:
         s = self.settings
         long = pos.side == "LONG"
         sign = 1 if long else -1
-        liq_gap = (mark - pos.liquidation_price) * sign
-        liq_distance = max(Decimal(0), liq_gap / mark) if mark > 0 else Decimal(0)
+        distance = liquidation_distance(pos.side, mark, pos.liquidation_price)
         if pos.liquidation_price <= 0:  # no liquidation price (fully collateralised)
             liq_distance = Decimal(1)
+        else:  # no mark: treat as at the liquidation price, the safe side
+            liq_distance = distance if distance is not None else Decimal(0)
         stop_distance = None
         if pos.stop_loss is not None and mark > 0:
             stop_distance = max(Decimal(0), (mark - pos.stop_loss) * sign / mark)

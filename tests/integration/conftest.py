@@ -129,6 +129,11 @@ def subclassed_client(settings_client: ccxt.binanceusdm, cls: type) -> ccxt.bina
     return client
 
 
+def exchange_positions(engine: ExecutionEngine) -> list[dict[str, Any]]:
+    """The exchange's open positions as ccxt returns them (not through shared.state)."""
+    return [p for p in engine.gw.client.fetch_positions() if p.get("contracts")]
+
+
 def intent(key: str | None = None, quantity: str = "0.010", side: str = "LONG") -> TradeIntent:
     long = side == "LONG"
     return TradeIntent(

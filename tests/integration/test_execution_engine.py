@@ -4,7 +4,7 @@ databases: what a crash, a redelivery or a second instance would do to money."""
 from __future__ import annotations
 
 import threading
-from decimal import Decimal
+from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -17,6 +17,7 @@ from shared.models import TradeIntent
 from tests.integration.conftest import (
     CCXT_SYMBOL,
     SYMBOL,
+    exchange_positions,
     intent,
     pin_price,
     subclassed_client,
@@ -38,7 +39,7 @@ def test_entry_is_protected_by_reduce_only_stop_and_take_profit_at_two_percent(e
     outcome = engine.open(intent())
 
     assert outcome.status == "opened"
-    position = engine.gw.positions()[0]
+    position = exchange_positions(engine)[0]
     assert position["contracts"] == 0.01 and position["side"] == "long"
     assert position["marginMode"] == "isolated"
     algo = _algo(engine)
@@ -68,7 +69,7 @@ def test_redelivered_intent_never_opens_a_second_position(engine):
 
     assert again.status == "duplicate"
     assert len(_entry_trades(engine)) == 1
-    assert engine.gw.positions()[0]["contracts"] == 0.01
+    assert exchange_positions(engine)[0]["contracts"] == 0.01
 
 
 def _send_entry_and_die(engine: ExecutionEngine, it: TradeIntent, *, recorded: bool) -> None:
@@ -138,7 +139,7 @@ def test_position_without_stop_loss_is_closed_at_once(engine, make_engine):
 
     assert outcome.status == "failed"
     assert "stop-loss could not be placed" in outcome.reason
-    assert engine.gw.positions() == []
+    assert exchange_positions(engine) == []
 
 
 class _FirstTakeProfitLost(ccxt.binanceusdm):
@@ -170,7 +171,7 @@ def test_take_profit_sent_beside_a_refused_stop_is_cancelled_with_the_position(e
     outcome = unsafe.open(intent())
 
     assert outcome.status == "failed"
-    assert engine.gw.positions() == []
+    assert exchange_positions(engine) == []
     # no reduce-only order left to cut into the next position on the symbol
     assert _algo(engine) == {}
 
@@ -186,10 +187,37 @@ def test_close_flattens_cancels_brackets_and_books_pnl_net_of_fees(engine, exec_
     fees = Decimal(outcome.details["fees"])
     assert fees > 0
     assert Decimal(outcome.details["realized_pnl"]) == Decimal("6.0") - fees
-    assert engine.gw.positions() == []
+    assert exchange_positions(engine) == []
     assert _algo(engine) == {}
     booked = engine.store.trades(1)[0]
     assert (booked.status, booked.close_reason) == ("closed", "manual")
+
+
+def test_the_intent_strategy_is_booked_with_the_position_and_reported_at_close(engine,
+                                                                             exec_paper):
+    opened = engine.open(intent().model_copy(update={"strategy": "ema-cross"}))
+    pin_price(exec_paper, 60600)
+
+    closed = engine.close(SYMBOL, "signal")
+
+    assert opened.details["strategy"] == "ema-cross"
+    assert engine.store.trades(1)[0].strategy == "ema-cross"
+    assert (closed.details["strategy"], closed.details["side"]) == ("ema-cross", "LONG")
+
+
+def test_a_manual_intent_is_priced_bracketed_and_stepped_like_brains(engine, exec_paper):
+    pin_price(exec_paper, 60000)
+
+    it = engine.manual_intent(SYMBOL, "LONG", Decimal("0.0109"), "manual:k1")
+
+    price = it.reference_price
+    assert abs(price - 60000) < 60  # the paper market's last trade around the pinned price
+    assert it.quantity == Decimal("0.010")  # truncated to the 0.001 step
+    assert (it.stop_loss, it.take_profit) == (
+        (price * Decimal("0.98")).quantize(Decimal("0.1"), ROUND_HALF_UP),
+        (price * Decimal("1.02")).quantize(Decimal("0.1"), ROUND_HALF_UP))
+    assert it.margin == (Decimal("0.010") * price / 20).quantize(Decimal("0.0001"))
+    assert (it.strategy, it.idempotency_key, it.leverage) == ("manual", "manual:k1", 20)
 
 
 def test_back_to_back_positions_are_settled_with_their_own_fills_only(engine, exec_paper):
@@ -223,7 +251,7 @@ def test_leverage_not_applied_blocks_the_symbol_and_sends_nothing(engine, make_e
 
     assert outcome.status == "blocked" and "read back leverage 10" in outcome.reason
     assert again.status == "blocked"
-    assert engine.gw.positions() == []
+    assert exchange_positions(engine) == []
     assert _entry_trades(engine) == []
 
 

@@ -21,6 +21,7 @@ from shared.state import Account, Balance, Order, Price, now_ms
 from tests.integration.conftest import (
     CCXT_SYMBOL,
     SYMBOL,
+    exchange_positions,
     intent,
     pin_price,
     subclassed_client,
@@ -141,7 +142,7 @@ def test_stop_that_can_no_longer_be_placed_closes_at_market(engine, exec_paper):
     [closed] = Reconciler(engine).run()
 
     assert closed.kind == "emergency_close" and closed.level == "critical"
-    assert engine.gw.positions() == []
+    assert exchange_positions(engine) == []
     assert _algo(engine) == {}
     assert engine.store.trades(1)[0].status == "closed"
 

@@ -26,13 +26,13 @@ from nameko_services.risk.ledger import Ledger
 from nameko_services.risk.reservations import ReservationBook
 from nameko_services.risk.stores import StateStore, WarningLatch
 from shared.db import make_sessionmaker
-from shared.exchange import make_exchange
-from shared.market import ExchangeGateway
 from shared.models import TradeIntent
+from shared.names import STATE_SYMBOLS_KEY
 from shared.settings import load_settings
 from shared.state import Position, Price, StateReader, now_ms
+from shared.symbol_rules import SymbolRulesReader
 from tests.integration.conftest import paper_admin, pin_price
-from tests.support.state_feed import PaperFeed, clear_state, count_requests
+from tests.support.state_feed import PaperFeed, clear_state
 
 pytestmark = pytest.mark.integration
 
@@ -70,14 +70,13 @@ def make_desk(paper: PaperExchange, feed: PaperFeed, tmp_path: Path) -> Iterator
             "state": f"test:risk:{tag}:state"}
     db = f"sqlite:///{tmp_path / 'risk.db'}"
 
-    def build(base_url: str | None = None, **sections: Any) -> RiskDesk:
+    def build(**sections: Any) -> RiskDesk:
         settings = load_settings(redis_streams={"url": REDIS_URL}, database={"url": db},
                                  **sections)
         sessions = make_sessionmaker(settings)
         own = redis.Redis.from_url(REDIS_URL, decode_responses=True)
-        gateway = ExchangeGateway(settings, make_exchange(settings,
-                                                          base_url=base_url or paper.base_url))
-        return RiskDesk(settings, gateway, StateStore(sessions, own, keys["state"]),
+        return RiskDesk(settings, SymbolRulesReader(own),
+                        StateStore(sessions, own, keys["state"]),
                         ReservationBook(own, settings.risk.reservation_ttl_s,
                                         keys["res"], keys["rate"]),
                         Ledger(sessions), WarningLatch(own, keys["warn"], keys["throttle"]),
@@ -195,12 +194,14 @@ def test_state_denies_and_is_mirrored_to_redis(make_desk: DeskFactory) -> None:
     assert desk.state._redis is not None and desk.state._redis.get(desk.state.key) == "REDUCING"
 
 
-def test_markets_not_loadable_is_a_denial_not_an_error(make_desk: DeskFactory) -> None:
-    desk = make_desk(base_url="http://127.0.0.1:9")
+def test_a_symbol_without_published_rules_is_refused_as_stale_market(
+        make_desk: DeskFactory, feed: PaperFeed) -> None:
+    desk = make_desk()
+    feed.writer.redis.hdel(STATE_SYMBOLS_KEY, SYMBOL)
 
     decision = desk.check(intent())
 
-    assert decision["reasons"] == ["exchange_unavailable"]
+    assert decision["reasons"] == ["market_data_stale"]
 
 
 def test_realised_daily_loss_past_the_limit_halts_and_denies(
@@ -259,8 +260,6 @@ def test_fifty_concurrent_checks_against_a_cap_for_three_approve_exactly_three(
     sections = {"risk": {"max_total_exposure": 0.21},
                 "trading": {"allow_same_symbol_position": True, "max_open_positions": 100}}
     desks = [make_desk(**sections) for _ in range(2)]  # two risk instances
-    for d in desks:
-        d.gateway.ensure_markets()
     start = threading.Barrier(50)
 
     def one(i: int) -> dict[str, Any]:
@@ -346,13 +345,18 @@ def test_liquidation_price_is_computed_when_the_stream_did_not_give_one(
 
 def test_position_without_a_stop_loss_is_reported_missing(
         make_desk: DeskFactory, feed: PaperFeed) -> None:
-    desk = make_desk(risk={"stop_grace_s": 0.0})
+    # re-checked at every supervision (the interval must be > 0: a microsecond)
+    desk = make_desk(risk={"stop_grace_s": 0.0, "stop_check_interval_s": 1e-6})
     open_position(feed)
 
     sup = desk.supervise()
+    again = desk.supervise()
 
     assert [p.symbol for p in sup.missing_stops] == [SYMBOL]
     assert sup.open_positions == 1 and sup.exposure > 0
+    # alerted once (the latch in Redis), reported missing (execute asked to re-arm) each time
+    assert [a.code for a in sup.stop_alerts] == ["STOP_LOSS_MISSING"]
+    assert [p.symbol for p in again.missing_stops] == [SYMBOL] and again.stop_alerts == []
 
 
 def test_armed_stop_in_the_state_is_not_reported_missing(
@@ -450,12 +454,13 @@ def test_supervision_skips_while_the_account_state_is_stale(
     assert raised.value.reason == "account_state_stale"
 
 
-def test_warm_risk_makes_no_exchange_request(make_desk: DeskFactory, feed: PaperFeed) -> None:
+def test_warm_risk_makes_no_exchange_request(make_desk: DeskFactory, feed: PaperFeed,
+                                            paper: PaperExchange) -> None:
     desk = make_desk(risk={"stop_grace_s": 0.0, "stop_check_interval_s": 0.001},
                      trading={"allow_same_symbol_position": True})
     open_position(feed)
-    assert desk.check(intent())["approved"]  # warm: markets and brackets loaded once
-    sent = count_requests(desk.gateway.client)
+    assert desk.check(intent())["approved"]
+    before = paper_requests(paper)
 
     decisions = [desk.check(intent()) for _ in range(3)]
     desk.supervise()
@@ -464,5 +469,11 @@ def test_warm_risk_makes_no_exchange_request(make_desk: DeskFactory, feed: Paper
 
     assert all(d["approved"] for d in decisions), [d["reasons"] for d in decisions]
     assert status["open_positions"][0]["symbol"] == SYMBOL
-    assert sent == []
+    assert paper_requests(paper) == before  # risk holds no exchange client at all
 
+
+
+def paper_requests(paper: PaperExchange) -> float:
+    """Every HTTP request the paper exchange has answered so far."""
+    return sum(sample.value for metric in paper.metrics.requests.collect()
+               for sample in metric.samples if sample.name.endswith("_total"))

@@ -7,7 +7,7 @@ from decimal import ROUND_DOWN, Decimal
 
 from nameko_services.brain.features import FAST_MS, FEATURE_NAMES, SLOW_MS, Candles
 from nameko_services.brain.model import PhoenixModel
-from nameko_services.brain.track_record import Record
+from nameko_services.brain.track_record import ClosedTrade, TrackRecord
 from nameko_services.brain.training import synthetic_market
 from shared.state import ACCOUNT_STALE, MARKET_STALE, StaleState
 
@@ -71,14 +71,15 @@ class FakeMarket:
 
 class FakeTrack:
     def __init__(self, wins: int = 0, losses: int = 0) -> None:
-        self.record = Record(wins, losses)
-        self.remembered: list[tuple[str, str, str, str]] = []
+        self.record = TrackRecord(wins, losses)
+        self.booked: list[tuple[str, ClosedTrade]] = []
 
     def get(self, strategy, symbol, side):
         return self.record
 
-    def remember(self, signal_id, strategy, symbol, side):
-        self.remembered.append((signal_id, strategy, symbol, side))
+    def book(self, event_id: str, trade: ClosedTrade) -> bool:
+        self.booked.append((event_id, trade))
+        return True
 
 
 def constant_model(p: float, prior_strength: float = 20.0) -> PhoenixModel:

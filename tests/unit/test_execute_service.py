@@ -161,6 +161,49 @@ def test_reconciliation_close_is_booked_announced_and_alerted_when_critical(make
     assert service.bus.published[0][2].code == "RECONCILIATION_BOOKED_CLOSE"
 
 
+def test_position_closed_carries_the_strategy_and_side_of_its_intent(make_service):
+    service = make_service(FakeEngine())
+    correction = Correction("booked_close", "BTCUSDT", "sig-1", "info", "stop fired",
+                            {"reason": "stop_loss", "exit_price": "58800",
+                             "realized_pnl": "-12.4", "side": "LONG", "strategy": "ema"})
+
+    service._corrected(correction)
+
+    [(stream, _, signal_id, data)] = [r for r in service.telemetry.records
+                                      if r[1] == "position_closed"]
+    assert (stream, signal_id) == ("trade:stream", "sig-1")
+    assert data == {"symbol": "BTCUSDT", "side": "LONG", "strategy": "ema",
+                    "reason": "stop_loss", "exit_price": "58800", "realized_pnl": "-12.4"}
+    event = service.dispatch.call_args_list[-1].args[1]
+    assert event == {"type": "position_closed", "signal_id": "sig-1", **data}
+
+
+def test_a_manual_close_reports_the_strategy_too(make_service):
+    class Closing(FakeEngine):
+        def close(self, symbol, reason="manual"):
+            return Outcome("closed", symbol, "sig-7", reason, {
+                "exit_price": "61000", "realized_pnl": "5", "side": "SHORT",
+                "strategy": "rsi"})
+
+    service = make_service(Closing())
+
+    service.close("BTCUSDT")
+
+    [data] = [r[3] for r in service.telemetry.records if r[1] == "position_closed"]
+    assert (data["strategy"], data["side"], data["reason"]) == ("rsi", "SHORT", "manual")
+
+
+def test_entry_filled_and_trade_opened_carry_the_strategy(make_service):
+    opened = Outcome("opened", "BTCUSDT", "sig-1", "", {**OPENED.details, "strategy": "ema"})
+    service = make_service(FakeEngine(opened))
+
+    service.execute_trade(_intent())
+
+    [entry] = [r[3] for r in service.telemetry.records if r[1] == "entry_filled"]
+    assert entry["strategy"] == "ema"
+    assert service.dispatch.call_args_list[0].args[1]["strategy"] == "ema"
+
+
 def test_own_telemetry_and_balance_records_on_trade_stream_are_ignored(make_service):
     service = make_service(FakeEngine())  # has no store: touching it would raise
 

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import math
 from decimal import Decimal as D
 
 import pytest
@@ -9,10 +10,13 @@ from hypothesis import strategies as st
 from shared.money import (
     DEFAULT_BRACKETS,
     bracket_for_notional,
+    bracket_payoff,
     bracket_prices,
     bracket_table,
+    break_even_probability,
     kelly_fraction,
-    kelly_margin_fraction,
+    kelly_size,
+    liquidation_distance,
     liquidation_price,
     maintenance_margin,
     round_to_step,
@@ -105,14 +109,114 @@ def test_quantities_truncate_and_prices_round_to_tick():
     assert (stop, take) == (D("58800.5"), D("61200.5"))
 
 
-def test_kelly_has_no_edge_at_even_odds_and_grows_with_probability():
-    assert kelly_fraction(0.5, 1.0) == 0.0
-    assert kelly_fraction(0.6, 1.0) == pytest.approx(0.2)
-    assert kelly_fraction(0.4, 1.0) == 0.0
+def test_kelly_worked_examples_without_fees():
+    even = bracket_payoff(D("0.02"), D("0.02"), D(0))
+    assert even.ratio == 1
+    assert kelly_fraction(D("0.5"), even.ratio) == 0
+    assert kelly_fraction(D("0.6"), even.ratio) == D("0.2")
+    assert kelly_fraction(D("0.4"), D(2)) == D("0.1")
+    assert kelly_fraction(D("0.25"), even.ratio) == D("-0.5")
 
 
-def test_kelly_margin_is_risk_divided_by_loss_per_margin_and_capped():
-    # p=0.6 -> full Kelly 0.2 -> x0.2 = 4 % of equity at risk; a 2 % stop at 20x loses
-    # 40 % of the margin -> margin 10 % of equity
-    assert kelly_margin_fraction(0.6, 0.02, 0.02, 20, 0.2, 0.15) == pytest.approx(0.10)
-    assert kelly_margin_fraction(0.9, 0.02, 0.02, 20, 0.2, 0.15) == pytest.approx(0.15)
+def test_fees_on_both_legs_shrink_the_payoff_and_raise_break_even():
+    pay = bracket_payoff(D("0.02"), D("0.02"), D("0.0005"))
+
+    assert (pay.win, pay.loss) == (D("0.019"), D("0.021"))
+    assert break_even_probability(pay) == D("0.525")
+    assert kelly_fraction(D("0.52"), pay.ratio) < 0
+
+
+def test_kelly_size_at_the_defaults_is_0_084_of_full_kelly():
+    # 20x, SL = TP = 2 %, taker 0.05 %: b = 19/21, p = 0.7 -> f* = 0.7 - 0.3 * 21/19 = 7/19
+    pay = bracket_payoff(D("0.02"), D("0.02"), D("0.0005"))
+
+    size = kelly_size(D("0.7"), pay, 20, D("0.2"), D("0.15"))
+
+    assert abs(size.f_star - D(7) / 19) < D("1e-20")
+    assert abs(size.margin_fraction - D("1.4") / 19) < D("1e-20")
+    assert size.effective_kelly == D("0.084")  # 0.2 * 20 * 0.021
+    assert abs(size.equity_at_risk - D("0.084") * 7 / 19) < D("1e-20")
+    assert not size.capped
+    capped = kelly_size(D("0.95"), pay, 20, D("0.2"), D("0.15"))
+    assert capped.capped and capped.margin_fraction == D("0.15")
+
+
+def test_bracket_payoff_refuses_a_take_profit_the_fees_eat():
+    with pytest.raises(ValueError):
+        bracket_payoff(D("0.02"), D("0.001"), D("0.0005"))
+
+
+def _log_growth(r: float, p: float, b: float) -> float:
+    return p * math.log1p(r * b) + (1 - p) * math.log1p(-r)
+
+
+probabilities = st.decimals(min_value=D("0.01"), max_value=D("0.99"), places=4)
+percents = st.decimals(min_value=D("0.002"), max_value=D("0.2"), places=4)
+fees = st.decimals(min_value=D(0), max_value=D("0.0009"), places=5)
+
+
+@settings(max_examples=300, deadline=None)
+@given(p=probabilities, sl=percents, tp=percents, fee=fees)
+def test_full_kelly_maximises_expected_log_growth(p, sl, tp, fee):
+    # independent of the formula: f* is where p*log(1 + f*b) + q*log(1 - f) peaks
+    assume(tp > 2 * fee + D("0.001"))
+    pay = bracket_payoff(sl, tp, fee)
+    f = kelly_fraction(p, pay.ratio)
+    assume(D("0.001") < f < D("0.999"))
+    b, r = float(pay.ratio), float(f)
+
+    best = _log_growth(r, float(p), b)
+
+    for other in (r * 0.9, r * 1.1, r - 0.001, r + 0.001):
+        if 0 <= other < 1:
+            assert _log_growth(other, float(p), b) <= best + 1e-12
+
+
+@settings(max_examples=300, deadline=None)
+@given(p=probabilities, sl=percents, tp=percents, fee=fees,
+       leverage=st.integers(1, 125),
+       fraction=st.decimals(min_value=D("0.01"), max_value=D(1), places=3),
+       cap=st.decimals(min_value=D("0.01"), max_value=D(1), places=3))
+def test_kelly_size_is_bounded_and_its_risk_is_the_stop_loss_on_the_margin(
+        p, sl, tp, fee, leverage, fraction, cap):
+    assume(tp > 2 * fee + D("0.001"))
+    pay = bracket_payoff(sl, tp, fee)
+
+    size = kelly_size(p, pay, leverage, fraction, cap)
+
+    assert 0 <= size.margin_fraction <= cap
+    assert (size.f_star > 0) == (p > break_even_probability(pay))
+    assert abs(size.equity_at_risk - size.margin_fraction * leverage * pay.loss) < D("1e-20")
+    if size.f_star > 0 and not size.capped:
+        assert abs(size.equity_at_risk - size.effective_kelly * size.f_star) < D("1e-20")
+    if size.f_star <= 0:
+        assert size.margin_fraction == 0
+
+
+def test_liquidation_distance_worked_examples():
+    # 20x long at 60 000: liquidation 57 228.92 (Binance's example) is 4.62 % below
+    liq = liquidation_price("LONG", D(60000), D("0.010"), 20, BTC)
+    assert liquidation_distance("LONG", D(60000), liq).quantize(D("0.0001")) == D("0.0462")
+    assert liquidation_distance("SHORT", D(60000), D(63000)) == D("0.05")
+    assert liquidation_distance("LONG", D(56000), D(57000)) == 0  # already past it
+    assert liquidation_distance("SHORT", D(64000), D(63000)) == 0
+    assert liquidation_distance("LONG", D(60000), None) is None  # fully collateralised
+    assert liquidation_distance("LONG", D(60000), D(0)) is None
+    assert liquidation_distance("LONG", D(0), D(57000)) is None
+
+
+@settings(max_examples=200, deadline=None)
+@given(side=st.sampled_from(["LONG", "SHORT"]),
+       ref=st.decimals(min_value=D("0.01"), max_value=D(200000), places=2),
+       liq=st.decimals(min_value=D("0.01"), max_value=D(200000), places=2))
+def test_liquidation_distance_is_the_adverse_move_that_reaches_liquidation(side, ref, liq):
+    dist = liquidation_distance(side, ref, liq)
+
+    assert dist is not None and dist >= 0
+    safe = liq < ref if side == "LONG" else liq > ref
+    if safe:  # moving the price against the position by dist lands on the liquidation
+        moved = ref * (1 - dist) if side == "LONG" else ref * (1 + dist)
+        assert abs(moved - liq) < D("1e-18") * max(ref, D(1))
+        assert dist == abs(ref - liq) / ref
+    else:
+        assert dist == 0

@@ -10,7 +10,7 @@ from hypothesis import HealthCheck, given
 from hypothesis import settings as hyp_settings
 from hypothesis import strategies as st
 
-from nameko_services.brain.engine import BrainEngine, kelly_f, margin_fraction
+from nameko_services.brain.engine import BrainEngine, margin_fraction
 from nameko_services.brain.features import FEATURE_NAMES
 from nameko_services.brain.model import PhoenixModel
 from shared.models import Signal
@@ -47,25 +47,43 @@ def test_strong_probability_passes_all_gates_and_is_sized_by_fractional_kelly(se
 
     decision = engine.analyze(_signal(0.9))
 
-    # f* = 0.7 - 0.3/1 = 0.4; margin = 0.2 * 0.4 * 10 000 = 800; 800 * 20 / 60 000 = 0.2666
+    # b = (0.02 - 2 * 0.0005) / (0.02 + 2 * 0.0005) = 19/21; f* = 0.7 - 0.3 * 21/19 = 7/19;
+    # margin = 0.2 * 7/19 * 10 000 = 736.84; 736.84 * 20 / 60 000 = 0.2456
     assert decision.approved
-    assert decision.analysis.sizing["kelly_f"] == pytest.approx(0.4)
-    assert decision.analysis.margin_fraction == pytest.approx(0.08)
-    assert decision.intent is not None and decision.intent.quantity == Decimal("0.266")
+    assert decision.analysis.sizing["kelly_f"] == pytest.approx(7 / 19, abs=1e-6)
+    assert decision.analysis.sizing["payoff_ratio"] == pytest.approx(19 / 21, abs=1e-6)
+    assert decision.analysis.margin_fraction == pytest.approx(1.4 / 19, abs=1e-6)
+    # the stop (2 % + two fees, at 20x) costs 0.42 of the margin: 3.09 % of equity
+    assert decision.analysis.sizing["equity_at_risk"] == pytest.approx(1.4 / 19 * 0.42,
+                                                                       abs=1e-6)
+    assert decision.analysis.sizing["effective_kelly"] == pytest.approx(0.084)
+    assert decision.intent is not None and decision.intent.quantity == Decimal("0.245")
     assert decision.analysis.sizing["bound_by"] == ["step_size"]
     assert (decision.intent.stop_loss, decision.intent.take_profit) == (Decimal("58800.0"),
                                                                         Decimal("61200.0"))
 
 
 def test_each_gate_fails_with_its_own_reason_in_order(settings):
-    weak = _engine(settings, 0.3).analyze(_signal(0.2))
+    weak = _engine(settings, 0.3).analyze(_signal(0.3))
     middling = _engine(settings, 0.55).analyze(_signal(0.9))
 
-    assert weak.analysis.reasons[:3] == ("confidence_below_min",
-                                         "phoenix_score_below_threshold",
+    assert weak.analysis.reasons[:2] == ("phoenix_score_below_threshold",
                                          "final_confidence_below_execute_threshold")
     assert middling.analysis.reasons == ("final_confidence_below_execute_threshold",)
     assert weak.intent is None and middling.intent is None
+
+
+def test_alert_below_min_confidence_is_refused_before_any_market_read(settings):
+    market = FakeMarket()
+    engine = _engine(settings, 0.9, market)
+
+    decision = engine.analyze(_signal(0.2))
+
+    assert decision.analysis.reasons == ("confidence_below_min",)
+    assert decision.analysis.gates["min_confidence"] == {"value": 0.2, "threshold": 0.25,
+                                                         "passed": False}
+    assert decision.intent is None
+    assert market.kline_calls == []
 
 
 def test_final_confidence_blends_model_and_alert_then_boosts(settings):
@@ -88,6 +106,16 @@ def test_probability_without_edge_is_refused_as_no_edge(settings, monkeypatch):
     assert decision.analysis.sizing["kelly_f"] < 0
 
 
+def test_a_coin_flip_edge_the_fees_eat_is_no_edge(monkeypatch, secrets_env):
+    monkeypatch.setenv("PHOENIX__PHOENIX_95__EXECUTE_THRESHOLD", "0.5")
+
+    # TP = SL: without fees p = 0.52 would be an edge; with them break-even is 0.525
+    decision = _engine(_no_prior(), 0.52).analyze(_signal(0.9))
+
+    assert decision.analysis.reasons == ("no_edge",)
+    assert decision.analysis.sizing["break_even_p"] == pytest.approx(0.525)
+
+
 def test_fixed_sizing_skips_the_edge_requirement_but_keeps_caps_and_rounding(monkeypatch,
                                                                              secrets_env):
     monkeypatch.setenv("PHOENIX__PHOENIX_95__EXECUTE_THRESHOLD", "0.5")
@@ -104,7 +132,8 @@ def test_fixed_sizing_skips_the_edge_requirement_but_keeps_caps_and_rounding(mon
 def test_kelly_stake_is_capped_at_max_position_size(settings):
     decision = _engine(settings, 0.95).analyze(_signal(0.9))
 
-    # f* = 0.9 -> 0.18 of equity, capped at 0.15: 1 500 margin -> 30 000 notional = 0.5 BTC
+    # f* = 0.95 - 0.05 * 21/19 = 0.895 -> 0.179 of equity, capped at 0.15:
+    # 1 500 margin -> 30 000 notional = 0.5 BTC
     assert decision.analysis.margin_fraction == pytest.approx(0.15)
     assert "max_position_size" in decision.analysis.sizing["bound_by"]
     assert decision.intent is not None and decision.intent.quantity == Decimal("0.500")
@@ -113,16 +142,10 @@ def test_kelly_stake_is_capped_at_max_position_size(settings):
 def test_size_under_the_exchange_minimum_is_below_min_notional(settings):
     decision = _engine(settings, 0.7, FakeMarket(equity="30")).analyze(_signal(0.9))
 
-    # 0.08 * 30 = 2.4 margin -> 48 USDT notional -> 0.0008 BTC -> 0.000 < min 0.001
+    # 0.0737 * 30 = 2.2 margin -> 44 USDT notional -> 0.0007 BTC -> 0.000 < min 0.001
     assert decision.analysis.reasons == ("below_min_notional",)
     assert decision.intent is None
     assert decision.analysis.sizing["quantity"] == "0"
-
-
-@pytest.mark.parametrize("p,b,expected", [(0.6, 1.0, 0.2), (0.5, 1.0, 0.0), (0.4, 2.0, 0.1),
-                                          (0.25, 1.0, -0.5)])
-def test_kelly_fraction_worked_examples(p, b, expected):
-    assert kelly_f(p, b) == pytest.approx(expected)
 
 
 # the settings fixture is frozen: sharing it across generated inputs is safe
@@ -132,11 +155,11 @@ SHARED_FIXTURE = hyp_settings(suppress_health_check=[HealthCheck.function_scoped
 @SHARED_FIXTURE
 @given(p=st.floats(0.0, 1.0))
 def test_margin_fraction_never_exceeds_the_cap_nor_goes_negative(settings, p):
-    f_star, fraction, bound_by = margin_fraction(settings, p)
+    sized = margin_fraction(settings, p)
 
-    assert 0.0 <= fraction <= settings.trading.max_position_size
-    assert (fraction == settings.trading.max_position_size) or not bound_by
-    assert fraction == pytest.approx(min(0.15, max(0.0, 0.2 * f_star)))
+    assert 0.0 <= sized.fraction <= settings.trading.max_position_size
+    assert (sized.fraction == settings.trading.max_position_size) or not sized.bound_by
+    assert sized.fraction == pytest.approx(min(0.15, max(0.0, 0.2 * sized.f_star)))
 
 
 @SHARED_FIXTURE

@@ -98,10 +98,10 @@ def test_approved_signal_is_audited_risk_checked_and_sent_to_execution(settings)
     data = record.data
     assert data["decision"] == "approved" and data["model_version"] == "constant-0.7"
     assert set(data["gates"]) == {"min_confidence", "phoenix_threshold", "execute_threshold"}
-    assert "trend_fast" in data["features"] and data["sizing"]["quantity"] == "0.266"
+    assert "trend_fast" in data["features"] and data["sizing"]["quantity"] == "0.245"
     [(_, key, intent)] = brain.bus.published
-    assert key == "trade.execute" and intent["quantity"] == "0.266"
-    assert brain.engine.track.remembered == [("sig-9", "ema-cross", "BTCUSDT", "LONG")]
+    assert key == "trade.execute" and intent["quantity"] == "0.245"
+    assert intent["strategy"] == "ema-cross"  # carried to execute's trade events
 
 
 def test_rejected_signal_is_audited_with_its_reasons_and_not_traded(settings):
@@ -147,7 +147,7 @@ def test_dry_run_rpc_returns_the_decision_without_trading(settings):
                             "confidence": 0.9}, dry_run=True)
 
     assert result["dry_run"] is True and result["decision"] == "approved"
-    assert result["intent"]["quantity"] == "0.266"
+    assert result["intent"]["quantity"] == "0.245"
     assert result["gates"]["phoenix_threshold"]["value"] == pytest.approx(0.7)
     assert brain.bus.published == [] and brain.risk.checked == []
 
@@ -177,6 +177,53 @@ def test_close_alert_is_forwarded_while_the_state_is_stale(settings):
     [(_, key, request)] = brain.bus.published
     assert key == "trade.execute" and request["symbol"] == "BTCUSDT"
     assert market.kline_calls == []
+
+
+def _closed_fields(signal_id="sig-9", **data):
+    from nameko_services.execute import reports
+
+    details = {"side": "LONG", "strategy": "ema-cross", "exit_price": "61200",
+               "realized_pnl": "23.5", **data}
+    [record] = reports.position_closed(signal_id, "BTCUSDT", "take_profit", details).records
+    return record.stream_fields()
+
+
+def test_a_closed_position_of_a_strategy_is_booked_into_the_track_record(settings):
+    track = FakeTrack()
+    brain = _service(settings, track=track)
+
+    brain.on_trade_event("1700000000000-0", _closed_fields())
+
+    [(event_id, trade)] = track.booked
+    assert event_id == "1700000000000-0"
+    assert (trade.signal_id, trade.strategy, trade.symbol, trade.side) == (
+        "sig-9", "ema-cross", "BTCUSDT", "LONG")
+    assert trade.realized_pnl == Decimal("23.5") and trade.won
+
+
+@pytest.mark.parametrize("fields", [
+    {"type": "entry_filled", "signal_id": "sig-9", "ts": "1", "data": "{not even json"},
+    {"type": "exchange_position", "signal_id": "", "ts": "1", "data": '{"symbol": "X"}'},
+])
+def test_other_trade_stream_records_are_skipped_unparsed(settings, fields):
+    track = FakeTrack()
+    brain = _service(settings, track=track)
+
+    brain.on_trade_event("1-0", fields)
+
+    assert track.booked == []
+
+
+@pytest.mark.parametrize("data", [{"strategy": None}, {"side": None},
+                                  {"realized_pnl": None}, {"realized_pnl": "NaN"}])
+def test_a_close_that_cannot_count_is_not_booked(settings, data):
+    track = FakeTrack()
+    brain = _service(settings, track=track)
+
+    brain.on_trade_event("1-0", _closed_fields(**data))
+    brain.on_trade_event("2-0", _closed_fields(signal_id=""))
+
+    assert track.booked == []
 
 
 @pytest.mark.parametrize("headers", [

@@ -91,3 +91,9 @@ def test_liquidation_distance_of_a_position() -> None:
                         liquidation_price=57000.0)
     assert data.liquidation_distance_pct(pos) == pytest.approx(5.0)
     assert data.liquidation_distance_pct(data.Position("X", "LONG", 1, 0.0)) is None
+    short = data.Position("BTCUSDT", "SHORT", 0.01, 60000.0, mark_price=60000.0,
+                          liquidation_price=63000.0)
+    assert data.liquidation_distance_pct(short) == pytest.approx(5.0)
+    past = data.Position("BTCUSDT", "LONG", 0.01, 60000.0, mark_price=56000.0,
+                         liquidation_price=57000.0)
+    assert data.liquidation_distance_pct(past) == 0.0  # as risk's watch: none left

@@ -246,8 +246,19 @@ def test_pure_helpers() -> None:
 
 
 @given(entry=st.decimals(min_value="0.0001", max_value="1000000", places=4),
-       liq=st.decimals(min_value="0.0001", max_value="1000000", places=4))
-def test_liquidation_distance_is_relative_to_the_price(entry: Decimal, liq: Decimal) -> None:
-    dist = liquidation_distance({"entry_price": str(entry), "liquidation_price": str(liq)})
+       liq=st.decimals(min_value="0.0001", max_value="1000000", places=4),
+       side=st.sampled_from(["LONG", "SHORT"]))
+def test_liquidation_distance_is_relative_to_the_price(entry: Decimal, liq: Decimal,
+                                                       side: str) -> None:
+    dist = liquidation_distance({"side": side, "entry_price": str(entry),
+                                 "liquidation_price": str(liq)})
     assert dist is not None and dist >= 0
-    assert dist == abs(entry - liq) / entry
+    # as risk's watch measures it: the adverse move left, 0 once the price is past it
+    safe = liq < entry if side == "LONG" else liq > entry
+    assert dist == (abs(entry - liq) / entry if safe else 0)
+
+
+def test_liquidation_distance_prefers_the_mark_to_the_entry() -> None:
+    position = {"side": "SHORT", "entry_price": "60000", "mark_price": "62000",
+                "liquidation_price": "63240"}
+    assert liquidation_distance(position) == Decimal("0.02")

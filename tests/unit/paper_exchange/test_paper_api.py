@@ -14,7 +14,7 @@ import pytest
 from werkzeug.test import Client
 
 from nameko_services.paper_exchange.api import PaperApi
-from nameko_services.paper_exchange.engine import Engine
+from nameko_services.paper_exchange.engine import MatchingEngine
 from nameko_services.paper_exchange.market import Market
 
 KEY, SECRET = "key-1", "secret-1"
@@ -28,7 +28,7 @@ def market() -> Market:
 @pytest.fixture
 def client(market: Market) -> Client:
     market.pin("BTCUSDT", Decimal(60000), hold=True)
-    engine = Engine(market, Decimal(10000), Decimal("0.0005"))
+    engine = MatchingEngine(market, Decimal(10000), Decimal("0.0005"))
     return Client(PaperApi(engine, market, KEY, SECRET))
 
 

@@ -1,4 +1,4 @@
-"""Engine: fills, fees, PnL, margin checks, conditional orders, liquidation."""
+"""MatchingEngine: fills, fees, PnL, margin checks, conditional orders, liquidation."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from nameko_services.paper_exchange.engine import Engine
+from nameko_services.paper_exchange.engine import MatchingEngine
 from nameko_services.paper_exchange.market import SYMBOLS, Market
 from nameko_services.paper_exchange.models import ApiError
 from shared.money import DEFAULT_BRACKETS, liquidation_price, maintenance_margin
@@ -23,13 +23,13 @@ def market() -> Market:
 
 
 @pytest.fixture
-def engine(market: Market) -> Engine:
+def engine(market: Market) -> MatchingEngine:
     market.pin("BTCUSDT", D(60000), hold=True)
     market.pin("ETHUSDT", D(3000), hold=True)
-    return Engine(market, D(10000), FEE)
+    return MatchingEngine(market, D(10000), FEE)
 
 
-def move(engine: Engine, price: str, symbol: str = "BTCUSDT") -> None:
+def move(engine: MatchingEngine, price: str, symbol: str = "BTCUSDT") -> None:
     tick = engine.market.pin(symbol, D(price))
     engine.on_mark(symbol, tick.mark_price)
 
@@ -38,7 +38,7 @@ def code_of(exc: pytest.ExceptionInfo[ApiError]) -> int:
     return exc.value.code
 
 
-def test_market_buy_fills_at_price_with_fee_and_isolated_margin(engine: Engine) -> None:
+def test_market_buy_fills_at_price_with_fee_and_isolated_margin(engine: MatchingEngine) -> None:
     order = engine.place_market("BTCUSDT", "BUY", D("0.01"), False, "c1")
     assert order.status == "FILLED" and order.avg_price == 60000 and order.cum_quote == 600
     pos = engine.positions["BTCUSDT"]
@@ -51,12 +51,12 @@ def test_market_buy_fills_at_price_with_fee_and_isolated_margin(engine: Engine) 
 
 def test_slippage_is_against_the_taker(market: Market) -> None:
     market.pin("BTCUSDT", D(60000), hold=True)
-    eng = Engine(market, D(10000), FEE, slippage=D("0.0001"))
+    eng = MatchingEngine(market, D(10000), FEE, slippage=D("0.0001"))
     assert eng.place_market("BTCUSDT", "BUY", D("0.01"), False, None).avg_price == D("60006.0")
     assert eng.place_market("BTCUSDT", "SELL", D("0.01"), False, None).avg_price == D("59994.0")
 
 
-def test_partial_close_realises_pnl_and_releases_margin(engine: Engine) -> None:
+def test_partial_close_realises_pnl_and_releases_margin(engine: MatchingEngine) -> None:
     engine.place_market("BTCUSDT", "BUY", D("0.02"), False, None)
     move(engine, "61000")
     engine.place_market("BTCUSDT", "SELL", D("0.01"), True, None)
@@ -67,7 +67,7 @@ def test_partial_close_realises_pnl_and_releases_margin(engine: Engine) -> None:
     assert engine.wallet == D(10000) + 10 - fees
 
 
-def test_average_entry_on_increase_and_flip(engine: Engine) -> None:
+def test_average_entry_on_increase_and_flip(engine: MatchingEngine) -> None:
     engine.place_market("BTCUSDT", "BUY", D("0.01"), False, None)
     move(engine, "62000")
     engine.place_market("BTCUSDT", "BUY", D("0.01"), False, None)
@@ -78,7 +78,7 @@ def test_average_entry_on_increase_and_flip(engine: Engine) -> None:
     assert engine.trades[-1].realized_pnl == 20
 
 
-def test_reduce_only_rules(engine: Engine) -> None:
+def test_reduce_only_rules(engine: MatchingEngine) -> None:
     with pytest.raises(ApiError) as exc:
         engine.place_market("BTCUSDT", "SELL", D("0.01"), True, None)
     assert code_of(exc) == -2022
@@ -98,14 +98,14 @@ def test_reduce_only_rules(engine: Engine) -> None:
     ("qty", "code"),
     [("0", -4003), ("0.0015", -1111), ("0.001", -4164), ("2000", -1013), ("5", -2019)],
 )
-def test_order_rejections(engine: Engine, qty: str, code: int) -> None:
+def test_order_rejections(engine: MatchingEngine, qty: str, code: int) -> None:
     with pytest.raises(ApiError) as exc:
         engine.place_market("BTCUSDT", "BUY", D(qty), False, None)
     assert code_of(exc) == code
     assert engine.trades == [] and engine.wallet == 10000
 
 
-def test_client_order_ids(engine: Engine) -> None:
+def test_client_order_ids(engine: MatchingEngine) -> None:
     engine.place_market("BTCUSDT", "BUY", D("0.01"), False, "same")
     with pytest.raises(ApiError) as exc:
         engine.place_market("BTCUSDT", "BUY", D("0.01"), False, "same")
@@ -119,7 +119,7 @@ def test_client_order_ids(engine: Engine) -> None:
     assert code_of(exc) == -2013
 
 
-def test_leverage_and_margin_type(engine: Engine) -> None:
+def test_leverage_and_margin_type(engine: MatchingEngine) -> None:
     assert engine.set_leverage("BTCUSDT", 125)["maxNotionalValue"] == "50000"
     with pytest.raises(ApiError) as exc:
         engine.set_leverage("DOGEUSDT", 76)
@@ -151,7 +151,7 @@ def test_leverage_and_margin_type(engine: Engine) -> None:
         ("BUY", "TAKE_PROFIT_MARKET", "59999.9", False),
     ],
 )
-def test_algo_immediate_trigger_rejected(engine: Engine, side: str, kind: str, trigger: str,
+def test_algo_immediate_trigger_rejected(engine: MatchingEngine, side: str, kind: str, trigger: str,
                                          immediate: bool) -> None:
     def place() -> object:
         return engine.place_algo("BTCUSDT", side, kind, D("0.01"), D(trigger), True, False,
@@ -165,7 +165,7 @@ def test_algo_immediate_trigger_rejected(engine: Engine, side: str, kind: str, t
         place()
 
 
-def test_algo_validation(engine: Engine) -> None:
+def test_algo_validation(engine: MatchingEngine) -> None:
     cases: list[tuple[dict[str, object], int]] = [
         (dict(order_type="STOP"), -1116), (dict(trigger=None), -1102),
         (dict(trigger=D("58800.05")), -4014), (dict(qty=None), -1102),
@@ -182,7 +182,7 @@ def test_algo_validation(engine: Engine) -> None:
         assert code_of(exc) == code, override
 
 
-def test_stop_loss_triggers_on_mark_cross(engine: Engine) -> None:
+def test_stop_loss_triggers_on_mark_cross(engine: MatchingEngine) -> None:
     engine.place_market("BTCUSDT", "BUY", D("0.01"), False, None)
     sl = engine.place_algo("BTCUSDT", "SELL", "STOP_MARKET", D("0.01"), D(58800), True, False,
                            "sl", "MARK_PRICE")
@@ -195,7 +195,7 @@ def test_stop_loss_triggers_on_mark_cross(engine: Engine) -> None:
     assert engine.orders[sl.actual_order_id or 0].client_order_id == "sl"
 
 
-def test_close_position_short_take_profit_and_expiry(engine: Engine) -> None:
+def test_close_position_short_take_profit_and_expiry(engine: MatchingEngine) -> None:
     engine.place_market("BTCUSDT", "SELL", D("0.01"), False, None)
     tp = engine.place_algo("BTCUSDT", "BUY", "TAKE_PROFIT_MARKET", None, D(58800), False, True,
                            None, "MARK_PRICE")
@@ -212,7 +212,7 @@ def test_close_position_short_take_profit_and_expiry(engine: Engine) -> None:
     assert code_of(exc) == -2011
 
 
-def test_cancel_algo_and_client_id_reuse(engine: Engine) -> None:
+def test_cancel_algo_and_client_id_reuse(engine: MatchingEngine) -> None:
     first = engine.place_algo("BTCUSDT", "SELL", "STOP_MARKET", D("0.01"), D(58800), True,
                               False, "sl-1", "MARK_PRICE")
     with pytest.raises(ApiError) as exc:
@@ -228,7 +228,7 @@ def test_cancel_algo_and_client_id_reuse(engine: Engine) -> None:
 
 @pytest.mark.parametrize(("side", "liq", "beyond"), [("BUY", "57228.92", "57228"),
                                                      ("SELL", "62749.00", "62750")])
-def test_liquidation_loses_the_isolated_margin(engine: Engine, side: str, liq: str,
+def test_liquidation_loses_the_isolated_margin(engine: MatchingEngine, side: str, liq: str,
                                                beyond: str) -> None:
     engine.place_market("BTCUSDT", side, D("0.01"), False, None)
     price = engine.liquidation_price("BTCUSDT")
@@ -247,7 +247,7 @@ def test_liquidation_loses_the_isolated_margin(engine: Engine, side: str, liq: s
     assert trade.realized_pnl - trade.commission == -30
 
 
-def test_stop_fires_before_liquidation_on_a_gap(engine: Engine) -> None:
+def test_stop_fires_before_liquidation_on_a_gap(engine: MatchingEngine) -> None:
     engine.place_market("BTCUSDT", "BUY", D("0.01"), False, None)
     sl = engine.place_algo("BTCUSDT", "SELL", "STOP_MARKET", D("0.01"), D(58800), True, False,
                            None, "MARK_PRICE")
@@ -255,7 +255,7 @@ def test_stop_fires_before_liquidation_on_a_gap(engine: Engine) -> None:
     assert sl.status == "FINISHED" and not engine.trades[-1].liquidation
 
 
-def test_user_trades_window(engine: Engine) -> None:
+def test_user_trades_window(engine: MatchingEngine) -> None:
     for _ in range(3):
         engine.place_market("BTCUSDT", "BUY", D("0.01"), False, None)
     all_trades = engine.user_trades("BTCUSDT", None, None, 500, None)
@@ -297,7 +297,7 @@ def test_liquidation_price_matches_shared_money_and_equity_equals_mm(
     brackets = DEFAULT_BRACKETS[symbol]
     allowed = max(b.initial_leverage for b in brackets if b.notional_cap >= notional)
     leverage = data.draw(st.integers(min_value=1, max_value=allowed), label="leverage")
-    engine = Engine(market, D(10) ** 12, FEE)
+    engine = MatchingEngine(market, D(10) ** 12, FEE)
     engine.set_leverage(symbol, leverage)
     engine.place_market(symbol, side, qty, False, None)
     pos = engine.positions[symbol]

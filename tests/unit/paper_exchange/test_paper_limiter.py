@@ -9,7 +9,7 @@ import pytest
 from werkzeug.test import Client
 
 from nameko_services.paper_exchange.api import PaperApi
-from nameko_services.paper_exchange.engine import Engine
+from nameko_services.paper_exchange.engine import MatchingEngine
 from nameko_services.paper_exchange.limiter import WINDOW_MS, WeightLimiter, request_weight
 from nameko_services.paper_exchange.market import Market
 
@@ -49,7 +49,7 @@ def test_zero_limit_is_not_a_limiter() -> None:
 
 def test_api_answers_429_json_with_retry_after_and_spares_health_and_admin() -> None:
     market = Market(seed=95, volatility_annual=0.6, tick_interval_ms=500)
-    engine = Engine(market, Decimal(10000), Decimal("0.0005"))
+    engine = MatchingEngine(market, Decimal(10000), Decimal("0.0005"))
     limiter = WeightLimiter(2, clock=lambda: MINUTE + 30_000)
     client = Client(PaperApi(engine, market, "k", "s", limiter=limiter))
 

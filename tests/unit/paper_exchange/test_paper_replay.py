@@ -11,7 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from nameko_services.paper_exchange import views
-from nameko_services.paper_exchange.engine import Engine
+from nameko_services.paper_exchange.engine import MatchingEngine
 from nameko_services.paper_exchange.market import MINUTE_MS, SYMBOLS, Market
 from nameko_services.paper_exchange.models import Candle
 from nameko_services.paper_exchange.replay import load_csv, parse_timestamp
@@ -121,7 +121,7 @@ def test_klines_and_ticker_serve_the_replayed_history() -> None:
 
 def test_stops_fire_on_a_replayed_wick() -> None:
     market = replayed([Candle(T0, 100.0, 101.0, 90.0, 100.5, 8.0)], symbol="ADAUSDT")
-    engine = Engine(market, Decimal(10000), Decimal("0.0005"))
+    engine = MatchingEngine(market, Decimal(10000), Decimal("0.0005"))
     engine.place_market("ADAUSDT", "BUY", Decimal(100), False, None)
     stop = engine.place_algo("ADAUSDT", "SELL", "STOP_MARKET", Decimal(100), Decimal(95),
                              True, False, None, "MARK_PRICE")

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from nameko_services.paper_exchange.engine import Engine
+from nameko_services.paper_exchange.engine import MatchingEngine
 from nameko_services.paper_exchange.market import Market
 from nameko_services.paper_exchange.models import AlgoOrder, ApiError, Order, Trade
 from nameko_services.paper_exchange.store import PaperStore, decode, encode
@@ -28,15 +28,15 @@ def path(tmp_path: Path) -> Path:
     return tmp_path / "paper.db"
 
 
-def engine_on(market: Market, path: Path) -> Engine:
+def engine_on(market: Market, path: Path) -> MatchingEngine:
     market.pin("BTCUSDT", D(60000), hold=True)
-    return Engine(market, D(10000), FEE, store=PaperStore(path))
+    return MatchingEngine(market, D(10000), FEE, store=PaperStore(path))
 
 
-def reopen(engine: Engine, market: Market, path: Path) -> Engine:
+def reopen(engine: MatchingEngine, market: Market, path: Path) -> MatchingEngine:
     assert engine.store is not None
     engine.store.close()
-    return Engine(market, D(10000), FEE, store=PaperStore(path))
+    return MatchingEngine(market, D(10000), FEE, store=PaperStore(path))
 
 
 def test_new_file_starts_a_fresh_account(market: Market, path: Path) -> None:

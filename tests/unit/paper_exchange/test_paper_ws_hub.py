@@ -8,7 +8,7 @@ from collections.abc import Callable
 from decimal import Decimal
 from typing import Any
 
-from nameko_services.paper_exchange.engine import Engine
+from nameko_services.paper_exchange.engine import MatchingEngine
 from nameko_services.paper_exchange.hub import Hub
 from nameko_services.paper_exchange.listenkeys import ListenKeys
 from nameko_services.paper_exchange.market import MINUTE_MS, Market
@@ -31,12 +31,15 @@ class FakeSocket:
 Check = Callable[[], None]
 
 
-def with_hub(act: Callable[[Hub, Market, Engine, Callable[..., FakeSocket]], Check]) -> None:
+Act = Callable[[Hub, Market, MatchingEngine, Callable[..., FakeSocket]], Check]
+
+
+def with_hub(act: Act) -> None:
     """Run ``act`` on a loop, let every socket's sender drain, then run its check."""
     async def main() -> None:
         market = Market(seed=95, volatility_annual=0.6, tick_interval_ms=500, now_ms=T0)
         market.pin("BTCUSDT", Decimal(60000), hold=True)
-        engine = Engine(market, Decimal(10000), Decimal("0.0005"), Decimal("0.0001"))
+        engine = MatchingEngine(market, Decimal(10000), Decimal("0.0005"), Decimal("0.0001"))
         hub = Hub(market, engine, ListenKeys(3600.0), Latency(), Metrics())
         engine.listeners.append(hub.send_user_event_now)
         conns: list[Connection] = []
@@ -65,7 +68,8 @@ def events_of(ws: FakeSocket) -> list[Any]:
 
 
 def test_kline_sends_the_closed_candle_with_x_true_then_the_new_one() -> None:
-    def act(hub: Hub, market: Market, _: Engine, connect: Callable[..., FakeSocket]) -> Check:
+    def act(hub: Hub, market: Market, _: MatchingEngine,
+            connect: Callable[..., FakeSocket]) -> Check:
         ws = connect("market", "btcusdt@kline_1m", "btcusdt@kline_5m")
         hub.on_ticks(market.step(T0 + 1000))
         live = T0 - T0 % MINUTE_MS
@@ -84,7 +88,7 @@ def test_kline_sends_the_closed_candle_with_x_true_then_the_new_one() -> None:
 
 
 def test_book_ticker_quotes_the_engine_fill_prices_on_the_public_route_only() -> None:
-    def act(hub: Hub, market: Market, engine: Engine,
+    def act(hub: Hub, market: Market, engine: MatchingEngine,
             connect: Callable[..., FakeSocket]) -> Check:
         public = connect("public", "btcusdt@bookTicker")
         market_route = connect("market", "btcusdt@bookTicker")
@@ -102,7 +106,8 @@ def test_book_ticker_quotes_the_engine_fill_prices_on_the_public_route_only() ->
 
 
 def test_user_events_go_to_private_sockets_with_an_active_key_and_matching_filter() -> None:
-    def act(hub: Hub, _: Market, engine: Engine, connect: Callable[..., FakeSocket]) -> Check:
+    def act(hub: Hub, _: Market, engine: MatchingEngine,
+            connect: Callable[..., FakeSocket]) -> Check:
         key = hub.keys.create()
         everything = connect("private", keys=(key,))
         orders_only = connect("private", keys=(key,),
@@ -123,7 +128,8 @@ def test_user_events_go_to_private_sockets_with_an_active_key_and_matching_filte
 
 
 def test_expiry_is_announced_once_and_silences_the_socket() -> None:
-    def act(hub: Hub, _: Market, engine: Engine, connect: Callable[..., FakeSocket]) -> Check:
+    def act(hub: Hub, _: Market, engine: MatchingEngine,
+            connect: Callable[..., FakeSocket]) -> Check:
         key = hub.keys.create()
         ws = connect("private", keys=(key,))
 

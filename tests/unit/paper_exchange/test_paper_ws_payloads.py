@@ -7,7 +7,7 @@ from decimal import Decimal
 import pytest
 
 from nameko_services.paper_exchange import streams, userdata, views
-from nameko_services.paper_exchange.engine import Engine
+from nameko_services.paper_exchange.engine import MatchingEngine
 from nameko_services.paper_exchange.events import (
     AccountEvent,
     AlgoEvent,
@@ -33,8 +33,8 @@ def market() -> Market:
 
 
 @pytest.fixture
-def engine(market: Market) -> tuple[Engine, list[UserEvent]]:
-    eng = Engine(market, Decimal(10000), Decimal("0.0005"), Decimal("0.0001"))
+def engine(market: Market) -> tuple[MatchingEngine, list[UserEvent]]:
+    eng = MatchingEngine(market, Decimal(10000), Decimal("0.0005"), Decimal("0.0001"))
     events: list[UserEvent] = []
     eng.listeners.append(events.append)
     return eng, events
@@ -99,7 +99,7 @@ def test_kline_stream_matches_rest_klines(market: Market, interval: str) -> None
 
 
 def test_market_order_emits_new_trade_then_account_update(
-        engine: tuple[Engine, list[UserEvent]]) -> None:
+        engine: tuple[MatchingEngine, list[UserEvent]]) -> None:
     eng, events = engine
 
     eng.place_market("BTCUSDT", "BUY", Decimal("0.01"), False, "u-1")
@@ -122,7 +122,7 @@ def test_market_order_emits_new_trade_then_account_update(
 
 
 def test_algo_trigger_emits_triggering_triggered_child_then_finished(
-        engine: tuple[Engine, list[UserEvent]], market: Market) -> None:
+        engine: tuple[MatchingEngine, list[UserEvent]], market: Market) -> None:
     eng, events = engine
     eng.place_market("BTCUSDT", "BUY", Decimal("0.01"), False, None)
     algo = eng.place_algo("BTCUSDT", "SELL", "TAKE_PROFIT_MARKET", Decimal("0.01"),
@@ -146,7 +146,7 @@ def test_algo_trigger_emits_triggering_triggered_child_then_finished(
 
 
 def test_algo_without_position_expires_and_failed_child_rejects(
-        engine: tuple[Engine, list[UserEvent]], market: Market) -> None:
+        engine: tuple[MatchingEngine, list[UserEvent]], market: Market) -> None:
     eng, events = engine
     eng.place_algo("BTCUSDT", "SELL", "STOP_MARKET", Decimal("0.01"), Decimal(58800), True,
                    False, "sl-1", "CONTRACT_PRICE")
@@ -171,7 +171,7 @@ def test_algo_without_position_expires_and_failed_child_rejects(
     assert not any(isinstance(e, (OrderEvent, AccountEvent)) for e in events)
 
 
-def test_liquidation_is_an_autoclose_trade(engine: tuple[Engine, list[UserEvent]],
+def test_liquidation_is_an_autoclose_trade(engine: tuple[MatchingEngine, list[UserEvent]],
                                           market: Market) -> None:
     eng, events = engine
     eng.place_market("BTCUSDT", "BUY", Decimal("0.01"), False, None)
@@ -185,7 +185,8 @@ def test_liquidation_is_an_autoclose_trade(engine: tuple[Engine, list[UserEvent]
     assert account["a"]["P"][0]["pa"] == "0"
 
 
-def test_listener_errors_do_not_undo_the_trade(engine: tuple[Engine, list[UserEvent]]) -> None:
+def test_listener_errors_do_not_undo_the_trade(
+        engine: tuple[MatchingEngine, list[UserEvent]]) -> None:
     eng, events = engine
 
     def broken(_: UserEvent) -> None:

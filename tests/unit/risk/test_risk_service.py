@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from nameko_services.risk.desk import Supervision, TickResult
-from nameko_services.risk.watch import WatchedPosition
+from nameko_services.risk.watch import WatchedPosition, missing_stop_alert
 from shared.models import RiskAlert
 from shared.records import Record
 from shared.state import StaleState
@@ -77,7 +77,20 @@ class FakeDesk:
     def supervise(self) -> Supervision:
         if self.supervision is None:
             raise StaleState("account_state_stale", "account state 9000 ms old")
-        return self.supervision
+        current = self.supervision
+        # the desk alerts a missing stop once (its latch); it keeps reporting it missing
+        self.supervision = Supervision(current.state, current.ledger,
+                                       missing_stops=current.missing_stops)
+        return current
+
+    def release(self, signal_id: str) -> bool:
+        return self.reservations.release(signal_id)
+
+    def mark_filled(self, signal_id: str) -> bool:
+        return self.reservations.mark_filled(signal_id)
+
+    def trading_state(self) -> str:
+        return self.state.get()[0]
 
     def on_tick(self, symbol: str, mark: D) -> TickResult:
         self.ticks.append((symbol, mark))
@@ -115,14 +128,6 @@ class FakeExecute:
         return {"status": "rearmed"}
 
 
-class Events:
-    def __init__(self) -> None:
-        self.sent: list[tuple[str, dict[str, Any]]] = []
-
-    def __call__(self, name: str, payload: dict[str, Any]) -> None:
-        self.sent.append((name, payload))
-
-
 INTENT = {"signal_id": "sig-1", "idempotency_key": "k", "symbol": "BTCUSDT", "side": "LONG",
           "quantity": "0.01", "reference_price": "60000", "leverage": 20,
           "stop_loss": "58800", "take_profit": "61200", "margin": "30"}
@@ -137,7 +142,7 @@ def make_service(secrets_env: dict[str, str]) -> Any:
 
     def build(desk: FakeDesk, execute: FakeExecute | None = None) -> Any:
         return worker_factory(RiskService, desk=desk, bus=FakeBus(), telemetry=FakeTelemetry(),
-                              dispatch=Events(), execute=execute or FakeExecute(),
+                              execute=execute or FakeExecute(),
                               config=get_settings())
 
     return build
@@ -167,22 +172,27 @@ def test_denial_for_a_breached_daily_loss_halts_trading_once(make_service: Any) 
     svc.check(INTENT)
 
     assert desk.state_now == "HALTED"
-    assert [name for name, _ in svc.dispatch.sent] == ["risk_state_changed"]
-    assert [a.code for a in svc.bus.alerts] == ["STATE_CHANGED"]
-    assert "state_changed" in [r.type for _, r in svc.telemetry.records]
+    [alert] = svc.bus.alerts
+    assert alert.code == "STATE_CHANGED" and alert.alert_id.startswith("state:")
+    [change] = [r for _, r in svc.telemetry.records if r.type == "state_changed"]
+    assert alert.alert_id == f"state:{change.data['change_id']}"
 
 
-def test_set_state_announces_a_change_by_event_alert_and_record(make_service: Any) -> None:
+def test_set_state_announces_a_change_by_one_alert_with_an_id_and_a_record(
+        make_service: Any) -> None:
     svc = make_service(FakeDesk())
 
     reply = svc.set_state("reducing", "exchange pre-flight failed")
+    svc.set_state("active", "recovered")
 
     assert reply == {"state": "REDUCING", "previous": "ACTIVE",
                      "reason": "exchange pre-flight failed"}
-    [(name, payload)] = svc.dispatch.sent
-    assert name == "risk_state_changed" and payload["state"] == "REDUCING"
-    [alert] = svc.bus.alerts
-    assert alert.level == "critical" and "ACTIVE -> REDUCING" in alert.text
+    first, second = svc.bus.alerts  # one message per change, nothing else announces it
+    assert first.level == "critical" and "ACTIVE -> REDUCING" in first.text
+    assert second.level == "info" and "REDUCING -> ACTIVE" in second.text
+    assert first.alert_id and second.alert_id and first.alert_id != second.alert_id
+    changes = [r.data for _, r in svc.telemetry.records if r.type == "state_changed"]
+    assert [c["state"] for c in changes] == ["REDUCING", "ACTIVE"]
 
 
 def test_supervision_breach_halts_and_a_missing_stop_is_alerted_once_and_rearmed(
@@ -190,7 +200,8 @@ def test_supervision_breach_halts_and_a_missing_stop_is_alerted_once_and_rearmed
     pos = WatchedPosition("ETHUSDT", "LONG", D("0.2"), D(3000), D(2860), D(30))
     desk = FakeDesk(supervision=Supervision(state="ACTIVE", ledger=None,
                                             halt_reason="max_drawdown: 25%",
-                                            missing_stops=[pos]))
+                                            missing_stops=[pos],
+                                            stop_alerts=[missing_stop_alert(pos)]))
     execute = FakeExecute()
     svc = make_service(desk, execute)
 
@@ -198,15 +209,16 @@ def test_supervision_breach_halts_and_a_missing_stop_is_alerted_once_and_rearmed
     svc.supervise()
 
     assert desk.state_now == "HALTED"
-    assert [name for name, _ in svc.dispatch.sent] == ["risk_state_changed"]
     codes = [a.code for a in svc.bus.alerts]
+    assert codes.count("STATE_CHANGED") == 1
     assert codes.count("STOP_LOSS_MISSING") == 1
     assert execute.rearmed == ["ETHUSDT", "ETHUSDT"]
 
 
 def test_missing_rearm_rpc_is_tolerated(make_service: Any) -> None:
     pos = WatchedPosition("ETHUSDT", "LONG", D("0.2"), D(3000), D(2860), D(30))
-    desk = FakeDesk(supervision=Supervision(state="ACTIVE", ledger=None, missing_stops=[pos]))
+    desk = FakeDesk(supervision=Supervision(state="ACTIVE", ledger=None, missing_stops=[pos],
+                                            stop_alerts=[missing_stop_alert(pos)]))
     svc = make_service(desk, FakeExecute(fail=True))
 
     svc.supervise()
