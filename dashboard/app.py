@@ -1,7 +1,9 @@
 """Phoenix 95 live dashboard.
 
 Run: ``streamlit run dashboard/app.py --server.port 8501`` (or ``python -m dashboard``).
-Layout only: data access lives in :mod:`dashboard.data`, figures in :mod:`dashboard.charts`.
+Layout only: reads live in :mod:`dashboard.reading`, shaping in :mod:`dashboard.transform`
+and :mod:`dashboard.candles`, writes in :mod:`dashboard.controls`, figures in
+:mod:`dashboard.charts`.
 Every read is bounded or runs in a background thread (RPC, lag probes), so a slow service
 never blocks a refresh. The only writes are the sidebar controls (pause, halt, resume,
 close), which go through the services' HTTP endpoints with the API key the user types in
@@ -23,7 +25,9 @@ import pandas as pd  # noqa: E402
 import redis  # noqa: E402
 import streamlit as st  # noqa: E402
 
-from dashboard import auth, charts, data  # noqa: E402
+from dashboard import auth, charts, controls, reading, transform  # noqa: E402
+from dashboard.candles import CandleBook  # noqa: E402
+from dashboard.rows import Position, ServiceHealth, num  # noqa: E402
 from shared import lag as lag_probe  # noqa: E402
 from shared import names  # noqa: E402
 from shared.redis_conn import redis_client  # noqa: E402
@@ -33,6 +37,7 @@ from shared.settings import (  # noqa: E402
     Settings,
     get_settings,
 )
+from shared.state import StateReader  # noqa: E402
 from shared.web import api_key_matches  # noqa: E402
 
 REFRESH_S = 3.0
@@ -43,23 +48,28 @@ STALE_MARKET_S = 10.0
 
 
 @st.cache_resource(show_spinner=False)
-def _reader(url: str, _redis: RedisStreamsSettings) -> data.StreamReader:
-    return data.StreamReader.from_settings(_redis)
+def _reader(url: str, _redis: RedisStreamsSettings) -> reading.StreamReader:
+    return reading.StreamReader.from_settings(_redis)
 
 
 @st.cache_resource(show_spinner=False)
-def _candles(url: str) -> data.CandleBook:
-    return data.CandleBook()
+def _state(url: str, _settings: Settings) -> StateReader:
+    return reading.state_reader(_settings)
 
 
 @st.cache_resource(show_spinner=False)
-def _rpc(amqp_uri: str) -> data.RpcPoller:
-    return data.RpcPoller(amqp_uri, timeout=RPC_TIMEOUT_S, interval=REFRESH_S)
+def _candles(url: str) -> CandleBook:
+    return CandleBook()
+
+
+@st.cache_resource(show_spinner=False)
+def _rpc(amqp_uri: str) -> reading.RpcPoller:
+    return reading.RpcPoller(amqp_uri, timeout=RPC_TIMEOUT_S, interval=REFRESH_S)
 
 
 @st.cache_resource(show_spinner=False)
 def _lags(amqp_uri: str, redis_url: str, kafka: str, group: str,
-          _redis: RedisStreamsSettings) -> data.LagPoller:
+          _redis: RedisStreamsSettings) -> reading.LagPoller:
     def probe() -> list[lag_probe.Lag]:
         client = redis_client(_redis, socket_timeout=2, socket_connect_timeout=2)
         try:
@@ -69,12 +79,12 @@ def _lags(amqp_uri: str, redis_url: str, kafka: str, group: str,
             client.close()
         return rows + lag_probe.kafka_lag(kafka, group, timeout=2.0)
 
-    return data.LagPoller(probe, interval=10.0)
+    return reading.LagPoller(probe, interval=10.0)
 
 
 @st.cache_data(ttl=5, show_spinner=False)
-def _health(urls: tuple[tuple[str, str], ...]) -> list[data.ServiceHealth]:
-    return data.check_health(dict(urls), timeout=HEALTH_TIMEOUT_S)
+def _health(urls: tuple[tuple[str, str], ...]) -> list[ServiceHealth]:
+    return reading.check_health(dict(urls), timeout=HEALTH_TIMEOUT_S)
 
 
 def _fmt(value: object, spec: str = ",.2f") -> str:
@@ -91,7 +101,7 @@ def _show_table(frame: pd.DataFrame, empty: str, **config: Any) -> None:
                  column_config=config or None)
 
 
-def _risk_panel(settings: Settings, snapshot: data.RpcSnapshot | None,
+def _risk_panel(settings: Settings, snapshot: reading.RpcSnapshot | None,
                 lags: list[lag_probe.Lag]) -> None:
     st.subheader("Risk & health")
     if snapshot is None:
@@ -106,12 +116,12 @@ def _risk_panel(settings: Settings, snapshot: data.RpcSnapshot | None,
             st.caption(f"reason: {status['reason']}")
         open_positions = status.get("open_positions")
         c1, c2 = st.columns(2)
-        c1.metric("Equity", _fmt(data._num(status.get("equity"))))
+        c1.metric("Equity", _fmt(num(status.get("equity"))))
         c2.metric("Open positions", len(open_positions) if isinstance(open_positions, list)
                   else _fmt(open_positions))
         c3, c4 = st.columns(2)
-        c3.metric("Exposure", _fmt(data._num(status.get("exposure"))))
-        usage = data._num(status.get("margin_usage"))
+        c3.metric("Exposure", _fmt(num(status.get("exposure"))))
+        usage = num(status.get("margin_usage"))
         c4.metric("Margin usage", "—" if usage is None else f"{usage * 100:.1f}%")
         extra = {k: v for k, v in status.items()
                  if k not in ("state", "equity", "open_positions", "reason")}
@@ -120,13 +130,33 @@ def _risk_panel(settings: Settings, snapshot: data.RpcSnapshot | None,
                 st.json(extra)
     else:
         st.error(f"risk.status() failed — {snapshot.risk_error}")
-    urls = data.ready_urls(settings.services, names.SERVICES)  # readiness, not liveness
+    urls = reading.ready_urls(settings.services, names.SERVICES)  # readiness, not liveness
     rows = [
         {"service": h.service, "up": "🟢" if h.ok else "🔴", "status": h.status,
          "latency ms": None if h.latency_ms is None else round(h.latency_ms, 1)}
-        for h in [*_health(tuple(sorted(urls.items()))), *data.broker_rows(lags)]
+        for h in [*_health(tuple(sorted(urls.items()))), *transform.broker_rows(lags)]
     ]
     st.dataframe(pd.DataFrame(rows), hide_index=True)
+
+
+def _positions(settings: Settings,
+               snapshot: reading.RpcSnapshot | None) -> tuple[list[Position], str]:
+    """Open positions and, when they are not execute's, a warning saying where they are from.
+
+    ``execute.positions()`` first; while RPC is down, the feed's account state in Redis
+    (the one source execute reads too), never positions rebuilt from trade events.
+    """
+    if snapshot is not None and snapshot.positions is not None:
+        return snapshot.positions, ""
+    read = reading.read_account(_state(settings.redis_streams.url, settings))
+    if read.account is None:
+        st.error(f"positions unavailable — {read.error}")
+        return [], ""
+    age = read.age_s
+    as_of = "never written by the feed" if age is None else f"as of {age:,.0f} s ago"
+    return (transform.positions_from_account(read.account, read.prices),
+            f"RPC unavailable — positions below are the feed's account state in Redis "
+            f"({as_of}; SL/TP are the open orders' triggers).")
 
 
 @st.fragment(run_every=REFRESH_S)
@@ -139,10 +169,10 @@ def live(settings: Settings) -> None:
                           settings.kafka.bootstrap_servers,
                           settings.kafka.consumer_group, settings.redis_streams).latest()
 
-    events = data.read_dashboard(reader, EVENT_COUNT)
+    events = reading.read_dashboard(reader, EVENT_COUNT)
     market_error = None
     try:
-        book.update(reader)
+        reading.refresh_candles(book, reader)
     except redis.RedisError as exc:
         market_error = f"market:stream unreadable: {exc}"
     if events.error:
@@ -154,10 +184,7 @@ def live(settings: Settings) -> None:
 
     symbol = str(st.session_state.get("symbol") or settings.trading.allowed_symbols[0])
     prices = book.prices()
-    rpc_positions = snapshot.positions if snapshot is not None else None
-    fallback = rpc_positions is None
-    positions = (data.positions_from_trades(events.trades, prices) if fallback
-                 else rpc_positions or [])
+    positions, fallback = _positions(settings, snapshot)
 
     chart_col, side_col = st.columns([3, 1])
     with chart_col:
@@ -169,7 +196,7 @@ def live(settings: Settings) -> None:
         fig = charts.price_chart(
             candles, symbol,
             levels=charts.position_levels(positions, symbol),
-            fills=data.fills_from_trades(events.trades, symbol),
+            fills=transform.fills_from_trades(events.trades, symbol),
         )
         st.plotly_chart(fig, key="price_chart")
     with side_col:
@@ -178,18 +205,17 @@ def live(settings: Settings) -> None:
 
     st.subheader("Open positions")
     if fallback:
-        st.warning("RPC unavailable — positions below are DERIVED from trade:stream "
-                   "(last records only; may be incomplete or stale).")
+        st.warning(fallback)
     for p in positions:  # one readable line each, above the table
-        dist = data.liquidation_distance_pct(p)
+        dist = transform.liquidation_distance_pct(p)
         st.markdown(
             f"**{p.symbol}** {p.side} {p.quantity:g} @ {p.entry_price:g} · "
             f"uPnL {_fmt(p.unrealized_pnl)} · SL {_fmt(p.stop_loss, 'g')} · "
             f"TP {_fmt(p.take_profit, 'g')} · liq {_fmt(p.liquidation_price, 'g')}"
             + (f" ({dist:.2f}% away)" if dist is not None else ""))
-    frame = data.positions_frame(positions)
+    frame = transform.positions_frame(positions)
     if not frame.empty:
-        frame["liq_distance_pct"] = [data.liquidation_distance_pct(p) for p in positions]
+        frame["liq_distance_pct"] = [transform.liquidation_distance_pct(p) for p in positions]
     _show_table(
         frame, "No open positions.",
         unrealized_pnl=st.column_config.NumberColumn("unrealized PnL", format="%.2f"),
@@ -209,8 +235,8 @@ def live(settings: Settings) -> None:
                f"streams: last {EVENT_COUNT} events each")
 
 
-def _signals_tab(events: data.Dashboard) -> None:
-    signals = data.join_signals(events.signals, events.risk, events.trades)
+def _signals_tab(events: reading.Dashboard) -> None:
+    signals = transform.join_signals(events.signals, events.risk, events.trades)
     _show_table(
         signals.drop(columns=["signal_id"]) if not signals.empty else signals,
         "No signals yet.",
@@ -218,7 +244,7 @@ def _signals_tab(events: data.Dashboard) -> None:
         phoenix_score=st.column_config.NumberColumn("phoenix score", format="%.3f"),
         final_confidence=st.column_config.NumberColumn("final conf.", format="%.3f"),
     )
-    trade_events = data.trade_events_frame(events.trades)
+    trade_events = transform.trade_events_frame(events.trades)
     if not signals.empty:
         ids = [s for s in signals["signal_id"].tolist() if s]
         chosen = st.selectbox("Signal → its orders and trade events", ["(all)", *ids],
@@ -232,44 +258,43 @@ def _signals_tab(events: data.Dashboard) -> None:
     )
 
 
-def _trades_tab(settings: Settings, snapshot: data.RpcSnapshot | None,
-                positions: list[data.Position], events: data.Dashboard) -> None:
+def _trades_tab(settings: Settings, snapshot: reading.RpcSnapshot | None,
+                positions: list[Position], events: reading.Dashboard) -> None:
     if snapshot is None or snapshot.trades is None:
         error = snapshot.trades_error if snapshot is not None else "waiting for RPC"
         st.warning(f"execute.trades() unavailable — {error}")
         return
-    closed = data.closed_trades_frame(snapshot.trades)
+    closed = transform.closed_trades_frame(snapshot.trades)
     status = snapshot.risk_status or {}
-    equity = data._num(status.get("equity"))
+    equity = num(status.get("equity"))
     unrealized = sum(p.unrealized_pnl or 0.0 for p in positions)
-    today = data._num(status.get("daily_pnl"))
-    today = data.daily_pnl(closed) if today is None else today
-    limit = data._num(status.get("daily_loss_limit"))
+    # risk's figure, the one definition of daily PnL (nameko_services/risk/ledger.py)
+    today = num(status.get("daily_pnl"))
+    limit = num(status.get("daily_loss_limit"))
     c1, c2 = st.columns([2, 1])
     with c1:
-        st.plotly_chart(charts.equity_chart(data.equity_curve(closed, equity, unrealized)),
+        st.plotly_chart(charts.equity_chart(transform.equity_curve(closed, equity, unrealized)),
                         key="equity_chart")
     with c2:
-        st.plotly_chart(charts.daily_pnl_chart(today, limit), key="daily_pnl_chart")
+        if today is None:
+            st.info("Daily PnL unavailable: risk.status() did not answer")
+        else:
+            st.plotly_chart(charts.daily_pnl_chart(today, limit), key="daily_pnl_chart")
     st.subheader("Closed trades")
     _show_table(closed, "No closed trades yet.",
                 closed_at=st.column_config.DatetimeColumn(format="YYYY-MM-DD HH:mm:ss"),
                 realized_pnl=st.column_config.NumberColumn("realised PnL", format="%.2f"))
 
 
-def _pipeline_tab(events: data.Dashboard, lags: list[lag_probe.Lag], lags_at: float) -> None:
-    latencies = data.pipeline_latencies(events.signals, events.trades)
+def _pipeline_tab(events: reading.Dashboard, lags: list[lag_probe.Lag], lags_at: float) -> None:
+    latencies = transform.pipeline_latencies(events.signals, events.trades)
     st.plotly_chart(charts.latency_histogram(latencies), key="latency_chart")
     st.subheader("Consumer lag (RabbitMQ queues, Redis stream groups, Kafka topics)")
     if not lags:
         st.info("Lag probes: waiting for the first answer…")
         return
-    _show_table(data.lag_frame(lags), "No lag data.")
+    _show_table(transform.lag_frame(lags), "No lag data.")
     st.caption(f"probed {pd.Timestamp(lags_at, unit='s', tz='UTC'):%H:%M:%S} UTC")
-
-
-CONTROL_ACTIONS = ("pause (REDUCING)", "halt (HALTED)", "resume (ACTIVE)", "close a position",
-                   "close every position")
 
 
 def _controls(settings: Settings) -> None:
@@ -277,7 +302,7 @@ def _controls(settings: Settings) -> None:
     with st.sidebar.expander("Controls (need the API key)"):
         with st.form("controls", clear_on_submit=False):
             api_key = st.text_input("API key (X-API-Key)", type="password")
-            action = st.selectbox("Action", CONTROL_ACTIONS)
+            action = st.selectbox("Action", controls.CONTROL_ACTIONS)
             symbol = st.selectbox("Symbol (for close)", settings.trading.allowed_symbols)
             confirm = st.checkbox("I confirm this changes live trading")
             submitted = st.form_submit_button("Apply")
@@ -290,17 +315,8 @@ def _controls(settings: Settings) -> None:
         if not api_key_matches(api_key, known):  # bytes compare: any Unicode input is safe
             st.error("Wrong API key.")
             return
-        svc = settings.services
-        if action.startswith(("pause", "halt", "resume")):
-            state = {"pause": "REDUCING", "halt": "HALTED", "resume": "ACTIVE"}[action.split()[0]]
-            ok, text = data.send_control(f"{svc.url_of(names.RISK)}/update", api_key,
-                                         {"state": state, "reason": "dashboard"})
-        elif action == "close a position":
-            ok, text = data.send_control(f"{svc.url_of(names.EXECUTE)}/close", api_key,
-                                         {"symbol": symbol})
-        else:
-            ok, text = data.send_control(f"{svc.url_of(names.EXECUTE)}/close", api_key,
-                                         {"all": True})
+        url, body = controls.control_request(action, symbol, settings.services)
+        ok, text = controls.send_control(url, api_key, body)
         (st.success if ok else st.error)(f"{action}: {text[:500]}")
 
 

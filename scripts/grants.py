@@ -61,7 +61,10 @@ def _caller(caller: str) -> RabbitGrant:
 def _consumer(queue: str) -> RabbitGrant:
     """A durable consumer of ``queue``: it, its retry and dead-letter queues."""
     exchange = names.QUEUE_BINDINGS[queue][0]
-    mine = _names(queue, queue + names.RETRY_SUFFIX, queue + names.DLQ_SUFFIX)
+    # and the queues fed by its dead letters (trade_execution.failed: execute's outcome)
+    fed = [q for q, (ex, _, key) in names.QUEUE_BINDINGS.items()
+           if ex == names.DEAD_LETTER_EXCHANGE and key == queue]
+    mine = _names(queue, queue + names.RETRY_SUFFIX, queue + names.DLQ_SUFFIX, *fed)
     dlx = _names(names.DEAD_LETTER_EXCHANGE, DEFAULT_EXCHANGE)
     return RabbitGrant(configure=mine + _names(exchange, names.DEAD_LETTER_EXCHANGE),
                        write=mine + dlx, read=mine + _names(exchange,

@@ -29,6 +29,13 @@ class _Message(BaseModel):
         return self.model_dump(mode="json")
 
 
+def scoped_key(strategy: str, symbol: str, idempotency_key: str) -> str:
+    """An alert's idempotency scope: the same alert id in another strategy or on another
+    symbol is another trade. Brain dedups on it (for ``IDEMPOTENCY_WINDOW_S``) and
+    execute derives every client order id from it, so both agree on what a repeat is."""
+    return f"{strategy}|{symbol}|{idempotency_key}"
+
+
 class Signal(_Message):
     """A TradingView alert that passed intake: authenticated, validated, normalised."""
 
@@ -44,6 +51,10 @@ class Signal(_Message):
     interval: str = ""
     alert_time: datetime | None = None
     received_at: datetime
+
+    @property
+    def scoped_key(self) -> str:
+        return scoped_key(self.strategy, self.symbol, self.idempotency_key)
 
 
 class Analysis(_Message):
@@ -110,6 +121,10 @@ class TradeIntent(_Message):
                    margin_mode=leverage.margin_mode, stop_loss=stop, take_profit=take,
                    margin=(quantity * price / leverage.leverage).quantize(MARGIN_QUANTUM),
                    strategy=strategy, received_at=received_at)
+
+    @property
+    def scoped_key(self) -> str:
+        return scoped_key(self.strategy, self.symbol, self.idempotency_key)
 
 
 class RiskDecision(_Message):

@@ -15,13 +15,15 @@ from nameko.rpc import rpc
 from nameko.timer import timer
 from nameko.web.handlers import http
 from prometheus_client import Counter, Histogram
+from pydantic import ValidationError
 from werkzeug.wrappers import Request, Response
 
 from nameko_services.execute import events, reports
+from nameko_services.execute.dead_letters import dead_letter_outcome
 from nameko_services.execute.dependencies import ExecutionEngineProvider
 from nameko_services.execute.engine import ExecutionEngine, LockBusy, Outcome, is_retryable
 from nameko_services.execute.reconcile import Correction, Reconciler
-from shared.consumer import Retryable, durable_consume
+from shared.consumer import Retryable, dead_letter_consume, durable_consume
 from shared.health import ReadinessChecks, ReadinessProbe, breaker_check
 from shared.market import ExchangeUnavailable
 from shared.models import Approval, CloseRequest, RiskAlert, TradeIntent
@@ -37,6 +39,7 @@ from shared.names import (
     RISK_ALERT_KEY,
     RISK_EXCHANGE,
     SIGNALS_EXCHANGE,
+    TRADE_FAILED_QUEUE,
     TRADE_KEY,
     TRADE_QUEUE,
     TRADE_STREAM,
@@ -133,6 +136,33 @@ class ExecuteService:
                                       f"close request refused: {exc}", request.symbol,
                                       request.signal_id))
             raise
+
+    @dead_letter_consume(kombu_queue(TRADE_FAILED_QUEUE))
+    def trade_dead_lettered(self, body: Any, reason: str) -> None:
+        """A trade_execution message that ended in the DLQ (poison, retries exhausted):
+        the intent's failed outcome, once (dead_letters.py). The consumer that
+        dead-lettered it raised the DEAD_LETTER alert (with the signal id and reason);
+        no second alert here."""
+        if not isinstance(body, dict) or body.get("type") != "trade_intent":
+            log.error("dead letter without a trade intent (%s): %.200s", reason, body)
+            return
+        if "unsigned_intent" in reason:  # reported when refused; its ids are not trusted
+            log.error("unsigned intent dead-lettered: %.200s", reason)
+            return
+        try:
+            intent = TradeIntent.model_validate(body)
+        except ValidationError as exc:  # poison: nothing to report it for
+            log.error("dead-lettered intent unreadable (%s): %s", reason, exc)
+            return
+        try:
+            outcome = dead_letter_outcome(self.engine, intent, reason)
+        except Exception as exc:
+            if is_retryable(exc):
+                raise Retryable(str(exc)) from exc
+            raise
+        if outcome is not None:
+            ORDERS.labels("dead_lettered").inc()
+            self._report(outcome, alert=False)
 
     def _close_requested(self, request: CloseRequest) -> None:
         try:
@@ -284,17 +314,21 @@ class ExecuteService:
         if report.alert is not None:
             self._alert(report.alert)
 
-    def _report(self, outcome: Outcome) -> None:
+    def _report(self, outcome: Outcome, *, alert: bool = True) -> None:
+        """``alert=False``: a dead letter, whose consumer already raised DEAD_LETTER."""
         if outcome.status in ("opened", "duplicate"):
             self._send(reports.opened(outcome))
             return
-        if outcome.status == "blocked":
+        if outcome.status == "blocked" and alert:
             # no order was sent; ask risk to stop new entries until someone looks
             try:
                 self.risk.set_state("REDUCING", f"{outcome.symbol}: {outcome.reason}")
             except Exception:
                 log.exception("could not switch risk to REDUCING")
-        self._send(reports.failed(outcome))
+        report = reports.failed(outcome)
+        if not alert:
+            report.alert = None
+        self._send(report)
 
     def _corrected(self, c: Correction) -> None:
         self._send(reports.corrected(c))

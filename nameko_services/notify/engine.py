@@ -182,10 +182,10 @@ def summary_due(now: dtm.datetime, hour: int) -> bool:
 def format_daily_summary(day: dtm.date, status: Mapping[str, Any] | None,
                          trades: list[dict[str, Any]], positions: list[dict[str, Any]],
                          errors: Iterable[str] = ()) -> str:
-    s = pnl_summary(trades, positions, day)
+    s = pnl_summary(trades, positions, day, (status or {}).get("daily_pnl"))
     lines = [f"DAILY SUMMARY {day.isoformat()} (UTC)",
              f"Closed today: {s['closed_today']} ({s['wins']} won, {s['losses']} lost), "
-             f"realised {fmt_money(s['realized_today'])} USDT",
+             f"realised {fmt_money(s['realized_today'])} USDT (net of fees)",
              f"Open now: {len(positions)}, unrealised {fmt_money(s['unrealized'])} USDT"]
     if status:
         equity = status.get("equity")

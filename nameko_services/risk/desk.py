@@ -133,8 +133,10 @@ class RiskDesk:
         account: Account | None = None
         try:
             price = self.feed.price(symbol)
+            price.reference  # noqa: B018 - a fresh price row without last or mark is stale too
         except StaleState as exc:
             stale.append(exc)
+            price = None
         try:
             account = self.feed.account()
         except StaleState as exc:

@@ -37,8 +37,7 @@ def test_every_analysed_signal_is_audited_on_the_stream_and_kafka(settings: Any,
     data = scored[0].data
     assert data["decision"] == "rejected" and "confidence_below_min" in data["reasons"]
     assert data["model_version"].startswith("phoenix95-lr-")
-    assert {"trend_fast", "trend_slow", "rsi", "macd", "bollinger", "atr_bracket",
-            "volume"} <= set(data["features"])
+    assert data["features"] == {}  # gate 1 refuses before reading the market
     assert data["gates"]["min_confidence"] == {"value": 0.05, "threshold": 0.25,
                                                "passed": False}
     on_kafka = [r for r in kafka_records(settings, "phoenix95_signals", signal_id)
@@ -55,4 +54,6 @@ def test_dry_run_rpc_returns_the_decision_without_trading(rpc: Any, streams: Any
     assert set(result["gates"]) == {"min_confidence", "phoenix_threshold",
                                     "execute_threshold"}
     assert 0.0 < result["model_probability"] < 1.0
+    assert {"trend_fast", "trend_slow", "rsi", "macd", "bollinger", "atr_bracket",
+            "volume"} <= set(result["features"])
     assert stream_records(streams, "signal:stream", result["signal_id"]) == []

@@ -9,7 +9,6 @@ import os
 import shutil
 import subprocess
 import tempfile
-import time
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,7 @@ import pytest
 from shared import names
 from shared.settings import Settings, get_settings
 from tests.support.trading import open_position
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.e2e
 ROOT = Path(__file__).resolve().parents[2]
@@ -91,15 +91,11 @@ def test_chromium_screenshot_shows_the_position(settings: Settings,
 
     entry = float(position["entry_price"])
     line = f"{position['symbol']} {position['side']}"
-    dom = ""
     # the first page load of a fresh dashboard process starts its RPC and lag threads;
     # load again (each a new browser profile) until the position line is in the DOM
     # (on a loaded machine the websocket's first script run can miss the dump: retry)
-    for _ in range(6):
-        dom = _chromium(chromium, "--dump-dom", url)
-        if f"@ {entry:g}" in dom:
-            break
-        time.sleep(2)
+    dom = wait_for(lambda: _dom_showing(chromium, url, f"@ {entry:g}"), timeout=300,
+                   what="the position line in the dashboard's DOM", every=1.0)
     _chromium(chromium, f"--screenshot={png}", url)
 
     assert png.stat().st_size > 10_000  # a rendered page, not a blank one
@@ -109,6 +105,12 @@ def test_chromium_screenshot_shows_the_position(settings: Settings,
     assert f"@ {entry:g}" in dom, "the position line with its entry price is missing"
     assert line in dom.replace("<strong>", "").replace("</strong>", "")
     assert f"LONG entry {entry:,.6g}" in dom or f"SHORT entry {entry:,.6g}" in dom  # chart
+
+
+def _dom_showing(chromium: str, url: str, needle: str) -> str:
+    """The page's DOM once it shows ``needle``; "" (not yet) before."""
+    dom = _chromium(chromium, "--dump-dom", url)
+    return dom if needle in dom else ""
 
 
 def _chromium(chromium: str, action: str, url: str) -> str:

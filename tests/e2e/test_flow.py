@@ -141,10 +141,13 @@ def test_same_alert_twice_trades_once(settings, exchange, streams, flat):
 
     assert (first_status, second_status) == (202, 200)
     assert second == {"status": "duplicate", "signal_id": first["signal_id"]}
-    fills = wait_for(lambda: [r for r in stream_records(streams, "trade:stream",
-                                                        first["signal_id"])
-                              if r.type == "entry_filled"])
-    time.sleep(1.0)  # a second entry, if any, would have been sent by now
+    # the signal's work is done once its brackets are placed; the duplicate was refused
+    # at intake, so nothing else can still be on its way
+    wait_for(lambda: {r.type for r in stream_records(streams, "trade:stream",
+                                                     first["signal_id"])}
+             >= {"entry_filled", "brackets_placed"})
+    fills = [r for r in stream_records(streams, "trade:stream", first["signal_id"])
+             if r.type == "entry_filled"]
     [position] = [p for p in exchange.fetch_positions(["ETH/USDT:USDT"]) if p["contracts"]]
     assert len(fills) == 1
     assert Decimal(str(position["contracts"])) == Decimal(fills[0].data["quantity"])

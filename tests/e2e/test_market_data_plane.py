@@ -84,7 +84,11 @@ def test_a_warm_alert_costs_the_exchange_three_rest_requests(settings, streams, 
     rpc.execute.close(SYMBOL)
     _trade(settings, streams)  # warms the symbol: pre-flight and caches
     rpc.execute.close(SYMBOL)
-    time.sleep(1.0)  # the close's own reconciliation settles before counting
+    # the close settled before counting: the feed's account state is flat on the symbol,
+    # no leg left (what a reconciliation would react to)
+    state = StateReader(streams, settings)
+    wait_for(lambda: (acct := state.account(fresh=False)).position(SYMBOL) is None
+             and not acct.open_orders(SYMBOL), timeout=20, what=f"{SYMBOL} flat, no legs")
 
     before = _requests_total(settings)
     _trade(settings, streams)

@@ -11,9 +11,8 @@ import shutil
 import socket
 import subprocess
 import threading
-import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +23,8 @@ from werkzeug.serving import make_server
 from werkzeug.wrappers import Request
 
 from nameko_services.notify.engine import AlertPolicy
-from tests.support.notify_fakes import MemoryLatch
+from tests.support.notify_fakes import FakeOutbox, MemoryLatch
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -46,25 +46,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-def wait_for(condition: Callable[[], Any], timeout: float = 30.0, what: str = "") -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what or condition}")
-
-
-class FakeOutbox:
-    def __init__(self) -> None:
-        self.items: list[tuple[str, str, str]] = []
-
-    def append(self, level: str, text: str, signal_id: str = "") -> str:
-        self.items.append((level, text, signal_id))
-        return f"{len(self.items)}-0"
 
 
 @pytest.fixture

@@ -12,13 +12,14 @@ import socket
 import ssl
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from tests.support.waiting import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 CONF = ROOT / "compose" / "nginx" / "nginx.conf"
@@ -48,15 +49,17 @@ http.server.ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), H).serve_foreve
 """
 
 
+def _accepting(port: int, proc: subprocess.Popen[bytes]) -> bool:
+    assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+        return True
+    except OSError:
+        return False
+
+
 def _wait_port(port: int, proc: subprocess.Popen[bytes]) -> None:
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            return
-        except OSError:
-            assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
-            time.sleep(0.05)
+    wait_for(lambda: _accepting(port, proc), timeout=10, what=f"a listener on {port}")
 
 
 @pytest.fixture()

@@ -10,12 +10,11 @@ import os
 import socket
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.parse
 import urllib.request
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
@@ -30,6 +29,7 @@ from shared.state import Price, StateWriter, now_ms
 from tests.conftest import TEST_SECRETS
 from tests.support.rabbit import temporary_vhost
 from tests.support.state_feed import clear_state
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -54,16 +54,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-def wait_for(condition: Callable[[], Any], timeout: float = 30.0, what: str = "") -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what or condition}")
 
 
 @dataclass

@@ -9,6 +9,7 @@ the real StateWriter (Redis db 13, whose ``phoenix95:state:*`` keys belong to th
 
 from __future__ import annotations
 
+import datetime as dtm
 import threading
 import uuid
 from collections.abc import Callable, Iterator
@@ -20,6 +21,8 @@ from typing import Any
 import pytest
 import redis
 
+from nameko_services.notify.commands import fmt_money, format_pnl, format_status, pnl_summary
+from nameko_services.notify.engine import format_daily_summary
 from nameko_services.paper_exchange.server import PaperExchange
 from nameko_services.risk.desk import RiskDesk
 from nameko_services.risk.ledger import Ledger
@@ -472,8 +475,52 @@ def test_warm_risk_makes_no_exchange_request(make_desk: DeskFactory, feed: Paper
     assert paper_requests(paper) == before  # risk holds no exchange client at all
 
 
-
 def paper_requests(paper: PaperExchange) -> float:
     """Every HTTP request the paper exchange has answered so far."""
     return sum(sample.value for metric in paper.metrics.requests.collect()
                for sample in metric.samples if sample.name.endswith("_total"))
+
+
+def test_a_fresh_price_row_without_any_price_is_refused_as_stale_market(
+        make_desk: DeskFactory, feed: PaperFeed) -> None:
+    # right after the feed reconnects, a book-ticker update can write the symbol's row
+    # before any mark or last price: a check must refuse it, not raise
+    desk = make_desk()
+    feed.writer.prices([Price(symbol=SYMBOL, bid=Decimal(59990), updated_ms=now_ms())])
+
+    decision = desk.check(intent())
+
+    assert decision["approved"] is False and decision["reasons"] == ["market_data_stale"]
+
+
+# --------------------------------------------------------------------------- daily PnL
+# One definition (issue 10 item 10, issue 15 item 1): risk's ledger owns daily PnL —
+# realised, net of fees, since 00:00 UTC (nameko_services/risk/ledger.py) — and /pnl,
+# /status and the daily summary show risk's figure, not a sum of their own.
+
+
+def test_one_realised_trade_with_fees_is_the_same_daily_pnl_on_every_surface(
+        make_desk: DeskFactory, paper: PaperExchange, feed: PaperFeed) -> None:
+    desk = make_desk()
+    desk.supervise()  # the day's first observation: its starting wallet
+    open_position(feed, amount=0.05)
+    pin_price(paper, 60300)
+    feed.client.create_order(CCXT, "market", "sell", 0.05, None, {"reduceOnly": True})
+    feed.sync()
+    desk.supervise()
+
+    fills = feed.client.fetch_my_trades(CCXT)
+    realised = sum((Decimal(str(f["info"]["realizedPnl"])) for f in fills), Decimal(0))
+    fees = sum((Decimal(str(f["fee"]["cost"])) for f in fills), Decimal(0))
+    assert realised == Decimal("15") and fees > 0  # 0.05 x 300, both legs paid a fee
+    status = desk.status()
+    assert Decimal(status["daily_pnl"]) == realised - fees
+
+    today = dtm.datetime.now(dtm.UTC).date()
+    shown = f"{fmt_money(realised - fees)} USDT"
+    # execute's book says +15 gross for the day: /pnl must not show it as the daily PnL
+    trades = [{"realized_pnl": "15", "closed_at": today.isoformat() + "T01:00:00+00:00"}]
+    pnl = format_pnl(pnl_summary(trades, [], today, status["daily_pnl"]), today)
+    assert f"Daily PnL (realised, net of fees, since 00:00 UTC): {shown}" in pnl
+    assert shown in format_status(status)
+    assert f"realised {shown} (net of fees)" in format_daily_summary(today, status, trades, [])

@@ -85,9 +85,14 @@ def pending(rds: redis.Redis) -> int:
     return int(rds.xpending(STREAM, GROUP)["pending"])
 
 
+def delivered(rds: redis.Redis, tg: TelegramStandin, messages: int) -> Callable[[], bool]:
+    """``messages`` sent and every entry read acked (the ack follows the send)."""
+    return lambda: len(tg.sent) >= messages and pending(rds) == 0
+
+
 async def run_worker(
     tg: TelegramStandin,
-    until: Callable[[], bool],
+    until: Callable[[], bool],  # include "acked" (pending == 0) when the test counts acks
     timeout: float = 15.0,
     consumer: str = "test-worker",
     chats: tuple[str, ...] = (CHAT,),
@@ -125,7 +130,7 @@ def test_appended_alert_arrives_with_its_text_and_is_acked(
     entry_id = outbox.append("warning", "BTCUSDT long stopped out: -12.40 USDT")
     assert rds.xlen(STREAM) == 1
 
-    worker = run(run_worker(tg, until=lambda: len(tg.sent) >= 1))
+    worker = run(run_worker(tg, until=delivered(rds, tg, 1)))
 
     (message,) = tg.sent
     assert message.chat_id == CHAT
@@ -141,7 +146,7 @@ def test_alert_survives_two_failures_and_is_delivered_once(
     tg.fail_next(2, status=500)
     outbox.append("critical", "risk halted: daily drawdown 5.1%")
 
-    worker = run(run_worker(tg, until=lambda: len(tg.sent) >= 1))
+    worker = run(run_worker(tg, until=delivered(rds, tg, 1)))
 
     assert [m.text for m in tg.sent] == ["🚨 CRITICAL\nrisk halted: daily drawdown 5.1%"]
     assert [c.status for c in tg.calls_of("sendMessage")] == [500, 500, 200]
@@ -154,7 +159,7 @@ def test_retry_after_is_honoured(
 ) -> None:
     tg.fail_next(1, status=429, retry_after=1)
     outbox.append("info", "flood test")
-    run(run_worker(tg, until=lambda: len(tg.sent) >= 1))
+    run(run_worker(tg, until=delivered(rds, tg, 1)))
     calls = tg.calls_of("sendMessage")
     assert [c.status for c in calls] == [429, 200]
     assert calls[1].at - calls[0].at >= 0.95  # waited retry_after=1 s
@@ -169,7 +174,7 @@ def test_unacked_entry_is_reclaimed_after_restart(
     rds.xreadgroup(GROUP, "dead-host-1", {STREAM: ">"}, count=10)
     assert pending(rds) == 1
 
-    worker = run(run_worker(tg, until=lambda: len(tg.sent) >= 1, consumer="new-host-2"))
+    worker = run(run_worker(tg, until=delivered(rds, tg, 1), consumer="new-host-2"))
 
     assert [m.text for m in tg.sent] == ["🚨 CRITICAL\nliquidation risk ETHUSDT"]
     assert worker.acked == 1 and pending(rds) == 0
@@ -186,7 +191,7 @@ def test_worker_stopped_mid_retry_leaves_entry_pending_for_the_next_one(
     assert pending(rds) == 1  # not dropped, not acked
 
     tg.reset()  # Telegram is back
-    second = run(run_worker(tg, until=lambda: len(tg.sent) >= 1, consumer="worker-b"))
+    second = run(run_worker(tg, until=delivered(rds, tg, 1), consumer="worker-b"))
     assert [m.text for m in tg.sent] == ["ℹ️ INFO\nposition opened BNBUSDT"]
     assert second.acked == 1 and pending(rds) == 0
 
@@ -200,7 +205,7 @@ def test_backlog_merges_non_critical_but_sends_each_critical_alone(
     outbox.append("critical", "CRIT-B")
     outbox.append("info", "three")
 
-    worker = run(run_worker(tg, until=lambda: len(tg.sent) >= 3, min_interval=0.3))
+    worker = run(run_worker(tg, until=delivered(rds, tg, 3), min_interval=0.3))
 
     texts = [m.text for m in tg.sent]
     assert texts[0] == "🚨 CRITICAL\nCRIT-A"
@@ -218,7 +223,7 @@ def test_every_chat_gets_it_before_the_ack(
 ) -> None:
     tg.fail_next(1, status=500)  # the first chat's first attempt fails
     outbox.append("info", "multi-chat")
-    worker = run(run_worker(tg, until=lambda: len(tg.sent) >= 2, chats=("111", "-100222")))
+    worker = run(run_worker(tg, until=delivered(rds, tg, 2), chats=("111", "-100222")))
     assert sorted(str(m.chat_id) for m in tg.sent) == ["-100222", "111"]
     assert worker.acked == 1 and pending(rds) == 0
 
@@ -267,7 +272,7 @@ def test_a_blocked_chat_is_dead_lettered_and_never_holds_up_later_alerts(
     outbox.append("warning", "first")
     outbox.append("critical", "second")
 
-    worker = run(run_worker(tg, until=lambda: len(tg.sent) >= 2, chats=("111", "222")))
+    worker = run(run_worker(tg, until=delivered(rds, tg, 2), chats=("111", "222")))
 
     assert sorted(m.text for m in tg.sent) == ["⚠️ WARNING\nfirst", "🚨 CRITICAL\nsecond"]
     assert {str(m.chat_id) for m in tg.sent} == {"222"}
@@ -290,7 +295,8 @@ def test_chat_not_found_is_dead_lettered_with_an_error_in_the_log(
     outbox.append("critical", "liquidation risk SOLUSDT")
 
     with caplog.at_level(logging.ERROR, logger="phoenix95.telegram_worker"):
-        worker = run(run_worker(tg, until=lambda: rds.llen(DEAD_LETTERS) >= 1))
+        worker = run(run_worker(tg, until=lambda: rds.llen(DEAD_LETTERS) >= 1
+                                    and pending(rds) == 0))
 
     assert len(tg.calls_of("sendMessage")) == 1
     assert worker.acked == 1 and worker.dead_lettered == 1 and pending(rds) == 0

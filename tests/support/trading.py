@@ -3,25 +3,15 @@
 from __future__ import annotations
 
 import json
-import time
 import urllib.request
-from collections.abc import Callable
 from typing import Any, TypeVar
 
 from shared.settings import Settings
+from tests.support.waiting import wait_for
+
+__all__ = ["free_symbol", "open_manual_trade", "open_position", "wait_for"]
 
 T = TypeVar("T")
-
-
-def wait_for(probe: Callable[[], T | None], timeout: float = 60.0, every: float = 0.2) -> T:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = probe()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout}s")
-        time.sleep(every)
 
 
 def free_symbol(settings: Settings, rpc: Any) -> str:

@@ -13,9 +13,9 @@ from werkzeug.test import EnvironBuilder
 from werkzeug.wrappers import Request
 
 from nameko_services.brain.dependencies import Admission
-from shared.nameko_deps import BusError
 from shared.settings import load_settings
 from tests.support.brain_fakes import FakeTelemetry
+from tests.support.bus import FakeBus
 
 
 class FakeGate:
@@ -51,19 +51,6 @@ class FakeGate:
     def release(self, key, signal_id):
         if self.claims.get(key) == signal_id:
             del self.claims[key]
-
-
-class FakeBus:
-    def __init__(self, fail: bool = False):
-        self.published: list[tuple[str, str, dict]] = []
-        self.fail = fail
-
-    def publish(self, exchange, key, message, declare=None, headers=None):
-        if self.fail:
-            raise BusError("broker down")
-        self.published.append((exchange, key, message.wire()))
-
-
 
 
 def _request(body, content_type="application/json", remote_addr="127.0.0.1",
@@ -105,7 +92,7 @@ def test_valid_text_plain_alert_is_queued_durably_and_answered_202(brain, settin
     assert response.status_code == 202
     payload = json.loads(response.get_data())
     assert payload["status"] == "accepted"
-    [(exchange, key, message)] = brain.bus.published
+    [(exchange, key, message)] = brain.bus.wired
     assert (exchange, key) == ("trading.signals", "signal.process")
     assert message["signal_id"] == payload["signal_id"] and message["symbol"] == "BTCUSDT"
     assert brain.telemetry.records[-1][0] == "signal:stream"
@@ -117,9 +104,25 @@ def test_repeat_of_the_same_alert_is_200_duplicate_and_not_queued_again(brain, s
     response = brain.webhook(_request(_alert(settings)))
 
     assert response.status_code == 200
-    assert json.loads(response.get_data()) == {"status": "duplicate",
-                                               "signal_id": first["signal_id"]}
-    assert len(brain.bus.published) == 1
+    answer = json.loads(response.get_data())
+    assert (answer["status"], answer["signal_id"], answer["reason"]) == (
+        "duplicate", first["signal_id"], "duplicate")
+    assert "strategy and symbol within 24 h" in answer["detail"]
+    assert len(brain.bus.wired) == 1
+
+
+@pytest.mark.parametrize("other", [{"strategy": "breakout"}, {"ticker": "ETHUSDT"}])
+def test_the_same_alert_id_in_another_strategy_or_symbol_is_another_signal(brain, settings,
+                                                                          other):
+    # execute scopes its client ids by strategy|symbol|id: brain must not drop as a
+    # duplicate what execute would trade as a separate position
+    first = brain.webhook(_request(_alert(settings, strategy="trend")))
+    second = brain.webhook(_request(_alert(settings, **{"strategy": "trend", **other})))
+
+    assert (first.status_code, second.status_code) == (202, 202)
+    [(_, _, one), (_, _, two)] = brain.bus.wired
+    assert one["idempotency_key"] == two["idempotency_key"] == "id:alert-123"
+    assert one["signal_id"] != two["signal_id"]
 
 
 @pytest.mark.parametrize("body,status,needle", [
@@ -133,7 +136,7 @@ def test_malformed_bodies_get_a_json_error_and_reach_nothing(brain, body, status
 
     assert response.status_code == status
     assert needle in json.loads(response.get_data())["error"]
-    assert brain.bus.published == []
+    assert brain.bus.wired == []
 
 
 def test_wrong_secret_is_401_spends_no_rate_budget_and_writes_no_record(brain, settings):
@@ -141,7 +144,7 @@ def test_wrong_secret_is_401_spends_no_rate_budget_and_writes_no_record(brain, s
 
     assert response.status_code == 401
     assert json.loads(response.get_data())["reason"] == "unauthorized"
-    assert brain.bus.published == []
+    assert brain.bus.wired == []
     assert brain.gate.spent == {}
     assert brain.telemetry.records == []
 
@@ -189,7 +192,7 @@ def test_lone_surrogate_in_a_text_field_is_422_not_500(brain, settings, field):
 
     assert response.status_code == 422
     assert json.loads(response.get_data())["field"] == field
-    assert brain.bus.published == []
+    assert brain.bus.wired == []
 
 
 def test_huge_price_is_422_not_queued_to_overflow_later(brain, settings):
@@ -197,7 +200,7 @@ def test_huge_price_is_422_not_queued_to_overflow_later(brain, settings):
 
     assert response.status_code == 422
     assert json.loads(response.get_data())["field"] == "price"
-    assert brain.bus.published == []
+    assert brain.bus.wired == []
 
 
 def test_invalid_authenticated_alerts_spend_the_budget_and_stop_recording_past_it(settings):
@@ -263,7 +266,7 @@ def test_stale_or_future_alert_is_422_stale_and_not_queued(brain, settings, delt
     assert response.status_code == 422
     payload = json.loads(response.get_data())
     assert (payload["reason"], payload["field"]) == ("stale", "time")
-    assert brain.bus.published == []
+    assert brain.bus.wired == []
     assert brain.telemetry.records[-1][1].data["reason"] == "stale"
 
 
@@ -388,7 +391,7 @@ def test_entries_are_refused_fast_while_risk_is_not_active(settings, state):
 
     assert response.status_code == 423
     assert json.loads(response.get_data())["reason"] == state.lower()
-    assert brain.bus.published == []
+    assert brain.bus.wired == []
     assert brain.telemetry.records[-1][1].data["reason"] == state.lower()
 
 
@@ -403,3 +406,20 @@ def test_closing_alert_still_goes_through_while_halted(settings):
     response = brain.webhook(_request(_alert(settings, action="close")))
 
     assert response.status_code == 202
+
+
+def test_brain_dedups_on_the_scope_execute_derives_its_client_ids_from(brain, settings):
+    from nameko_services.execute.engine import intent_ids
+    from shared.exchange import client_order_id
+    from shared.models import TradeIntent
+
+    brain.webhook(_request(_alert(settings, strategy="trend")))
+    [(_, _, wire)] = brain.bus.wired
+    claimed = next(iter(brain.gate.claims))
+    intent = TradeIntent(signal_id=wire["signal_id"], idempotency_key=wire["idempotency_key"],
+                         symbol=wire["symbol"], side="LONG", quantity=1, reference_price=1,
+                         leverage=1, stop_loss=None, take_profit=None, margin=1,
+                         strategy=wire["strategy"])
+
+    assert claimed == "trend|BTCUSDT|id:alert-123"
+    assert intent_ids(intent)["entry"] == client_order_id("p95e", claimed)

@@ -15,6 +15,7 @@ from shared.market import ExchangeUnavailable
 from shared.models import TradeIntent
 from shared.names import AUTH_HEADER, BRAIN, EXECUTE, RISK
 from shared.signing import CallerRefused, pair_key, sign_approval, sign_call
+from tests.support.bus import FakeBus
 
 RISK_KEY, BRAIN_KEY = "risk-own-key-for-tests", "brain-own-key-for-tests"
 
@@ -69,14 +70,6 @@ class FakeTelemetry:
 
     def emit(self, stream, record):
         self.records.append((stream, record.type, record.signal_id, record.data))
-
-
-class FakeBus:
-    def __init__(self):
-        self.published = []
-
-    def publish(self, exchange, key, message, declare=None, headers=None):
-        self.published.append((exchange, key, message))
 
 
 @pytest.fixture

@@ -4,10 +4,6 @@ showing readiness."""
 
 from __future__ import annotations
 
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,6 +20,7 @@ from shared.health import (
     freshness_checks,
     local_consumers,
 )
+from tests.support.http_stub import serving
 
 # ------------------------------------------------------------------------ the result
 
@@ -203,24 +200,8 @@ http.server.ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), Handler).serve_
 
 @pytest.fixture()
 def unready_service() -> Iterator[str]:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    proc = subprocess.Popen([sys.executable, "-c", _SERVER, str(port)])
-    try:
-        deadline = time.monotonic() + 15
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.05)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        proc.kill()
-        proc.wait(10)
+    with serving(_SERVER) as url:
+        yield url
 
 
 def test_status_shows_an_alive_but_unready_service_with_its_failing_checks(

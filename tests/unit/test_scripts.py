@@ -7,9 +7,7 @@ import os
 import stat
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -17,6 +15,7 @@ from scripts import _bootstrap, lib, supervise
 from scripts import test as test_script
 from scripts import up as up_script
 from shared.settings import Settings, load_settings
+from tests.support.waiting import wait_for
 
 # --------------------------------------------------------------------------- .env
 
@@ -258,16 +257,6 @@ def _sleeper(name: str) -> lib.ProcSpec:
     return lib.ProcSpec(name, (sys.executable, "-c", code), env={"MARK": "100%"})
 
 
-def _wait_for(condition: Callable[[], Any], what: str, timeout: float = 20.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
-
-
 def test_config_restarts_stops_groups_and_rotates_logs(tmp_path: Path) -> None:
     import configparser
 
@@ -325,15 +314,15 @@ def test_supervisord_restarts_a_killed_program_and_shutdown_stops_all(tmp_path: 
     try:
         supervise.start_daemon(run_dir, specs)
         supervise.start_programs(run_dir, ["alpha", "beta"])
-        first = _wait_for(lambda: supervise.programs(run_dir)["alpha"].pid, "alpha to start")
+        first = wait_for(lambda: supervise.programs(run_dir)["alpha"].pid, 20, "alpha to start")
 
         os.kill(first, signal.SIGKILL)
 
-        again = _wait_for(
+        again = wait_for(
             lambda: (info := supervise.programs(run_dir)["alpha"]).pid not in (0, first)
-            and info.pid, "alpha to be restarted")
+            and info.pid, 20, "alpha to be restarted")
         assert supervise.restart_counts(run_dir) == {"alpha": 1, "beta": 0}
-        _wait_for(lambda: "alpha up" in lib.log_file(run_dir, "alpha").read_text(), "log")
+        wait_for(lambda: "alpha up" in lib.log_file(run_dir, "alpha").read_text(), 20, "log")
         pids = [again, supervise.programs(run_dir)["beta"].pid]
     finally:
         supervise.shutdown(run_dir, timeout=30)
@@ -370,12 +359,12 @@ def test_shutdown_kills_a_child_that_outlives_its_program(tmp_path: Path) -> Non
               f"{stubborn!r}]); time.sleep(120)")
     supervise.start_daemon(run_dir, [lib.ProcSpec("parent", (sys.executable, "-c", parent))])
     supervise.start_programs(run_dir, ["parent"])
-    pid = int(_wait_for(lambda: child_pid.exists() and child_pid.read_text(), "the child"))
+    pid = int(wait_for(lambda: child_pid.exists() and child_pid.read_text(), 20, "the child"))
 
     message = supervise.shutdown(run_dir, timeout=30, leftover_timeout=1)
 
     assert "killed leftovers" in message
-    _wait_for(lambda: not supervise.pid_alive(pid), "the stubborn child to be gone", 5)
+    wait_for(lambda: not supervise.pid_alive(pid), 5, "the stubborn child to be gone")
 
 
 def test_shutdown_without_supervisord_is_a_no_op(tmp_path: Path) -> None:

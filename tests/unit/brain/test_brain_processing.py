@@ -17,20 +17,9 @@ from shared.names import AUTH_HEADER
 from shared.settings import get_settings, load_settings
 from shared.signing import CallerRefused, sign_call
 from tests.support.brain_fakes import FakeMarket, FakeTelemetry, FakeTrack, constant_model
+from tests.support.bus import FakeBus
 
 BRAIN_KEY = "brain-own-key-for-tests"
-
-
-class FakeBus:
-    def __init__(self):
-        self.published = []
-        self.headers = []
-
-    def publish(self, exchange, key, message, declare=None, headers=None):
-        self.published.append((exchange, key, message.wire()))
-        self.headers.append(headers or {})
-
-
 
 
 class FakeRisk:
@@ -99,7 +88,7 @@ def test_approved_signal_is_audited_risk_checked_and_sent_to_execution(settings)
     assert data["decision"] == "approved" and data["model_version"] == "constant-0.7"
     assert set(data["gates"]) == {"min_confidence", "phoenix_threshold", "execute_threshold"}
     assert "trend_fast" in data["features"] and data["sizing"]["quantity"] == "0.245"
-    [(_, key, intent)] = brain.bus.published
+    [(_, key, intent)] = brain.bus.wired
     assert key == "trade.execute" and intent["quantity"] == "0.245"
     assert intent["strategy"] == "ema-cross"  # carried to execute's trade events
 
@@ -112,7 +101,7 @@ def test_rejected_signal_is_audited_with_its_reasons_and_not_traded(settings):
     _, record = _scored(brain)
     assert record.data["decision"] == "rejected"
     assert "final_confidence_below_execute_threshold" in record.data["reasons"]
-    assert brain.bus.published == [] and brain.risk.checked == []
+    assert brain.bus.wired == [] and brain.risk.checked == []
     event = brain.dispatch.call_args[0]
     assert event[0] == "signal_rejected" and event[1]["reasons"] == record.data["reasons"]
 
@@ -124,7 +113,7 @@ def test_signal_that_waited_past_the_analysis_timeout_is_rejected_not_dropped(se
 
     _, record = _scored(brain)
     assert record.data["reasons"] == ["analysis_timeout"]
-    assert brain.bus.published == []
+    assert brain.bus.wired == []
 
 
 def test_analysis_running_past_the_timeout_is_rejected_with_analysis_timeout(
@@ -149,7 +138,7 @@ def test_dry_run_rpc_returns_the_decision_without_trading(settings):
     assert result["dry_run"] is True and result["decision"] == "approved"
     assert result["intent"]["quantity"] == "0.245"
     assert result["gates"]["phoenix_threshold"]["value"] == pytest.approx(0.7)
-    assert brain.bus.published == [] and brain.risk.checked == []
+    assert brain.bus.wired == [] and brain.risk.checked == []
 
 
 def test_stale_state_rejects_the_signal_like_any_rejection(settings):
@@ -160,7 +149,7 @@ def test_stale_state_rejects_the_signal_like_any_rejection(settings):
     _, record = _scored(brain)
     assert record.data["decision"] == "rejected"
     assert record.data["reasons"] == ["market_data_stale"]
-    assert brain.bus.published == [] and brain.risk.checked == []
+    assert brain.bus.wired == [] and brain.risk.checked == []
     event = brain.dispatch.call_args[0]
     assert event[0] == "signal_rejected" and event[1]["reasons"] == ["market_data_stale"]
 
@@ -174,7 +163,7 @@ def test_close_alert_is_forwarded_while_the_state_is_stale(settings):
 
     brain.process_signal(close)
 
-    [(_, key, request)] = brain.bus.published
+    [(_, key, request)] = brain.bus.wired
     assert key == "trade.execute" and request["symbol"] == "BTCUSDT"
     assert market.kline_calls == []
 
@@ -250,7 +239,8 @@ def test_the_close_request_brain_queues_is_signed_for_execute(settings):
 
     brain.process_signal(close)
 
-    [(_, _, request)], [headers] = brain.bus.published, brain.bus.headers
+    [sent] = brain.bus.sent
+    request, headers = sent.body, sent.headers
     verifier = Verifier("execute", {"brain": pair_key(BRAIN_KEY, "execute")}, 60)
     assert verifier.verify(headers[AUTH_HEADER], "close_request", [request], {},
                            ("brain",)) == "brain"

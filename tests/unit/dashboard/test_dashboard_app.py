@@ -6,6 +6,7 @@ import json
 import socket
 import time
 from collections.abc import Iterator
+from decimal import Decimal as D
 from pathlib import Path
 from typing import Any
 
@@ -16,10 +17,13 @@ from streamlit.testing.v1 import AppTest
 from shared import names
 from shared.records import Record
 from shared.settings import get_settings
+from shared.state import Account, Balance, Order, Position, StateWriter
 
 APP = Path(__file__).resolve().parents[3] / "dashboard" / "app.py"
 REDIS_URL = "redis://127.0.0.1:6379/14"
 STREAMS = (names.MARKET_STREAM, names.SIGNAL_STREAM, names.RISK_STREAM, names.TRADE_STREAM)
+STATE = (names.STATE_BALANCE_KEY, names.STATE_POSITIONS_KEY, names.STATE_ORDERS_KEY,
+         names.STATE_FEED_KEY, names.STATE_PRICES_KEY)
 
 
 def _closed_port() -> int:
@@ -39,7 +43,7 @@ def seeded(monkeypatch: pytest.MonkeyPatch) -> Iterator[redis.Redis]:
     lock = client.lock("phoenix95:test-lock:dashboard-app", timeout=300,
                        blocking_timeout=300)
     assert lock.acquire(), "could not get the test lock on Redis DB 14"
-    client.delete(*STREAMS)
+    client.delete(*STREAMS, *STATE)
     env = {
         "PHOENIX__REDIS_STREAMS__URL": REDIS_URL,
         "PHOENIX__MESSAGE_QUEUE__PORT": str(_closed_port()),
@@ -61,7 +65,7 @@ def seeded(monkeypatch: pytest.MonkeyPatch) -> Iterator[redis.Redis]:
         _seed(client)
         yield client
     finally:
-        client.delete(*STREAMS)
+        client.delete(*STREAMS, *STATE)
         lock.release()
         get_settings.cache_clear()
 
@@ -102,6 +106,28 @@ def _seed(client: redis.Redis) -> None:
     add(names.TRADE_STREAM, "brackets_placed",
         {"symbol": "BTCUSDT", "stop_loss": 102.9, "take_profit": 107.1, "sl_client_id": "s",
          "tp_client_id": "t", "liquidation_price": 100.3}, "sig-app-1")
+    # an entry the account no longer holds: trade events never make a position
+    add(names.TRADE_STREAM, "entry_filled",
+        {"symbol": "ETHUSDT", "side": "short", "quantity": 1, "entry_price": 10.0},
+        "sig-before-the-window")
+    _seed_account(client, now)
+
+
+def _seed_account(client: redis.Redis, now: int) -> None:
+    """The feed's account state: the one source of positions when RPC is down."""
+    writer = StateWriter(client)
+    writer.replace_account(Account(
+        balance=Balance(wallet=D("1000")),
+        positions=(Position(symbol="BTCUSDT", side="LONG", quantity=D("0.5"),
+                            entry_price=D("105"), isolated_wallet=D("2.6"), leverage=20,
+                            liquidation_price=D("100.3")),),
+        orders=(Order(symbol="BTCUSDT", kind="algo", order_id="a1", type="STOP_MARKET",
+                      side="SELL", status="NEW", trigger_price=D("102.9"), reduce_only=True),
+                Order(symbol="BTCUSDT", kind="algo", order_id="a2",
+                      type="TAKE_PROFIT_MARKET", side="SELL", status="NEW",
+                      trigger_price=D("107.1"), reduce_only=True)),
+        as_of_ms=now))
+    writer.heartbeat(account=True, at_ms=now)
 
 
 def test_dashboard_renders_signals_chart_and_rpc_error(seeded: redis.Redis) -> None:
@@ -113,7 +139,7 @@ def test_dashboard_renders_signals_chart_and_rpc_error(seeded: redis.Redis) -> N
     errors = " ".join(str(e.value) for e in at.error)
     assert "RPC unreachable" in errors
     warnings = " ".join(str(w.value) for w in at.warning)
-    assert "DERIVED from trade:stream" in warnings
+    assert "positions below are the feed's account state in Redis" in warnings
 
     frames = [df.value for df in at.dataframe]
     signals = next(f for f in frames if "phoenix_score" in f.columns)
@@ -128,9 +154,11 @@ def test_dashboard_renders_signals_chart_and_rpc_error(seeded: redis.Redis) -> N
     positions = next(f for f in frames if "entry_price" in f.columns)
     assert positions["symbol"].tolist() == ["BTCUSDT"]
     assert positions["stop_loss"].tolist() == [102.9]
+    assert positions["take_profit"].tolist() == [107.1]
+    assert positions["margin"].tolist() == [2.6]
 
     events = next(f for f in frames if "detail" in f.columns)
-    assert events["type"].tolist() == ["brackets_placed", "entry_filled"]
+    assert events["type"].tolist() == ["entry_filled", "brackets_placed", "entry_filled"]
 
     health = next(f for f in frames if "service" in f.columns)
     services = health[health["service"].isin(names.SERVICES)]
@@ -161,3 +189,41 @@ def test_dashboard_switches_symbol(seeded: redis.Redis) -> None:
                 if s["data"] and s["data"][0]["type"] == "candlestick")
     assert "ETHUSDT" in spec["layout"]["title"]["text"]
     assert "shapes" not in spec["layout"] or not spec["layout"]["shapes"]
+
+
+@pytest.mark.parametrize("risk_answers", [True, False])
+def test_trades_tab_shows_risks_daily_pnl_not_a_sum_of_its_own(
+        seeded: redis.Redis, monkeypatch: pytest.MonkeyPatch, risk_answers: bool) -> None:
+    from dashboard import reading
+
+    today = time.strftime("%Y-%m-%dT01:00:00+00:00", time.gmtime())
+    status = {"state": "ACTIVE", "equity": "10000", "daily_pnl": "-3.25",
+              "daily_loss_limit": "500"}
+    snapshot = reading.RpcSnapshot(
+        positions=[], risk_status=status if risk_answers else None,
+        risk_error=None if risk_answers else "TimeoutError", fetched_at=time.time(),
+        trades=[{"signal_id": "s1", "symbol": "BTCUSDT", "side": "LONG", "quantity": "0.01",
+                 "entry_price": "60000", "exit_price": "60600", "realized_pnl": "6",
+                 "status": "closed", "close_reason": "take_profit",
+                 "opened_at": today, "closed_at": today}])
+
+    class Poller:  # the RPC answers, without a broker
+        def __init__(self, *args: object, **kwargs: object) -> None:
+            pass
+
+        def latest(self, wait: float = 0.0) -> reading.RpcSnapshot:
+            return snapshot
+
+    monkeypatch.setattr(reading, "RpcPoller", Poller)
+    at = AppTest.from_file(str(APP), default_timeout=60)
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+
+    specs = [json.loads(c.proto.spec) for c in at.get("plotly_chart")]
+    daily = [s for s in specs if "Daily PnL" in s["layout"]["title"]["text"]]
+    if risk_answers:
+        # risk's figure (realised, net of fees, since 00:00 UTC), not today's trades (+6)
+        assert [d["data"][0]["y"] for d in daily] == [[-3.25]]
+    else:  # no figure of the dashboard's own making
+        assert daily == []
+        assert "Daily PnL unavailable" in " ".join(str(i.value) for i in at.info)

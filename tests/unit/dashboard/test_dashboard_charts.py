@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pandas as pd
 
-from dashboard import charts, data
-from dashboard.data import Fill, Position
+from dashboard import candles, charts
+from dashboard.rows import Fill, Position
 
 
 def _candles() -> pd.DataFrame:
@@ -72,7 +72,7 @@ def test_price_chart_candles_levels_and_fills() -> None:
 
 
 def test_price_chart_without_data_is_still_a_figure() -> None:
-    empty = pd.DataFrame(columns=data.CANDLE_COLUMNS)
+    empty = pd.DataFrame(columns=candles.CANDLE_COLUMNS)
     fig = charts.price_chart(empty, "ETHUSDT")
     assert len(fig.data) == 1 and fig.data[0].type == "candlestick"
     assert len(fig.data[0].x) == 0

@@ -1,19 +1,19 @@
-"""Dashboard data layer: candle building, the signal join, position fallback, health."""
+"""Dashboard reading and transforms: candles, the signal join, positions from the account
+state, health."""
 
 from __future__ import annotations
 
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 
 import pandas as pd
 import pytest
 
-from dashboard import data
-from dashboard.data import StreamEntry
+from dashboard import candles, reading, transform
+from dashboard.rows import StreamEntry
 from shared.records import Record
+from shared.state import Account, Balance, Order, Price
+from shared.state import Position as StatePosition
+from tests.support.http_stub import serving
 
 T0 = 1_700_000_040_000  # a minute boundary (ms)
 
@@ -44,15 +44,15 @@ def test_klines_latest_update_of_a_candle_wins_and_symbols_are_separated() -> No
         kline(3, "BTCUSDT", T0, 100, 103, 98, 102.0, v=5),  # same candle, updated
         kline(4, "BTCUSDT", T0 + 60_000, 102, 104, 101, 103.0),
     ]
-    frame = data.build_candles(entries, "btcusdt")
-    assert list(frame.columns) == data.CANDLE_COLUMNS
+    frame = candles.build_candles(entries, "btcusdt")
+    assert list(frame.columns) == candles.CANDLE_COLUMNS
     assert len(frame) == 2
     first = frame.iloc[0]
     assert (first["open"], first["high"], first["low"], first["close"], first["volume"]) == (
         100, 103, 98, 102.0, 5)
     assert frame["time"].iloc[0] == pd.Timestamp(T0, unit="ms", tz="UTC")
     assert frame["time"].is_monotonic_increasing
-    assert data.build_candles(entries, "ETHUSDT")["close"].tolist() == [10.5]
+    assert candles.build_candles(entries, "ETHUSDT")["close"].tolist() == [10.5]
 
 
 def test_ticks_build_candles_where_no_kline_covers_the_minute() -> None:
@@ -65,7 +65,7 @@ def test_ticks_build_candles_where_no_kline_covers_the_minute() -> None:
         kline(6, "BTCUSDT", T0 + 120_000, 1, 2, 0.5, 1.5),
         tick(7, "BTCUSDT", 300.0, T0 + 121_000),  # covered by the kline: ignored for OHLC
     ]
-    frame = data.build_candles(entries, "BTCUSDT")
+    frame = candles.build_candles(entries, "BTCUSDT")
     assert frame[["open", "high", "low", "close"]].values.tolist() == [
         [100.0, 105.0, 95.0, 97.0],
         [98.0, 98.0, 98.0, 98.0],
@@ -74,7 +74,7 @@ def test_ticks_build_candles_where_no_kline_covers_the_minute() -> None:
 
 
 def test_candle_book_keeps_history_bounded_and_tracks_prices() -> None:
-    book = data.CandleBook(max_candles=3)
+    book = candles.CandleBook(max_candles=3)
     book.ingest([kline(i, "BTCUSDT", T0 + i * 60_000, i, i, i, i) for i in range(5)])
     book.ingest([tick(9, "ETHUSDT", 42.0, T0)])
     assert book.candles("BTCUSDT")["close"].tolist() == [2, 3, 4]
@@ -90,9 +90,9 @@ def test_malformed_market_records_are_skipped() -> None:
         entry(2, "tick", {"symbol": "BTCUSDT"}),
         entry(3, "tick", {"price": 1.0}),
     ]
-    assert data.build_candles(entries, "BTCUSDT").empty
-    assert data.latest_prices(entries) == {}
-    assert data.market_symbols(entries) == ["BTCUSDT"]
+    assert candles.build_candles(entries, "BTCUSDT").empty
+    assert candles.latest_prices(entries) == {}
+    assert candles.market_symbols(entries) == ["BTCUSDT"]
 
 
 # --------------------------------------------------------------------------- signals
@@ -137,8 +137,8 @@ def _signal_records() -> tuple[list[StreamEntry], list[StreamEntry], list[Stream
 
 
 def test_join_signals_merges_every_stage_by_signal_id() -> None:
-    frame = data.join_signals(*_signal_records())
-    assert list(frame.columns) == data.SIGNAL_COLUMNS
+    frame = transform.join_signals(*_signal_records())
+    assert list(frame.columns) == transform.SIGNAL_COLUMNS
     assert len(frame) == 4  # three signals + one rejected webhook without id
     assert frame["time"].is_monotonic_decreasing  # newest first
     rows = {r["signal_id"] or "anon": r for r in frame.to_dict("records")}
@@ -178,7 +178,7 @@ def test_join_signals_trade_failure_and_out_of_order_records() -> None:
     ]
     trades = [entry(6, "trade_failed", {"symbol": "BNBUSDT", "reason": "insufficient margin"},
                     "sig-9")]
-    frame = data.join_signals(signals, [], trades)
+    frame = transform.join_signals(signals, [], trades)
     assert len(frame) == 1
     row = frame.iloc[0]
     assert row["symbol"] == "BNBUSDT"
@@ -187,46 +187,66 @@ def test_join_signals_trade_failure_and_out_of_order_records() -> None:
 
 
 def test_join_signals_empty() -> None:
-    frame = data.join_signals([], [], [])
-    assert frame.empty and list(frame.columns) == data.SIGNAL_COLUMNS
+    frame = transform.join_signals([], [], [])
+    assert frame.empty and list(frame.columns) == transform.SIGNAL_COLUMNS
 
 
 # --------------------------------------------------------------------------- trades
 
 
-def test_positions_fallback_from_trade_records() -> None:
-    trades = [
-        entry(1, "entry_filled", {"symbol": "BTCUSDT", "side": "long", "quantity": 2.0,
-                                  "entry_price": 100.0, "leverage": 20, "margin": 10.0}, "s1"),
-        entry(2, "brackets_placed", {"symbol": "BTCUSDT", "stop_loss": 98.0,
-                                     "take_profit": 102.0, "liquidation_price": 95.5}, "s1"),
-        entry(3, "entry_filled", {"symbol": "ETHUSDT", "side": "short", "quantity": 1.0,
-                                  "entry_price": 10.0}, "s2"),
-        entry(4, "position_closed", {"symbol": "ETHUSDT", "reason": "take_profit",
-                                     "realized_pnl": 0.2}, ""),
-        entry(5, "trade_failed", {"symbol": "ADAUSDT", "reason": "x"}, "s3"),
-    ]
-    positions = data.positions_from_trades(trades, marks={"BTCUSDT": 101.0})
-    assert len(positions) == 1
-    pos = positions[0]
-    assert (pos.symbol, pos.side, pos.quantity, pos.entry_price) == ("BTCUSDT", "long", 2.0,
+def _account() -> Account:
+    from decimal import Decimal as D
+
+    return Account(
+        balance=Balance(wallet=D("1000")),
+        positions=(
+            StatePosition(symbol="ETHUSDT", side="SHORT", quantity=D("3"), entry_price=D("10"),
+                          isolated_wallet=D("1.5"), unrealized_pnl=D("0.3"), leverage=20),
+            StatePosition(symbol="BTCUSDT", side="LONG", quantity=D("2"), entry_price=D("100"),
+                          isolated_wallet=D("10"), leverage=20, liquidation_price=D("95.5")),
+        ),
+        orders=(
+            Order(symbol="BTCUSDT", kind="algo", order_id="1", type="STOP_MARKET",
+                  side="SELL", status="NEW", trigger_price=D("98"), reduce_only=True),
+            Order(symbol="BTCUSDT", kind="algo", order_id="2", type="TAKE_PROFIT_MARKET",
+                  side="SELL", status="NEW", trigger_price=D("102"), reduce_only=True),
+            Order(symbol="ETHUSDT", kind="algo", order_id="3", type="STOP_MARKET",
+                  side="BUY", status="CANCELED", trigger_price=D("10.2"), reduce_only=True),
+        ),
+        as_of_ms=T0)
+
+
+def test_positions_come_from_the_feeds_account_state_marked_to_the_price_stream() -> None:
+    from decimal import Decimal as D
+
+    positions = transform.positions_from_account(
+        _account(), {"BTCUSDT": Price(symbol="BTCUSDT", mark=D("101"), last=D("101.5"))})
+
+    btc, eth = positions  # sorted by symbol
+    assert (btc.symbol, btc.side, btc.quantity, btc.entry_price) == ("BTCUSDT", "LONG", 2.0,
                                                                      100.0)
-    assert (pos.stop_loss, pos.take_profit, pos.liquidation_price) == (98.0, 102.0, 95.5)
-    assert pos.mark_price == 101.0
-    assert pos.unrealized_pnl == pytest.approx(2.0)
-    frame = data.positions_frame(positions)
-    assert list(frame.columns) == data.POSITION_COLUMNS and len(frame) == 1
+    assert (btc.stop_loss, btc.take_profit, btc.liquidation_price) == (98.0, 102.0, 95.5)
+    assert (btc.mark_price, btc.margin, btc.leverage) == (101.0, 10.0, 20.0)
+    assert btc.unrealized_pnl == pytest.approx(2.0)  # (101 - 100) * 2 at the mark
+    # no price yet: the account's own unrealised PnL; a cancelled stop is not a stop
+    assert (eth.mark_price, eth.unrealized_pnl, eth.stop_loss) == (None, 0.3, None)
+    assert eth.liquidation_price is None  # the exchange gave none: not guessed
+    frame = transform.positions_frame(positions)
+    assert list(frame.columns) == transform.POSITION_COLUMNS and len(frame) == 2
 
 
-def test_short_fallback_pnl_sign_and_fills() -> None:
+def test_short_position_pnl_sign_and_fills() -> None:
+    from decimal import Decimal as D
+
+    (_, eth) = transform.positions_from_account(
+        _account(), {"ETHUSDT": Price(symbol="ETHUSDT", mark=D("9"))})
+    assert eth.unrealized_pnl == pytest.approx(3.0)  # short 3 from 10 to 9
     trades = [entry(1, "entry_filled", {"symbol": "ETHUSDT", "side": "short", "quantity": 3.0,
                                         "entry_price": 10.0}, "s2")]
-    (pos,) = data.positions_from_trades(trades, marks={"ETHUSDT": 9.0})
-    assert pos.unrealized_pnl == pytest.approx(3.0)
-    fills = data.fills_from_trades(trades, "ethusdt")
+    fills = transform.fills_from_trades(trades, "ethusdt")
     assert [(f.kind, f.side, f.price, f.quantity) for f in fills] == [
         ("entry", "short", 10.0, 3.0)]
-    assert data.fills_from_trades(trades, "BTCUSDT") == []
+    assert transform.fills_from_trades(trades, "BTCUSDT") == []
 
 
 def test_trade_events_newest_first_with_details() -> None:
@@ -236,7 +256,7 @@ def test_trade_events_newest_first_with_details() -> None:
         entry(2, "position_closed", {"symbol": "BTCUSDT", "reason": "stop_loss",
                                      "realized_pnl": -4.0}, "s1"),
     ]
-    frame = data.trade_events_frame(trades)
+    frame = transform.trade_events_frame(trades)
     assert frame["type"].tolist() == ["position_closed", "entry_filled"]
     assert frame["symbol"].tolist() == ["BTCUSDT", "BTCUSDT"]
     assert frame["detail"].iloc[0] == "stop_loss pnl -4.0"
@@ -268,30 +288,12 @@ http.server.ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), Handler).serve_
 
 @pytest.fixture()
 def health_server() -> Iterator[str]:
-    # a process of its own: whatever the test session did to this process's threading
-    # (eventlet, other tests' pollers), the server answers on its own schedule
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    proc = subprocess.Popen([sys.executable, "-c", _HEALTH_SERVER, str(port)])
-    try:
-        deadline = time.monotonic() + 15
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.05)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        proc.kill()
-        proc.wait(10)
+    with serving(_HEALTH_SERVER) as url:
+        yield url
 
 
 def test_check_health_up_down_and_error(health_server: str) -> None:
-    results = data.check_health({
+    results = reading.check_health({
         "brain": f"{health_server}/health",
         "risk": f"{health_server}/broken",
         "execute": "http://127.0.0.1:9/health",
@@ -300,18 +302,18 @@ def test_check_health_up_down_and_error(health_server: str) -> None:
     assert by["brain"].ok and by["brain"].status == "ok" and by["brain"].latency_ms is not None
     assert not by["risk"].ok and by["risk"].status == "HTTP 503"
     assert not by["execute"].ok and by["execute"].status.startswith("down")
-    assert data.health_urls("h", {"brain": 1}) == {"brain": "http://h:1/health"}
+    assert reading.health_urls("h", {"brain": 1}) == {"brain": "http://h:1/health"}
 
 
 def test_rpc_poller_serves_the_latest_snapshot() -> None:
     calls: list[tuple[str, float]] = []
 
-    def fake(uri: str, timeout: float) -> data.RpcSnapshot:
+    def fake(uri: str, timeout: float) -> reading.RpcSnapshot:
         calls.append((uri, timeout))
-        return data.RpcSnapshot(positions=[], risk_status={"state": "normal"},
+        return reading.RpcSnapshot(positions=[], risk_status={"state": "normal"},
                                 fetched_at=float(len(calls)))
 
-    poller = data.RpcPoller("amqp://x", timeout=0.5, interval=60, fetch=fake)
+    poller = reading.RpcPoller("amqp://x", timeout=0.5, interval=60, fetch=fake)
     try:
         snap = poller.latest(wait=5)
         assert snap is not None and snap.risk_status == {"state": "normal"}
@@ -321,14 +323,14 @@ def test_rpc_poller_serves_the_latest_snapshot() -> None:
 
 
 def test_fetch_rpc_snapshot_reports_unreachable_broker() -> None:
-    snap = data.fetch_rpc_snapshot("amqp://u:p@127.0.0.1:9/%2Ftrading", timeout=1.0)
+    snap = reading.fetch_rpc_snapshot("amqp://u:p@127.0.0.1:9/%2Ftrading", timeout=1.0)
     assert snap.positions is None and snap.risk_status is None
     assert snap.positions_error and snap.positions_error.startswith("RPC unreachable")
     assert snap.risk_error == snap.positions_error
 
 
 def test_check_health_shows_readiness_and_the_failing_checks(health_server: str) -> None:
-    results = data.check_health({"brain": f"{health_server}/ready",
+    results = reading.check_health({"brain": f"{health_server}/ready",
                                  "risk": f"{health_server}/notready"}, timeout=5.0)
 
     by = {h.service: h for h in results}
@@ -341,5 +343,5 @@ def test_ready_urls_call_each_service_at_its_advertised_host() -> None:
 
     services = ServicesSettings(bind_host="0.0.0.0", hosts={"risk": "risk"})
 
-    assert data.ready_urls(services, ["risk", "brain"]) == {
+    assert reading.ready_urls(services, ["risk", "brain"]) == {
         "risk": "http://risk:8101/ready", "brain": "http://127.0.0.1:8100/ready"}

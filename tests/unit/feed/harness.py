@@ -23,23 +23,14 @@ from aiohttp import web
 
 from nameko_services.feed.engine import Feed
 from shared.settings import Settings
+from tests.support import waiting
 
 T = TypeVar("T")
 
 
 def wait_for(condition: Callable[[], Any], timeout: float = 15.0, what: str = "") -> Any:
     """Poll ``condition`` until truthy (exceptions count as not yet); its value."""
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        try:
-            value = condition()
-            if value:
-                return value
-        except Exception as exc:  # noqa: BLE001 - not yet
-            last = exc
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what or condition} (last error: {last!r})")
+    return waiting.wait_for(condition, timeout, what, ignore=(Exception,))
 
 
 class FeedThread:

@@ -12,7 +12,7 @@ from werkzeug.test import EnvironBuilder
 from werkzeug.wrappers import Request
 
 from nameko_services.notify.engine import AlertPolicy
-from tests.support.notify_fakes import MemoryLatch
+from tests.support.notify_fakes import FakeOutbox, MemoryLatch
 
 # Alertmanager's documented webhook body (prometheus.io/docs/alerting/latest/configuration/
 # #webhook_config), as Alertmanager 0.25 sends it for one firing and one resolved alert.
@@ -42,15 +42,6 @@ PAYLOAD: dict[str, Any] = {
          "generatorURL": "http://prometheus:9090/graph", "fingerprint": "0f1e2d3c4b5a6978"},
     ],
 }
-
-
-class FakeOutbox:
-    def __init__(self) -> None:
-        self.items: list[tuple[str, str, str]] = []
-
-    def append(self, level: str, text: str, signal_id: str = "") -> str:
-        self.items.append((level, text, signal_id))
-        return f"{len(self.items)}-0"
 
 
 @pytest.fixture()

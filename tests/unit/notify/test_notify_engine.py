@@ -19,7 +19,15 @@ from nameko_services.notify.engine import (
     summary_due,
 )
 from shared.lag import Lag
-from tests.support.notify_fakes import MemoryLatch
+from tests.support.notify_fakes import FakeOutbox, MemoryLatch
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.t = 0.0
+
+    def __call__(self) -> float:
+        return self.t
 
 
 @pytest.mark.parametrize(("verbosity", "rejected", "accepted"), [
@@ -90,12 +98,13 @@ def test_lag_gauges_publish_and_forget_series() -> None:
 def test_daily_summary_text_and_schedule() -> None:
     day = dtm.date(2026, 11, 23)
     text = format_daily_summary(
-        day, {"equity": "10010", "state": "ACTIVE", "margin_usage": "0.05"},
+        day, {"equity": "10010", "state": "ACTIVE", "margin_usage": "0.05",
+              "daily_pnl": "9.60"},
         [{"realized_pnl": "10", "closed_at": "2026-11-23T01:00:00"}],
         [{"unrealized_pnl": "-2"}], ["nothing"])
     assert text.splitlines() == [
         "DAILY SUMMARY 2026-11-23 (UTC)",
-        "Closed today: 1 (1 won, 0 lost), realised 10.00 USDT",
+        "Closed today: 1 (1 won, 0 lost), realised 9.60 USDT (net of fees)",
         "Open now: 1, unrealised -2.00 USDT",
         "Equity 10,010.00 USDT · state ACTIVE",
         "Margin usage 5.0%",
@@ -106,15 +115,6 @@ def test_daily_summary_text_and_schedule() -> None:
 
 
 # --------------------------------------------------------------------------- service
-
-
-class FakeOutbox:
-    def __init__(self) -> None:
-        self.items: list[tuple[str, str, str]] = []
-
-    def append(self, level: str, text: str, signal_id: str = "") -> str:
-        self.items.append((level, text, signal_id))
-        return f"{len(self.items)}-0"
 
 
 @pytest.fixture()
@@ -160,7 +160,7 @@ def test_an_alert_whose_queueing_failed_is_not_taken_for_a_duplicate(
     from nameko_services.notify.alerts import Alerts
 
     class FlakyOutbox(FakeOutbox):
-        fail = True
+        """Fails the first append only."""
 
         def append(self, level: str, text: str, signal_id: str = "") -> str:
             if self.fail:
@@ -168,7 +168,7 @@ def test_an_alert_whose_queueing_failed_is_not_taken_for_a_duplicate(
                 raise ConnectionError("redis down")
             return super().append(level, text, signal_id)
 
-    outbox = FlakyOutbox()
+    outbox = FlakyOutbox(fail=True)
     alerts = Alerts(outbox, AlertPolicy("normal"), MemoryLatch())  # type: ignore[arg-type]
     with pytest.raises(ConnectionError):
         alerts.send("critical", "halted", "risk", dedupe_key="risk:state:c1")

@@ -10,22 +10,10 @@ import pytest
 from nameko.testing.services import worker_factory
 
 from nameko_services.notify.engine import AlertPolicy, StateAlert
-from tests.support.notify_fakes import MemoryLatch
+from tests.support.notify_fakes import FakeOutbox, MemoryLatch
 
 STALE = StateAlert("market", "warning", "market_data_stale",
                    "[market_data_stale] Market data is stale (9.0 s old, max 5 s)")
-
-
-class FakeOutbox:
-    def __init__(self, fail: bool = False) -> None:
-        self.items: list[tuple[str, str]] = []
-        self.fail = fail
-
-    def append(self, level: str, text: str, signal_id: str = "") -> str:
-        if self.fail:
-            raise ConnectionError("redis down")
-        self.items.append((level, text))
-        return "1-0"
 
 
 class FakeStale:
@@ -59,7 +47,7 @@ def test_stale_state_becomes_a_warning_even_when_quiet(secrets_env: dict[str, st
 
     svc.watch_state()
 
-    assert outbox.items == [("warning", STALE.text)]
+    assert outbox.items == [("warning", STALE.text, "")]
 
 
 def test_an_alert_the_outbox_refused_is_handed_back_to_the_latch(

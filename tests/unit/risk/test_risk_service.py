@@ -13,6 +13,7 @@ from nameko_services.risk.watch import WatchedPosition, missing_stop_alert
 from shared.models import RiskAlert
 from shared.records import Record
 from shared.state import StaleState
+from tests.support.bus import FakeBus
 
 
 class FakeLatch:
@@ -97,14 +98,6 @@ class FakeDesk:
         return self.tick
 
 
-class FakeBus:
-    def __init__(self) -> None:
-        self.alerts: list[RiskAlert] = []
-
-    def publish(self, exchange: str, key: str, message: Any, **_: Any) -> None:
-        self.alerts.append(message)
-
-
 class FakeTelemetry:
     def __init__(self) -> None:
         self.records: list[tuple[str, Record]] = []
@@ -172,7 +165,7 @@ def test_denial_for_a_breached_daily_loss_halts_trading_once(make_service: Any) 
     svc.check(INTENT)
 
     assert desk.state_now == "HALTED"
-    [alert] = svc.bus.alerts
+    [alert] = svc.bus.messages
     assert alert.code == "STATE_CHANGED" and alert.alert_id.startswith("state:")
     [change] = [r for _, r in svc.telemetry.records if r.type == "state_changed"]
     assert alert.alert_id == f"state:{change.data['change_id']}"
@@ -187,7 +180,7 @@ def test_set_state_announces_a_change_by_one_alert_with_an_id_and_a_record(
 
     assert reply == {"state": "REDUCING", "previous": "ACTIVE",
                      "reason": "exchange pre-flight failed"}
-    first, second = svc.bus.alerts  # one message per change, nothing else announces it
+    first, second = svc.bus.messages  # one message per change, nothing else announces it
     assert first.level == "critical" and "ACTIVE -> REDUCING" in first.text
     assert second.level == "info" and "REDUCING -> ACTIVE" in second.text
     assert first.alert_id and second.alert_id and first.alert_id != second.alert_id
@@ -209,7 +202,7 @@ def test_supervision_breach_halts_and_a_missing_stop_is_alerted_once_and_rearmed
     svc.supervise()
 
     assert desk.state_now == "HALTED"
-    codes = [a.code for a in svc.bus.alerts]
+    codes = [a.code for a in svc.bus.messages]
     assert codes.count("STATE_CHANGED") == 1
     assert codes.count("STOP_LOSS_MISSING") == 1
     assert execute.rearmed == ["ETHUSDT", "ETHUSDT"]
@@ -223,7 +216,7 @@ def test_missing_rearm_rpc_is_tolerated(make_service: Any) -> None:
 
     svc.supervise()
 
-    assert [a.code for a in svc.bus.alerts] == ["STOP_LOSS_MISSING"]
+    assert [a.code for a in svc.bus.messages] == ["STOP_LOSS_MISSING"]
 
 
 def test_tick_fans_out_alerts_and_metrics_records(make_service: Any) -> None:
@@ -238,7 +231,7 @@ def test_tick_fans_out_alerts_and_metrics_records(make_service: Any) -> None:
     svc.on_market(fields)
 
     assert desk.ticks == [("BTCUSDT", D("58990"))]
-    assert [a.code for a in svc.bus.alerts] == ["LIQUIDATION_WARNING"]
+    assert [a.code for a in svc.bus.messages] == ["LIQUIDATION_WARNING"]
     assert [r.type for _, r in svc.telemetry.records] == ["risk_alert", "position_risk"]
 
 
@@ -273,4 +266,4 @@ def test_supervision_on_stale_account_state_halts_nothing_and_alerts_nothing(
 
     svc.supervise()
 
-    assert desk.changes == [] and svc.bus.alerts == [] and execute.rearmed == []
+    assert desk.changes == [] and svc.bus.messages == [] and execute.rearmed == []

@@ -105,8 +105,13 @@ def test_a_client_may_try_again_once_its_lockout_expired() -> None:
     fake = FakeRedis()
     guard = AuthGuard(fake, limit=1, window_s=300)  # type: ignore[arg-type]
     guard.failed("10.0.0.7")
+    with pytest.raises(HttpError) as locked:  # locked out, even with the right key
+        require_api_key(request(KEY), [KEY], guard=guard)
+    assert locked.value.status == 429
+
     fake.expire_now("lock:10.0.0.7")
-    require_api_key(request(KEY), [KEY], guard=guard)
+
+    require_api_key(request(KEY), [KEY], guard=guard)  # no exception: let in again
 
 
 class _BrokenRedis:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import urllib.request
-import uuid
 from collections.abc import Iterator
 from decimal import Decimal
 from typing import Any
@@ -23,64 +22,20 @@ from nameko_services.paper_exchange.server import PaperExchange
 from shared.exchange import make_exchange
 from shared.names import REC_EXCHANGE_ORDER, REC_EXCHANGE_POSITION, REC_KLINE, REC_TICK
 from shared.records import Record
-from shared.settings import Settings, load_settings
 from shared.state import StaleState, StateReader
 from shared.symbol_rules import SymbolRulesReader
+from tests.integration.conftest import paper_admin
+from tests.support.feed_env import MAX_STALENESS_S, REDIS_URL, SYMBOL, feed_settings
 from tests.unit.feed.harness import FeedThread, wait_for
 
 pytestmark = pytest.mark.integration
 
-REDIS_URL = "redis://127.0.0.1:6379/11"
-SYMBOL = "BTCUSDT"
 CCXT_SYMBOL = "BTC/USDT:USDT"
-MAX_STALENESS_S = 2.0
-
-
-def feed_settings() -> Settings:
-    return load_settings(
-        redis_streams={"url": REDIS_URL},
-        paper_exchange={"tick_interval_ms": 100},
-        feed={"candle_limit": 20, "heartbeat_interval_s": 0.2,
-              "max_staleness_seconds": MAX_STALENESS_S})
-
-
-@pytest.fixture(scope="module")
-def paper(secrets_module_env: None) -> Iterator[PaperExchange]:
-    exchange = PaperExchange(feed_settings(), host="127.0.0.1", port=0, state_path="")
-    exchange.start()
-    yield exchange
-    exchange.stop()
-
-
-def admin(paper: PaperExchange, path: str, body: dict[str, Any] | None = None) -> Any:
-    req = urllib.request.Request(
-        paper.base_url + path, data=json.dumps(body or {}).encode(), method="POST",
-        headers={"X-MBX-APIKEY": paper.settings.exchange.api_key.get_secret_value(),
-                 "Content-Type": "application/json"})
-    with urllib.request.urlopen(req, timeout=5) as resp:
-        return json.loads(resp.read())
-
-
-@pytest.fixture
-def rds() -> Iterator[redis.Redis]:
-    client = redis.Redis.from_url(REDIS_URL, decode_responses=True)
-    client.delete(*client.keys("phoenix95:state:*") or ["-"])
-    yield client
-    client.delete(*client.keys("phoenix95:state:*") or ["-"])
-    client.close()
-
-
-@pytest.fixture
-def streams(rds: redis.Redis) -> Iterator[dict[str, str]]:
-    tag = uuid.uuid4().hex[:8]
-    names = {"market_stream": f"test:feed:market:{tag}", "trade_stream": f"test:feed:trade:{tag}"}
-    yield names
-    rds.delete(*names.values())
 
 
 @pytest.fixture
 def feed(paper: PaperExchange, streams: dict[str, str]) -> Iterator[FeedThread]:
-    admin(paper, "/paper/reset")
+    paper_admin(paper, "/paper/reset")
     thread = FeedThread(feed_settings(), REDIS_URL, base_url=paper.base_url,
                         ws_url=paper.ws_url, symbols=[SYMBOL, "ETHUSDT"], **streams).start()
     yield thread
@@ -139,7 +94,7 @@ def test_a_position_with_stop_loss_and_take_profit_shows_in_the_account_state(
         streams: dict[str, str]) -> None:
     reader = StateReader(rds, feed.feed.settings)
     wait_for(lambda: fresh(reader), what="fresh state")
-    admin(paper, "/paper/price", {"symbol": SYMBOL, "price": 60000, "hold": True})
+    paper_admin(paper, "/paper/price", {"symbol": SYMBOL, "price": 60000, "hold": True})
 
     try:
         entry = rest.create_order(CCXT_SYMBOL, "market", "buy", 0.01)
@@ -152,7 +107,7 @@ def test_a_position_with_stop_loss_and_take_profit_shows_in_the_account_state(
                            len(a.open_orders(SYMBOL, kind="algo")) == 2 and a,
                            what="the position and its two algo orders")
     finally:
-        admin(paper, "/paper/price", {"symbol": SYMBOL, "price": 60000, "hold": False})
+        paper_admin(paper, "/paper/price", {"symbol": SYMBOL, "price": 60000, "hold": False})
     orders = wait_for(lambda: records(rds, streams["trade_stream"], REC_EXCHANGE_ORDER),
                       what="order records")
 
@@ -176,7 +131,7 @@ def test_after_the_exchange_drops_every_socket_the_feed_reconnects_and_resynchro
     wait_for(lambda: fresh(reader), what="fresh state")
     synced = feed.feed.account.synced_ms
 
-    dropped = admin(paper, "/paper/ws/drop")["dropped"]
+    dropped = paper_admin(paper, "/paper/ws/drop")["dropped"]
 
     wait_for(lambda: feed.feed.account.synced_ms > synced, what="a resync after the drop")
     wait_for(lambda: fresh(reader), what="fresh again")
@@ -216,7 +171,7 @@ def test_after_the_listen_key_expires_the_feed_re_creates_it_and_keeps_receiving
     wait_for(lambda: fresh(reader), what="fresh state")
     old_key = feed.feed.ex.options["linear"]["listenKey"]  # type: ignore[union-attr]
 
-    expired = admin(paper, "/paper/listenkey/expire")["expired"]
+    expired = paper_admin(paper, "/paper/listenkey/expire")["expired"]
 
     wait_for(lambda: (feed.feed.ex.options.get("linear") or {}).get(  # type: ignore[union-attr]
         "listenKey") not in (None, old_key), what="a new listenKey")

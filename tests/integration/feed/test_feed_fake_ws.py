@@ -2,7 +2,7 @@
 
 The fake lets these tests cause exactly the faults the feed must survive — every socket
 dropped, the listenKey expired, a failed keepalive — independently of the paper exchange's
-own WebSocket server (tests/integration/test_feed_paper.py runs the same against that).
+own WebSocket server (tests/integration/feed/test_feed_paper.py runs the same against that).
 """
 
 from __future__ import annotations
@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import time
 import urllib.request
-import uuid
 from collections.abc import Iterator
 from decimal import Decimal
 from typing import Any
@@ -21,55 +20,18 @@ import redis
 from nameko_services.paper_exchange.server import PaperExchange
 from shared.names import REC_EXCHANGE_ORDER, REC_KLINE, REC_TICK
 from shared.records import Record
-from shared.settings import Settings, load_settings
 from shared.state import StaleState, StateReader
+from tests.support.feed_env import REDIS_URL, SYMBOL, feed_settings
 from tests.unit.feed.harness import FakeBinanceWs, FeedThread, wait_for
 from tests.unit.feed.payloads import algo_update, kline
 
 pytestmark = pytest.mark.integration
-
-REDIS_URL = "redis://127.0.0.1:6379/11"
-SYMBOL = "BTCUSDT"
-
-
-def feed_settings(**feed: Any) -> Settings:
-    return load_settings(
-        redis_streams={"url": REDIS_URL},
-        paper_exchange={"tick_interval_ms": 100},
-        feed={"candle_limit": 20, "heartbeat_interval_s": 0.2, "max_staleness_seconds": 2.0,
-              **feed})
-
-
-@pytest.fixture(scope="module")
-def paper(secrets_module_env: None) -> Iterator[PaperExchange]:
-    exchange = PaperExchange(feed_settings(), host="127.0.0.1", port=0, state_path="")
-    exchange.start()
-    yield exchange
-    exchange.stop()
-
 
 @pytest.fixture
 def fake(paper: PaperExchange) -> Iterator[FakeBinanceWs]:
     server = FakeBinanceWs(paper.base_url).start()
     yield server
     server.stop()
-
-
-@pytest.fixture
-def rds() -> Iterator[redis.Redis]:
-    client = redis.Redis.from_url(REDIS_URL, decode_responses=True)
-    client.delete(*client.keys("phoenix95:state:*") or ["-"])
-    yield client
-    client.delete(*client.keys("phoenix95:state:*") or ["-"])
-    client.close()
-
-
-@pytest.fixture
-def streams(rds: redis.Redis) -> Iterator[dict[str, str]]:
-    tag = uuid.uuid4().hex[:8]
-    names = {"market_stream": f"test:feed:market:{tag}", "trade_stream": f"test:feed:trade:{tag}"}
-    yield names
-    rds.delete(*names.values())
 
 
 def start_feed(fake: FakeBinanceWs, streams: dict[str, str], **feed: Any) -> FeedThread:
