@@ -89,7 +89,7 @@ def close_and_settle(rpc: Any, symbol: str) -> None:
 
 
 def alerts(settings: Settings, n: int, symbol: str) -> dict[str, Any]:
-    from nameko.standalone.rpc import ClusterRpcProxy
+    from shared.signed_rpc import cluster_proxy
 
     r: Any = redis.Redis.from_url(settings.redis_streams.url, decode_responses=True)
     url = settings.services.url_of("brain") + "/webhook"
@@ -97,7 +97,7 @@ def alerts(settings: Settings, n: int, symbol: str) -> dict[str, Any]:
     per_alert: list[float] = []
     paths: dict[str, float] = {}
     failures = 0
-    with ClusterRpcProxy({"AMQP_URI": settings.message_queue.amqp_uri}, timeout=30) as rpc:
+    with cluster_proxy(settings.message_queue.amqp_uri, timeout=30) as rpc:
         rpc.execute.close_all()
         for i in range(n + 1):  # the first alert warms the symbol (pre-flight, caches)
             last = r.xrevrange(TRADE_STREAM, count=1)

@@ -33,11 +33,11 @@ from typing import Any
 
 import redis
 import yaml
-from nameko.standalone.rpc import ClusterRpcProxy
 
 from shared.exchange import make_exchange
 from shared.names import RISK_ORDER_RATE_KEY, RISK_RESERVATIONS_KEY
 from shared.settings import Settings, get_settings
+from shared.signed_rpc import cluster_proxy
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -71,7 +71,7 @@ def run(settings: Settings, n: int, concurrency: int, price: float) -> dict[str,
     store = redis.Redis.from_url(settings.redis_streams.url)
 
     def worker() -> None:
-        with ClusterRpcProxy(config, timeout=30) as rpc:
+        with cluster_proxy(config["AMQP_URI"], timeout=30) as rpc:
             warm = intent(price)
             rpc.risk.check(warm)  # warm the connection
             store.hdel(RISK_RESERVATIONS_KEY, warm["signal_id"])
@@ -147,7 +147,7 @@ def main() -> None:
     parser.add_argument("--port-offset", type=int, default=17)
     args = parser.parse_args()
     settings = get_settings()
-    with ClusterRpcProxy({"AMQP_URI": settings.message_queue.amqp_uri}, timeout=30) as rpc:
+    with cluster_proxy(settings.message_queue.amqp_uri, timeout=30) as rpc:
         status = rpc.risk.status()
     price = float(make_exchange(settings).fetch_ticker("BTC/USDT:USDT")["last"])
     extra = start_extra_instance(settings, args.port_offset) if args.instances == 2 else None

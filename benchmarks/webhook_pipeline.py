@@ -89,13 +89,13 @@ def wait_record(r: Any, signal_id: str, kind: str, since_id: str,
 
 
 def sequential(settings: Settings, n: int) -> dict[str, Any]:
-    from nameko.standalone.rpc import ClusterRpcProxy
+    from shared.signed_rpc import cluster_proxy
 
     # decoded responses: typed loosely, redis-py's stubs assume bytes
     r: Any = redis.Redis.from_url(settings.redis_streams.url, decode_responses=True)
     url = settings.services.url_of("brain") + "/webhook"
     intake, filled, protected, failures = [], [], [], 0
-    with ClusterRpcProxy({"AMQP_URI": settings.message_queue.amqp_uri}, timeout=30) as rpc:
+    with cluster_proxy(settings.message_queue.amqp_uri, timeout=30) as rpc:
         rpc.execute.close_all()
         for _ in range(n):
             last = r.xrevrange("trade:stream", count=1)

@@ -229,7 +229,7 @@ def fetch_rpc_snapshot(amqp_uri: str, timeout: float) -> RpcSnapshot:
 
     Blocking; run it in a plain thread. Never raises: errors land in the snapshot.
     """
-    from nameko.standalone.rpc import ClusterRpcProxy  # heavy import, only where used
+    from shared.signed_rpc import cluster_proxy  # heavy import, only where used
 
     positions: list[Position] | None = None
     risk_status: dict[str, Any] | None = None
@@ -238,7 +238,8 @@ def fetch_rpc_snapshot(amqp_uri: str, timeout: float) -> RpcSnapshot:
     trades: list[dict[str, Any]] | None = None
     trades_err: str | None = None
     try:
-        with ClusterRpcProxy({"AMQP_URI": amqp_uri}, timeout=timeout) as rpc:
+        # reply queue named after this process (its broker user reads only its own)
+        with cluster_proxy(amqp_uri, timeout=timeout) as rpc:
             try:
                 raw = rpc.execute.positions()
                 positions = [Position.from_mapping(p) for p in raw or []]

@@ -234,12 +234,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     rng = random.Random(args.seed)
     warnings.filterwarnings("ignore", category=DeprecationWarning)  # eventlet's, on import
-    from nameko.standalone.rpc import ClusterRpcProxy
+    from shared.signed_rpc import cluster_proxy
 
     results: list[RunResult] = []
     out = args.json or stack.run_dir / "chaos-results.json"  # rewritten after every run
     out.parent.mkdir(parents=True, exist_ok=True)
-    with ClusterRpcProxy({"AMQP_URI": settings.message_queue.amqp_uri}, timeout=60) as rpc:
+    with cluster_proxy(settings.message_queue.amqp_uri, timeout=60) as rpc:
         for scenario in scenarios:
             for run in range(1, args.runs + 1):
                 try:

@@ -39,7 +39,6 @@ from shared.names import (
     RISK_EXCHANGE,
     kombu_dead_letter_queue,
     kombu_exchange,
-    kombu_queue,
     kombu_retry_queue,
 )
 from shared.settings import get_settings
@@ -153,8 +152,7 @@ class DurableConsumer(Consumer):
                           signal_id=signal_id)
         try:
             self._publisher().publish(alert.wire(), exchange=kombu_exchange(RISK_EXCHANGE),
-                                      routing_key=RISK_ALERT_KEY, serializer="json",
-                                      declare=[kombu_queue(RISK_ALERT_QUEUE)])
+                                      routing_key=RISK_ALERT_KEY, serializer="json")
         except Exception:
             log.exception("dead-letter alert not delivered: %s", text)
 

@@ -76,6 +76,14 @@ class Analysis(_Message):
     sizing: dict[str, Any] = Field(default_factory=dict)
 
 
+class Approval(_Message):
+    """Risk's signed approval of one intent (shared/signing.py): execute trades only these."""
+
+    id: str
+    expires_ms: int  # epoch ms; past it an intent whose entry was not sent is not traded
+    signature: str
+
+
 class TradeIntent(_Message):
     """A fully specified order request: what risk checks and execute carries out."""
 
@@ -94,6 +102,7 @@ class TradeIntent(_Message):
     margin: Decimal
     strategy: str = "default"
     received_at: datetime | None = None  # when the webhook arrived (end-to-end latency)
+    approval: Approval | None = None  # set from risk's decision before it is queued
 
     @classmethod
     def at_price(cls, *, signal_id: str, idempotency_key: str, symbol: str, side: Side,
@@ -125,6 +134,7 @@ class RiskDecision(_Message):
     reasons: tuple[str, ...] = ()
     checks: dict[str, Any] = Field(default_factory=dict)
     liquidation_price: Decimal | None = None
+    approval: Approval | None = None  # approved only: what execute verifies
 
 
 class CloseRequest(_Message):

@@ -16,6 +16,23 @@ RISK: Final = "risk"
 EXECUTE: Final = "execute"
 NOTIFY: Final = "notify"
 SERVICES: Final = (BRAIN, RISK, EXECUTE, NOTIFY)
+# --- Signed caller identities (shared/signing.py): who may sign a state-changing call ---
+TELEGRAM: Final = "telegram"  # the Telegram command worker
+OPERATOR: Final = "operator"  # scripts, nameko shell, the test suite
+SIGNERS: Final = (BRAIN, RISK, EXECUTE, TELEGRAM, OPERATOR)
+# (service, RPC method) -> the callers it accepts; each call carries a signature
+SIGNED_RPCS: Final = {
+    (BRAIN, "analyze"): (OPERATOR,),  # dry_run=False only: it queues a trade
+    (RISK, "check"): (BRAIN, EXECUTE, OPERATOR),  # reserves margin; approval is signed
+    (RISK, "set_state"): (EXECUTE, TELEGRAM, OPERATOR),
+    (EXECUTE, "close"): (TELEGRAM, OPERATOR),
+    (EXECUTE, "close_all"): (TELEGRAM, OPERATOR),
+    (EXECUTE, "rearm"): (RISK, OPERATOR),
+}
+# signers of messages on trade_execution: intents carry risk's approval, close requests
+# the signature of who queued them
+CLOSE_REQUEST_SIGNERS: Final = (BRAIN, OPERATOR)
+AUTH_HEADER: Final = "x-phoenix-auth"  # AMQP header with the caller's signature
 
 # --- RabbitMQ exchanges ---
 ANALYSIS_EXCHANGE: Final = "phoenix95.analysis"  # direct

@@ -104,9 +104,35 @@ class SecuritySettings(_Section):
     auth_failure_window_s: Annotated[int, Field(ge=1, le=86400)] = 300
     auth_max_lockout_s: Annotated[int, Field(ge=1, le=86400)] = 900
     auth_failure_redis_url: str = ""  # "" = redis_streams.url
+    # Signed caller identity (shared/signing.py): who this process signs as, with its own
+    # key; and, per caller this process's service accepts, the key pair-derived for it
+    # (never the caller's own key). scripts/up gives each process only its own.
+    signing_identity: str = "operator"
+    signing_key: SecretStr = SecretStr("")
+    verify_keys: dict[str, SecretStr] = {}
+    signature_max_age_s: Annotated[float, Field(gt=0.0, le=3600.0)] = 60.0
 
     def api_key_values(self) -> frozenset[str]:
         return frozenset(k.get_secret_value() for k in self.api_keys)
+
+    @field_validator("signing_identity")
+    @classmethod
+    def _identity(cls, value: str) -> str:
+        # it names the reply queues too (rpc.reply-<identity>-<uuid>, broker grants)
+        if not value.replace("_", "").isalnum() or not value.islower():
+            raise ValueError("lower-case letters, digits and _ only (e.g. operator, brain)")
+        return value
+
+    @field_validator("verify_keys")
+    @classmethod
+    def _known_callers(cls, value: dict[str, SecretStr]) -> dict[str, SecretStr]:
+        from shared.names import SIGNERS
+
+        unknown = sorted(set(value) - set(SIGNERS))
+        if unknown:
+            raise ValueError(f"unknown caller(s) {', '.join(unknown)}; one of "
+                             f"{', '.join(SIGNERS)}")
+        return value
 
 
 class TelegramSettings(_Section):

@@ -11,7 +11,6 @@ import eventlet
 import redis
 from eventlet import tpool
 from nameko.events import EventDispatcher
-from nameko.rpc import RpcProxy, rpc
 from nameko.web.handlers import http
 from werkzeug.wrappers import Request, Response
 
@@ -32,10 +31,12 @@ from shared.health import ReadinessChecks, ReadinessProbe
 from shared.models import CloseRequest, RiskDecision, Signal, SignalRejectedEvent
 from shared.nameko_deps import Bus, BusError, Config, MessageBus, Telemetry
 from shared.names import (
+    AUTH_HEADER,
     BRAIN,
     BRAIN_GROUP,
     EVT_SIGNAL_ACCEPTED,
     EVT_SIGNAL_REJECTED,
+    EXECUTE,
     IDEMPOTENCY_WINDOW_S,
     REC_POSITION_CLOSED,
     RISK,
@@ -44,13 +45,14 @@ from shared.names import (
     SIGNAL_STREAM,
     SIGNALS_EXCHANGE,
     TRADE_KEY,
-    TRADE_QUEUE,
     TRADE_STREAM,
     kombu_queue,
 )
 from shared.openapi import openapi_response
 from shared.records import Record
 from shared.settings import Settings, settings_or_exit
+from shared.signed_rpc import MessageHeaders, SignedRpcProxy, signed_rpc
+from shared.signing import Verifier, pair_key, sign_call
 from shared.streams import stream_consume
 from shared.telemetry import TelemetryWriter
 from shared.web import (
@@ -82,7 +84,8 @@ class BrainService:
     bus: MessageBus = Bus()
     telemetry: TelemetryWriter = Telemetry()
     dispatch = EventDispatcher()
-    risk = RpcProxy(RISK)
+    risk = SignedRpcProxy(RISK)
+    headers: dict[str, Any] = MessageHeaders()
 
     # --- HTTP ---
     @http("POST", "/webhook")
@@ -154,13 +157,15 @@ class BrainService:
         return metrics_response()
 
     # --- RPC ---
-    @rpc
+    @signed_rpc(unless=lambda args, kwargs: bool(
+        kwargs.get("dry_run", args[1] if len(args) > 1 else True)))
     def analyze(self, signal: dict[str, Any], dry_run: bool = True) -> dict[str, Any]:
         """Score a signal (a webhook body without the secret).
 
         ``dry_run=True`` (default): the same decision the queue consumer would take -
         features, model version, every gate, the size - without trading it.
-        ``dry_run=False``: queue it like a webhook (idempotent on its ``id``)."""
+        ``dry_run=False``: queue it like a webhook (idempotent on its ``id``); only a
+        signed operator may (names.SIGNED_RPCS): it skips the webhook's secret."""
         secret = self.config.security.webhook_secret.get_secret_value()
         parsed = parse_alert({**signal, "secret": secret}, secret,
                              self.config.trading.allowed_symbols)
@@ -172,6 +177,7 @@ class BrainService:
     # --- queue ---
     @durable_consume(kombu_queue(SIGNAL_QUEUE))
     def process_signal(self, body: dict[str, Any]) -> None:
+        self._verify_queued(body)  # refused: dead-lettered, never analysed
         signal = Signal.model_validate(body)
         if signal.action == "close":
             request = CloseRequest(signal_id=signal.signal_id,
@@ -196,7 +202,7 @@ class BrainService:
         if not risk.approved:
             self._signal_rejected(signal, list(risk.reasons))
             return
-        self._publish_trade(decision.intent)
+        self._publish_trade(decision.intent.model_copy(update={"approval": risk.approval}))
         self.dispatch(EVT_SIGNAL_ACCEPTED, {"type": "signal_accepted",
                                             "signal_id": signal.signal_id,
                                             "symbol": signal.symbol, "side": signal.side})
@@ -252,10 +258,12 @@ class BrainService:
                                f"symbol within {IDEMPOTENCY_WINDOW_S // 3600} h"}
 
     def _queue(self, signal: Signal, started: float) -> tuple[int, dict[str, Any]]:
-        """Publish a claimed signal durably; on failure release the claim and answer 503."""
+        """Publish a claimed signal durably, signed by brain (only what passed intake is
+        analysed); on failure release the claim and answer 503."""
         try:
             self.bus.publish(SIGNALS_EXCHANGE, SIGNAL_KEY, signal,
-                             declare=[kombu_queue(SIGNAL_QUEUE)])
+                             declare=[kombu_queue(SIGNAL_QUEUE)],
+                             headers=self._signed(BRAIN, "signal", signal.wire()))
         except BusError as exc:
             self.gate.release(signal.scoped_key, signal.signal_id)
             log.error("signal %s not queued: %s", signal.signal_id, exc)
@@ -305,10 +313,32 @@ class BrainService:
             raise Retryable(f"risk.check did not answer within {timeout}s") from exc
         return RiskDecision.model_validate(reply)
 
+    def _signed(self, receiver: str, kind: str, body: dict[str, Any]) -> dict[str, Any]:
+        """The ``x-phoenix-auth`` header of a message brain queues (none without a key)."""
+        sec = self.config.security
+        key = sec.signing_key.get_secret_value()
+        if not key:
+            return {}
+        return {AUTH_HEADER: sign_call(sec.signing_identity, key, receiver, kind, [body], {})}
+
+    def _verify_queued(self, body: dict[str, Any]) -> None:
+        """Only brain signs signals, with its own key: another process that can reach the
+        queue (through the default exchange, say) cannot make brain analyse a signal."""
+        sec = self.config.security
+        key = sec.signing_key.get_secret_value()
+        own = {sec.signing_identity: pair_key(key, BRAIN)} if key else {}
+        Verifier(BRAIN, own, sec.signature_max_age_s).verify(
+            self.headers.get(AUTH_HEADER), "signal", [body], {}, tuple(own),
+            max_age_s=IDEMPOTENCY_WINDOW_S, once=False)
+
     def _publish_trade(self, message: Any) -> None:
+        """An intent carries risk's approval; a close request is signed by brain."""
+        headers = self._signed(EXECUTE, "close_request", message.wire()) \
+            if isinstance(message, CloseRequest) else {}
         try:
-            self.bus.publish(SIGNALS_EXCHANGE, TRADE_KEY, message,
-                             declare=[kombu_queue(TRADE_QUEUE)])
+            # execute's queue, declared by it and scripts/up: declaring it here would need
+            # read on it, which brain's broker user does not have
+            self.bus.publish(SIGNALS_EXCHANGE, TRADE_KEY, message, headers=headers)
         except BusError as exc:
             raise Retryable(str(exc)) from exc
 

@@ -198,6 +198,10 @@ class ExecutionEngine:
         return None
 
     def _expired(self, it: TradeIntent) -> bool:
+        """Too old to send: past the analysis budget, or past risk's approval (whose
+        reservation has lapsed by then)."""
+        if it.approval is not None and time.time() * 1000 > it.approval.expires_ms:
+            return True
         if it.received_at is None:
             return False
         limit = self.settings.phoenix_95.analysis_timeout

@@ -11,7 +11,7 @@ from typing import Any
 
 import ccxt
 from nameko.events import EventDispatcher
-from nameko.rpc import RpcProxy, rpc
+from nameko.rpc import rpc
 from nameko.timer import timer
 from nameko.web.handlers import http
 from prometheus_client import Counter, Histogram
@@ -26,15 +26,17 @@ from nameko_services.execute.reconcile import Correction, Reconciler
 from shared.consumer import Retryable, dead_letter_consume, durable_consume
 from shared.health import ReadinessChecks, ReadinessProbe, breaker_check
 from shared.market import ExchangeUnavailable
-from shared.models import CloseRequest, RiskAlert, TradeIntent
+from shared.models import Approval, CloseRequest, RiskAlert, TradeIntent
 from shared.nameko_deps import Bus, BusError, Config, MessageBus, Telemetry
 from shared.names import (
+    AUTH_HEADER,
+    CLOSE_REQUEST_SIGNERS,
     EXECUTE,
     EXECUTION_GROUP,
+    IDEMPOTENCY_WINDOW_S,
     REC_CLOSE_FAILED,
     RISK,
     RISK_ALERT_KEY,
-    RISK_ALERT_QUEUE,
     RISK_EXCHANGE,
     SIGNALS_EXCHANGE,
     TRADE_FAILED_QUEUE,
@@ -46,6 +48,8 @@ from shared.names import (
 from shared.openapi import openapi_response
 from shared.records import Record
 from shared.settings import Settings, settings_or_exit
+from shared.signed_rpc import MessageHeaders, SignedRpcProxy, signed_rpc
+from shared.signing import REFUSED, CallerRefused, Verifier, keys_of, verify_approval
 from shared.streams import stream_consume
 from shared.telemetry import TelemetryWriter
 from shared.web import HttpError, api, metrics_response, read_json_object, require_api_key
@@ -69,7 +73,8 @@ class ExecuteService:
     bus: MessageBus = Bus()
     telemetry: TelemetryWriter = Telemetry()
     dispatch = EventDispatcher()
-    risk = RpcProxy(RISK)
+    risk = SignedRpcProxy(RISK)
+    headers: dict[str, Any] = MessageHeaders()
 
     # --- queue ---
     @durable_consume(kombu_queue(TRADE_QUEUE))
@@ -77,14 +82,18 @@ class ExecuteService:
         """Every intent ends in one recorded outcome: retryable failures (exchange
         unreachable, 5xx, 429, symbol locked) go back through the retry queue; a refusal
         is a failed outcome (trade_failed, which releases risk's reservation, and an
-        alert), never a silent dead letter."""
+        alert), never a silent dead letter. An intent without risk's signed approval, or
+        a close request without its sender's signature, is such a refusal and is also
+        dead-lettered (``unsigned_intent``)."""
         started = time.perf_counter()
         try:
             if body.get("type") == "close_request":
                 request = CloseRequest.model_validate(body)
+                self._verify_close(request, body, self.headers)
                 self._close_requested(request)
                 return
             intent = TradeIntent.model_validate(body)
+            self._verify_intent(intent)
             outcome = self.engine.open(intent)
         except Exception as exc:
             if is_retryable(exc):
@@ -99,6 +108,35 @@ class ExecuteService:
         ORDERS.labels(outcome.status).inc()
         self._report(outcome)
 
+    def _verifier(self) -> Verifier:
+        sec = self.config.security
+        return Verifier(EXECUTE, keys_of(sec.verify_keys), sec.signature_max_age_s)
+
+    def _verify_intent(self, intent: TradeIntent) -> None:
+        try:
+            verify_approval(keys_of(self.config.security.verify_keys).get(RISK),
+                            intent.wire())
+        except CallerRefused as exc:
+            REFUSED.labels(EXECUTE, "trade_intent", exc.reason).inc()
+            log.error("intent %s not traded: %s", intent.signal_id, exc)
+            self._report(Outcome("failed", intent.symbol, intent.signal_id, "unsigned_intent"))
+            raise
+
+    def _verify_close(self, request: CloseRequest, body: dict[str, Any],
+                      headers: dict[str, Any]) -> None:
+        try:
+            self._verifier().verify(headers.get(AUTH_HEADER), "close_request", [body], {},
+                                    CLOSE_REQUEST_SIGNERS, max_age_s=IDEMPOTENCY_WINDOW_S,
+                                    once=False)
+        except CallerRefused as exc:
+            self.telemetry.emit(TRADE_STREAM, Record(REC_CLOSE_FAILED, {
+                "symbol": request.symbol, "reason": f"unsigned_intent: {exc}"},
+                request.signal_id))
+            self._alert(reports.alert("critical", "UNSIGNED_INTENT",
+                                      f"close request refused: {exc}", request.symbol,
+                                      request.signal_id))
+            raise
+
     @dead_letter_consume(kombu_queue(TRADE_FAILED_QUEUE))
     def trade_dead_lettered(self, body: Any, reason: str) -> None:
         """A trade_execution message that ended in the DLQ (poison, retries exhausted):
@@ -107,6 +145,9 @@ class ExecuteService:
         no second alert here."""
         if not isinstance(body, dict) or body.get("type") != "trade_intent":
             log.error("dead letter without a trade intent (%s): %.200s", reason, body)
+            return
+        if "unsigned_intent" in reason:  # reported when refused; its ids are not trusted
+            log.error("unsigned intent dead-lettered: %.200s", reason)
             return
         try:
             intent = TradeIntent.model_validate(body)
@@ -160,7 +201,7 @@ class ExecuteService:
         for correction in corrections:
             self._corrected(correction)
 
-    @rpc
+    @signed_rpc
     def rearm(self, symbol: str) -> list[dict[str, Any]]:
         """Reconcile one symbol now (risk calls this when a stop-loss is missing)."""
         corrections = Reconciler(self.engine).run_symbol(symbol.upper())
@@ -174,13 +215,13 @@ class ExecuteService:
         """Open positions from the feed's account state (REST only when it is stale)."""
         return [dict(p) for p in self.engine.positions()]
 
-    @rpc
+    @signed_rpc
     def close(self, symbol: str) -> dict[str, Any]:
         outcome = self.engine.close(symbol.upper(), "manual")
         self._closed(outcome)
         return {"status": outcome.status, "symbol": outcome.symbol, **outcome.details}
 
-    @rpc
+    @signed_rpc
     def close_all(self) -> list[dict[str, Any]]:
         return [self.close(p["symbol"]) for p in self.engine.positions()]
 
@@ -201,6 +242,9 @@ class ExecuteService:
             return 422, {"error": "rejected by risk", "reason": "rejected_by_risk",
                          "reasons": decision["reasons"],
                          "checks": decision["checks"]}
+        approval = decision.get("approval")
+        intent = intent.model_copy(
+            update={"approval": Approval.model_validate(approval) if approval else None})
         try:
             self.bus.publish(SIGNALS_EXCHANGE, TRADE_KEY, intent,
                              declare=[kombu_queue(TRADE_QUEUE)])
@@ -291,8 +335,7 @@ class ExecuteService:
 
     def _alert(self, alert: RiskAlert) -> None:
         try:
-            self.bus.publish(RISK_EXCHANGE, RISK_ALERT_KEY, alert,
-                             declare=[kombu_queue(RISK_ALERT_QUEUE)])
+            self.bus.publish(RISK_EXCHANGE, RISK_ALERT_KEY, alert)  # notify's queue
         except BusError:
             log.exception("alert not queued: %s %s", alert.code, alert.text)
 

@@ -87,9 +87,10 @@ class RpcControl:
         self._timeout = timeout
 
     def _call(self, service: str, method: str, *args: Any) -> Any:
-        from nameko.standalone.rpc import ClusterRpcProxy
+        # signed as this process (security.signing_identity: telegram for the worker)
+        from shared.signed_rpc import cluster_proxy
 
-        with ClusterRpcProxy(self._config, timeout=self._timeout) as rpc:
+        with cluster_proxy(self._config["AMQP_URI"], timeout=self._timeout) as rpc:
             return getattr(getattr(rpc, service), method)(*args)
 
     def risk_status(self) -> dict[str, Any]:

@@ -25,7 +25,7 @@ from typing import Any
 
 import eventlet
 from nameko.events import event_handler
-from nameko.rpc import RpcProxy, rpc
+from nameko.rpc import rpc
 from nameko.timer import timer
 from nameko.web.handlers import http
 from prometheus_client import Counter, Gauge, Histogram
@@ -48,15 +48,15 @@ from shared.names import (
     REC_TICK,
     RISK,
     RISK_ALERT_KEY,
-    RISK_ALERT_QUEUE,
     RISK_EXCHANGE,
     RISK_GROUP,
     RISK_STREAM,
-    kombu_queue,
 )
 from shared.openapi import openapi_response
 from shared.records import Record
 from shared.settings import Settings, settings_or_exit
+from shared.signed_rpc import SignedRpcProxy, signed_rpc
+from shared.signing import sign_approval
 from shared.state import StaleState
 from shared.streams import stream_consume
 from shared.telemetry import TelemetryWriter
@@ -99,15 +99,16 @@ class RiskService:
     desk: RiskDesk = RiskDeskProvider()
     bus: MessageBus = Bus()
     telemetry: TelemetryWriter = Telemetry()
-    execute = RpcProxy(EXECUTE)
+    execute = SignedRpcProxy(EXECUTE)
 
     # --- RPC ---
-    @rpc
+    @signed_rpc
     def check(self, intent: dict[str, Any]) -> dict[str, Any]:
         """Three-stage pre-trade check of a trade intent; see RiskDecision.
 
         An approved intent holds a reservation (margin, exposure, a position slot) in
-        Redis until execute reports it failed or closed, or the TTL ends.
+        Redis until execute reports it failed or closed, or the TTL ends, and carries
+        risk's signed ``approval``: execute trades no intent without it.
         """
         started = time.perf_counter()
         parsed = TradeIntent.model_validate(intent)
@@ -123,6 +124,8 @@ class RiskService:
         breached = breaches(decision["reasons"])
         if breached and decision["checks"].get("equity"):
             self._change_state("HALTED", f"{breached[0]} (seen by check {parsed.signal_id})")
+        if decision["approved"]:
+            decision["approval"] = self._approve(parsed)
         return decision
 
     @rpc
@@ -144,7 +147,7 @@ class RiskService:
         _export_state(status["state"])
         return status
 
-    @rpc
+    @signed_rpc
     def set_state(self, state: str, reason: str = "") -> dict[str, Any]:
         """ACTIVE / REDUCING (closes only) / HALTED (nothing new); durable, mirrored to
         Redis ``phoenix95:trading_state``. Each change: event, alert, risk_events record.
@@ -229,7 +232,9 @@ class RiskService:
     def check_http(self, request: Request) -> tuple[int, Any]:
         require_api_key(request, self.config.security.api_key_values())
         try:
-            return 200, self.check(read_json_object(request, 64 * 1024))
+            decision = self.check(read_json_object(request, 64 * 1024))
+            decision.pop("approval", None)  # a signed approval is for execute only
+            return 200, decision
         except ValidationError as exc:
             err = exc.errors()[0]
             raise HttpError(422, f"{'.'.join(map(str, err['loc']))}: {err['msg']}") from None
@@ -285,6 +290,15 @@ class RiskService:
         return metrics_response()
 
     # --- helpers (not entrypoints): fan-out, each isolated ---
+    def _approve(self, intent: TradeIntent) -> dict[str, Any] | None:
+        """Sign the approved intent for execute, valid as long as its reservation."""
+        key = self.config.security.signing_key.get_secret_value()
+        if not key:
+            log.error("security.signing_key is empty: execute will refuse %s unsigned",
+                      intent.signal_id)
+            return None
+        return sign_approval(key, EXECUTE, intent.wire(), self.config.risk.reservation_ttl_s)
+
     def _change_state(self, state: str, reason: str) -> dict[str, Any]:
         previous, state = self.desk.set_state(state, reason)
         _export_state(state)
@@ -303,8 +317,9 @@ class RiskService:
     def _alert(self, alert: RiskAlert) -> None:
         ALERTS.labels(alert.code).inc()
         try:
-            self.bus.publish(RISK_EXCHANGE, RISK_ALERT_KEY, alert,
-                             declare=[kombu_queue(RISK_ALERT_QUEUE)])
+            # not declared here: notify's queue, and scripts/up's topology (declaring
+            # it needs read on it, which only its consumer's broker user has)
+            self.bus.publish(RISK_EXCHANGE, RISK_ALERT_KEY, alert)
         except BusError:
             log.exception("risk alert %s not delivered: %s", alert.code, alert.text)
         self.telemetry.emit(RISK_STREAM, Record("risk_alert", alert.wire()))

@@ -66,9 +66,10 @@ def streams(settings: Settings) -> Iterator[redis.Redis]:
 
 @pytest.fixture(scope="session")
 def rpc(settings: Settings) -> Iterator[Any]:
-    from nameko.standalone.rpc import ClusterRpcProxy
+    from shared.signed_rpc import cluster_proxy
 
-    with ClusterRpcProxy({"AMQP_URI": settings.message_queue.amqp_uri}, timeout=30) as proxy:
+    # signed as the operator (security.signing_identity/signing_key from the stack's .env)
+    with cluster_proxy(settings.message_queue.amqp_uri, timeout=30) as proxy:
         yield proxy
 
 

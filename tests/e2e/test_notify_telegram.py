@@ -55,6 +55,17 @@ def _local_port(url: str) -> int | None:
     return None
 
 
+def _worker_identity(settings: Settings) -> dict[str, str]:
+    from scripts import lib, provision
+    from scripts.up import dotenv_path
+
+    path = dotenv_path()
+    secrets = lib.parse_env(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    if provision.mq_password_env("telegram") not in secrets:
+        return {}  # a stack without per-process users
+    return provision.identity_envs(settings, secrets)["telegram"]
+
+
 @pytest.fixture(scope="module")
 def telegram(settings: Settings) -> Iterator[Telegram]:
     tg = settings.telegram
@@ -69,7 +80,8 @@ def telegram(settings: Settings) -> Iterator[Telegram]:
         pytest.skip("the system's Telegram points at a real Bot API; not messaging it")
     token, chat = "424242:E2E-TOKEN", 4242
     with TelegramStandin(token=token) as standin:
-        env = dict(os.environ, PHOENIX__TELEGRAM__TOKEN=token,
+        # as scripts/up runs it: its own broker user, Redis user and signing identity
+        env = dict(os.environ, **_worker_identity(settings), PHOENIX__TELEGRAM__TOKEN=token,
                    PHOENIX__TELEGRAM__CHAT_ID=str(chat),
                    PHOENIX__TELEGRAM__API_BASE_URL=standin.base_url,
                    PHOENIX__TELEGRAM__COMMAND_POLL_TIMEOUT="2")

@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from nameko.standalone.rpc import ClusterRpcProxy
 
 from shared.names import (
     ALERT_OUTBOX_STREAM,
@@ -27,6 +26,7 @@ from shared.names import (
     TRADING_STATE_KEY,
 )
 from shared.records import Record
+from shared.signed_rpc import cluster_proxy
 from tests.e2e.test_flow import alert, post, stream_records, wait_for
 
 pytestmark = pytest.mark.e2e
@@ -37,7 +37,7 @@ ROOT = Path(__file__).resolve().parents[2]
 def halted(settings: Any, rpc: Any) -> Iterator[None]:
     rpc.risk.set_state("HALTED", "e2e kill switch")
     yield
-    with ClusterRpcProxy({"AMQP_URI": settings.message_queue.amqp_uri}, timeout=30) as n:
+    with cluster_proxy(settings.message_queue.amqp_uri, timeout=30) as n:
         n.risk.set_state("ACTIVE", "e2e kill switch released")
 
 
@@ -73,7 +73,7 @@ def test_halted_survives_a_restart_and_a_webhook_is_rejected_as_halted(
     if os.environ.get("PHOENIX_E2E_RESTART") == "1":
         _restart_everything()
 
-    with ClusterRpcProxy({"AMQP_URI": settings.message_queue.amqp_uri}, timeout=30) as n:
+    with cluster_proxy(settings.message_queue.amqp_uri, timeout=30) as n:
         state = n.risk.status()["state"]
         decision = n.risk.check(_intent())
     status, body = post(settings.services.url_of("brain") + "/webhook",

@@ -24,11 +24,13 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, TypeVar
 
 import pytest
 import yaml
 
+from scripts import grants, identities, provision
 from shared import names
 from shared.settings import ServicesSettings
 
@@ -59,6 +61,8 @@ PLACEHOLDER_ENV = {
     "PHOENIX_POSTGRES_PASSWORD": "placeholder",
     "GRAFANA_ADMIN_PASSWORD": "placeholder",
     "PHOENIX95_ALERT_API_KEY": "placeholder-api-key",
+    # per-process broker users, Redis users, signing and verification keys
+    **{k: "placeholder" for k in identities.secret_lines({})},
 }
 SECRET_VARS = (
     "PHOENIX__SECURITY__WEBHOOK_SECRET",
@@ -193,7 +197,12 @@ def test_compose_gives_each_container_only_its_secrets_from_the_environment(kind
         env = services[name]["environment"]
         for var in SECRET_VARS:
             value = str(env.get(var, ""))
-            if var in wanted:
+            if var == BROKER and var in wanted:  # each process its own broker user
+                kind = provision.kind_of(name.replace("-", "_"))
+                own = provision.mq_password_env(str(kind))
+                assert value.startswith("${" + own + ":?"), (name, value)
+                assert env["PHOENIX__MESSAGE_QUEUE__USERNAME"] == f"phoenix95_{kind}"
+            elif var in wanted:
                 assert re.fullmatch(rf"\$\{{{var}:[?-][^}}]*\}}", value), (name, var, value)
                 if var in SECRET_VARS[:5]:  # the ones settings.py requires
                     assert value.startswith("${" + var + ":?"), (name, var)
@@ -302,6 +311,33 @@ def test_compose_config_validates(kind: str, tmp_path: Path) -> None:
     missing = run([*base, "config", "-q"], env=env, cwd=ROOT)
     assert missing.returncode != 0
     assert "PHOENIX__MESSAGE_QUEUE__PASSWORD" in missing.stderr
+
+
+@pytest.mark.parametrize("kind", sorted(COMPOSE_FILES))
+def test_compose_runs_each_process_with_its_own_identity(kind: str) -> None:
+    """The same users, grants and keys scripts/up provisions (scripts/provision.py)."""
+    services = compose(kind)["services"]
+    for name in (*CORE, "feed", "dashboard", "telegram-worker"):
+        proc = provision.kind_of(name.replace("-", "_"))
+        assert proc is not None
+        env = services[name]["environment"]
+        stack = SimpleNamespace(message_queue=SimpleNamespace(username="phoenix95"))
+        expected = provision.identity_envs(stack, identities.secret_lines({}))[proc]
+        assert set(expected) <= set(env), (name, set(expected) - set(env))
+        assert env["PHOENIX__REDIS_STREAMS__USERNAME"] == f"phoenix95_{proc}"
+        for key in expected:
+            if key.startswith("PHOENIX__SECURITY__VERIFY_KEYS__"):
+                caller = key.rsplit("__", 1)[1].lower()
+                assert str(env[key]).startswith("${" + identities.verify_env(proc, caller))
+    rabbit = services["rabbitmq"]["environment"]
+    assert {provision.mq_password_env(k) for k in grants.RABBIT_KINDS} <= set(rabbit)
+    assert "/phoenix95/start.sh" in services["redis"]["entrypoint"]
+    assert "PHOENIX95_REDIS_ADMIN_PASSWORD" in services["redis"]["environment"]
+
+
+def test_compose_broker_users_and_redis_acls_are_the_generated_ones() -> None:
+    assert (COMPOSE / "rabbitmq" / "users.tsv").read_text() == grants.rabbit_users_table()
+    assert (COMPOSE / "redis" / "users.acl.in").read_text() == grants.redis_acl_template()
 
 
 # --------------------------------------------------------------------------- nginx
@@ -526,17 +562,55 @@ def test_k8s_gives_each_container_only_its_secrets() -> None:
             if var in wanted:
                 assert entry is not None, (name, var)
                 ref = entry["valueFrom"]["secretKeyRef"]
-                assert (ref["name"], ref["key"]) == ("phoenix95-secrets", var), (name, var)
+                key = var if var != BROKER else provision.mq_password_env(
+                    str(provision.kind_of(name.replace("-", "_"))))  # its own broker user
+                assert (ref["name"], ref["key"]) == ("phoenix95-secrets", key), (name, var)
             elif var in SECRET_VARS[:5]:  # required by settings.py: a value, not a secret
                 assert entry is not None and NOT_GIVEN in entry["value"], (name, var)
             else:
                 assert entry is None, (name, var)
 
 
+def test_k8s_runs_each_process_with_its_own_identity() -> None:
+    secret = k8s_find("Secret", "phoenix95-secrets")["stringData"]
+    for name in (*CORE, "feed", "dashboard", "telegram-worker"):
+        proc = str(provision.kind_of(name.replace("-", "_")))
+        container = k8s_find("Deployment", name)["spec"]["template"]["spec"]["containers"][0]
+        env = {e["name"]: e for e in container["env"]}
+        stack = SimpleNamespace(message_queue=SimpleNamespace(username="phoenix95"))
+        expected = provision.identity_envs(stack, identities.secret_lines({}))[proc]
+        for key in expected:
+            if key == "PHOENIX__SECURITY__SIGNING_KEY" and proc not in provision.SIGNER_OF:
+                assert key not in env, name  # signs nothing
+                continue
+            assert key in env, (name, key)
+            ref = env[key].get("valueFrom", {}).get("secretKeyRef")
+            if ref:
+                assert ref["key"] in secret, (name, ref["key"])
+                assert ref["key"] not in {provision.signer_key_env(s) for s in
+                                          provision.SIGNER_OF.values()} - {
+                    provision.signer_key_env(provision.SIGNER_OF.get(proc, "-"))}, name
+            else:
+                assert env[key]["value"] == expected[key], (name, key)
+
+
 def test_k8s_kustomization_lists_every_manifest_but_the_example_secret() -> None:
     listed = set(load_yaml(K8S / "kustomization.yaml")["resources"])
     on_disk = {p.name for p in K8S.glob("*.yaml")} - {"kustomization.yaml", "secret.example.yaml"}
     assert listed == on_disk
+
+
+def test_k8s_network_policies_admit_only_the_ingress_and_phoenix95() -> None:
+    deny = k8s_find("NetworkPolicy", "default-deny-ingress")
+    assert deny["spec"]["podSelector"] == {} and "ingress" not in deny["spec"]
+    public = k8s_find("NetworkPolicy", "webhook-and-dashboard-from-ingress")
+    assert public["spec"]["podSelector"]["matchExpressions"][0]["values"] == [
+        "brain", "dashboard"]
+    [infra] = load_all(K8S / "infra" / "networkpolicy.yaml")
+    assert infra["metadata"]["namespace"] == "phoenix95-infra"
+    sources = infra["spec"]["ingress"][0]["from"]
+    assert sources == [{"namespaceSelector": {"matchLabels": {
+        "kubernetes.io/metadata.name": "phoenix95"}}}]
 
 
 def test_k8s_manifests_validate_against_kubernetes_schemas() -> None:
@@ -547,7 +621,8 @@ def test_k8s_manifests_validate_against_kubernetes_schemas() -> None:
         raise
     version = kubernetes_validate.latest_version()
     errors = []
-    for path, doc in k8s_docs():
+    infra = [(p, d) for p in sorted((K8S / "infra").glob("*.yaml")) for d in load_all(p)]
+    for path, doc in [*k8s_docs(), *infra]:
         try:
             kubernetes_validate.validate(doc, version, strict=True)
         except kubernetes_validate.ValidationError as exc:

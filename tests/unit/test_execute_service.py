@@ -13,14 +13,32 @@ from nameko_services.execute.reconcile import Correction
 from shared.consumer import Retryable
 from shared.market import ExchangeUnavailable
 from shared.models import TradeIntent
+from shared.names import AUTH_HEADER, BRAIN, EXECUTE, RISK
+from shared.signing import CallerRefused, pair_key, sign_approval, sign_call
 from tests.support.bus import FakeBus
 
+RISK_KEY, BRAIN_KEY = "risk-own-key-for-tests", "brain-own-key-for-tests"
 
-def _intent() -> dict:
+
+def _unsigned_intent() -> dict:
     return TradeIntent(signal_id="sig-1", idempotency_key="id:1", symbol="BTCUSDT",
                        side="LONG", quantity=Decimal("0.01"), reference_price=Decimal(60000),
                        leverage=20, stop_loss=Decimal(58800), take_profit=Decimal(61200),
                        margin=Decimal(30)).wire()
+
+
+def _intent() -> dict:
+    """An intent as brain queues it: with risk's signed approval."""
+    body = _unsigned_intent()
+    return {**body, "approval": sign_approval(RISK_KEY, EXECUTE, body, ttl_s=120)}
+
+
+CLOSE = {"type": "close_request", "signal_id": "s", "symbol": "BTCUSDT",
+         "idempotency_key": "k", "reason": "signal"}
+
+
+def _signed_close(key: str = BRAIN_KEY) -> dict:
+    return {AUTH_HEADER: sign_call(BRAIN, key, EXECUTE, "close_request", [CLOSE], {})}
 
 
 OPENED = Outcome("opened", "BTCUSDT", "sig-1", "", {
@@ -61,9 +79,11 @@ def make_service(secrets_env):
     from nameko_services.execute.service import ExecuteService
     from shared.settings import load_settings
 
-    def build(engine):
+    def build(engine, headers=None):
+        keys = {RISK: pair_key(RISK_KEY, EXECUTE), BRAIN: pair_key(BRAIN_KEY, EXECUTE)}
         return worker_factory(ExecuteService, engine=engine, telemetry=FakeTelemetry(),
-                              bus=FakeBus(), config=load_settings())
+                              bus=FakeBus(), headers=headers or {},
+                              config=load_settings(security={"verify_keys": keys}))
 
     return build
 
@@ -207,19 +227,56 @@ def test_failed_intent_releases_the_reservation_and_alerts(make_service, reason)
                                    # Binance -1001 "Internal error ... try again" (chaos run)
                                    ccxt.OperationFailed("-1001 Internal error")])
 def test_network_and_overload_errors_of_a_close_are_retried(make_service, error):
-    service = make_service(FakeEngine(error=error))
+    service = make_service(FakeEngine(error=error), _signed_close())
 
     with pytest.raises(Retryable):
-        service.execute_trade({"type": "close_request", "signal_id": "s", "symbol": "BTCUSDT",
-                               "idempotency_key": "k"})
+        service.execute_trade(CLOSE)
 
 
 def test_refused_close_request_is_recorded_and_alerted_not_dead_lettered(make_service):
-    service = make_service(FakeEngine(error=ccxt.InvalidOrder("ReduceOnly Order is rejected.")))
+    service = make_service(FakeEngine(error=ccxt.InvalidOrder("ReduceOnly Order is rejected.")),
+                           _signed_close())
 
-    service.execute_trade({"type": "close_request", "signal_id": "s", "symbol": "BTCUSDT",
-                           "idempotency_key": "k"})
+    service.execute_trade(CLOSE)
 
     [(_, _, alert)] = service.bus.published
     assert alert.level == "critical" and "ReduceOnly" in alert.text
     assert "close_failed" in [r[1] for r in service.telemetry.records]
+
+
+def _forged_approval() -> dict:
+    body = _unsigned_intent()
+    return {**body, "approval": sign_approval("not-risk", EXECUTE, body, ttl_s=120)}
+
+
+@pytest.mark.parametrize("make_body", [
+    _unsigned_intent,  # no approval at all: published straight onto trade_execution
+    lambda: {**_intent(), "quantity": "5"},  # approved, then changed
+    _forged_approval,  # signed with a key that is not risk's
+])
+def test_an_intent_without_risk_s_approval_is_not_traded_but_failed_and_dead_lettered(
+        make_service, make_body):
+    engine = FakeEngine()
+    service = make_service(engine)
+    body = make_body()
+
+    with pytest.raises(CallerRefused, match="unsigned_intent"):  # -> the dead-letter queue
+        service.execute_trade(body)
+
+    assert engine.opened == []
+    failed = [c for c in service.dispatch.call_args_list if c.args[0] == "trade_failed"]
+    assert failed and failed[0].args[1]["reason"] == "unsigned_intent"  # frees the reservation
+
+
+@pytest.mark.parametrize("headers", [
+    {"x-other": "1"}, {AUTH_HEADER: "v1:brain:1:n:forged"}, _signed_close(key="not-brain")])
+def test_a_close_request_without_brain_s_signature_is_refused(make_service, headers):
+    engine = FakeEngine()
+    closed = []
+    engine.close = lambda symbol, reason="manual": closed.append(symbol)
+    service = make_service(engine, headers)
+
+    with pytest.raises(CallerRefused):
+        service.execute_trade(CLOSE)
+
+    assert closed == []

@@ -9,12 +9,17 @@ from decimal import Decimal
 import eventlet
 import pytest
 from nameko.testing.services import worker_factory
+from pydantic import SecretStr
 
 from nameko_services.brain.engine import BrainEngine
 from shared.models import Signal
+from shared.names import AUTH_HEADER
 from shared.settings import get_settings, load_settings
+from shared.signing import CallerRefused, sign_call
 from tests.support.brain_fakes import FakeMarket, FakeTelemetry, FakeTrack, constant_model
 from tests.support.bus import FakeBus
+
+BRAIN_KEY = "brain-own-key-for-tests"
 
 
 class FakeRisk:
@@ -39,8 +44,20 @@ def _service(settings, p=0.7, market=None, track=None, risk=None):
     market = market or FakeMarket()
     engine = BrainEngine(settings, market, constant_model(p), track or FakeTrack(),
                          clock=lambda: market.now)
-    return worker_factory(BrainService, config=settings, engine=engine, bus=FakeBus(),
-                          telemetry=FakeTelemetry(), risk=risk or FakeRisk())
+    security = settings.security.model_copy(update={
+        "signing_identity": "brain", "signing_key": SecretStr(BRAIN_KEY)})
+    svc = worker_factory(BrainService, config=settings.model_copy(update={"security": security}),
+                         engine=engine, bus=FakeBus(), telemetry=FakeTelemetry(),
+                         risk=risk or FakeRisk(), headers={})
+    process = svc.process_signal
+
+    def signed(body, headers=None):  # as brain's intake queued it
+        svc.headers = headers if headers is not None else {
+            AUTH_HEADER: sign_call("brain", BRAIN_KEY, "brain", "signal", [body], {})}
+        return process(body)
+
+    svc.process_signal = signed
+    return svc
 
 
 def _signal(received_at=None, confidence=0.9) -> dict:
@@ -197,3 +214,33 @@ def test_a_close_that_cannot_count_is_not_booked(settings, data):
 
     assert track.booked == []
 
+
+@pytest.mark.parametrize("headers", [
+    {},  # dropped on signal_processing by another process (e.g. via the default exchange)
+    {AUTH_HEADER: sign_call("brain", "not-brain-s-key", "brain", "signal", [{}], {})},
+])
+def test_a_signal_brain_did_not_queue_is_not_analysed(settings, headers):
+    risk = FakeRisk()
+    brain = _service(settings, risk=risk)
+
+    with pytest.raises(CallerRefused):  # dead-lettered by the durable consumer
+        brain.process_signal(_signal(), headers=headers)
+
+    assert risk.checked == [] and brain.bus.published == []
+
+
+def test_the_close_request_brain_queues_is_signed_for_execute(settings):
+    from shared.signing import Verifier, pair_key
+
+    brain = _service(settings)
+    close = Signal(signal_id="sig-s", idempotency_key="id:s", symbol="BTCUSDT",
+                   action="close", side=None, price=None, confidence=0.0,
+                   strategy="ema-cross", received_at=datetime.now(UTC)).wire()
+
+    brain.process_signal(close)
+
+    [sent] = brain.bus.sent
+    request, headers = sent.body, sent.headers
+    verifier = Verifier("execute", {"brain": pair_key(BRAIN_KEY, "execute")}, 60)
+    assert verifier.verify(headers[AUTH_HEADER], "close_request", [request], {},
+                           ("brain",)) == "brain"
