@@ -332,6 +332,16 @@ class DashboardSettings(_Section):
     password_hash: SecretStr = SecretStr("")  # bcrypt; scripts/up generates one into .env
     cookie_key: SecretStr = SecretStr("")  # signs the re-login cookie; "" = no cookie
     cookie_expiry_days: Annotated[float, Field(ge=0.0, le=30.0)] = 1.0
+    # where a browser opens the dashboard (behind a proxy, a port-forward...): notify's
+    # /dashboard link; empty = the dashboard's advertised address (services.hosts)
+    public_url: str = ""
+
+    @field_validator("public_url")
+    @classmethod
+    def _absolute_http_url(cls, value: str) -> str:
+        if value and not value.startswith(("http://", "https://")):
+            raise ValueError("must be an absolute http(s):// URL a browser can open")
+        return value.rstrip("/")
 
     @field_validator("password_hash")
     @classmethod
