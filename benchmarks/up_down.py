@@ -209,6 +209,8 @@ def main() -> int:
         "down_s": _stats([r["down_s"] for r in rows]),
         "runs": rows, "loadavg_at_end": os.getloadavg()[0],
     }
+    if args.json:  # the up/down figures are kept even if the heal run fails
+        Path(args.json).write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
     if args.heal:
         report["kill_9"] = heal(env, log, up_args)
     print(json.dumps({k: v for k, v in report.items() if k != "runs"}, indent=1))
