@@ -97,6 +97,8 @@ class SecuritySettings(_Section):
     source_allowlist: tuple[str, ...] = (
         "52.89.214.238", "34.212.75.30", "54.218.53.128", "52.32.178.7",
     )
+    # addresses or networks (CIDR) of the proxies in front of brain; X-Forwarded-For is
+    # believed from them only
     trusted_proxies: tuple[str, ...] = ()
     # Failed X-API-Key attempts per client (Redis): past the limit inside the window the
     # client waits 2**(failures - limit) s, up to auth_max_lockout_s. 0 = no slow-down.
@@ -111,6 +113,19 @@ class SecuritySettings(_Section):
     signing_key: SecretStr = SecretStr("")
     verify_keys: dict[str, SecretStr] = {}
     signature_max_age_s: Annotated[float, Field(gt=0.0, le=3600.0)] = 60.0
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _addresses_or_networks(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        import ipaddress
+
+        for entry in value:
+            try:
+                ipaddress.ip_network(entry, strict=False)
+            except ValueError:
+                raise ValueError(f"{entry!r} is neither an IP address nor a CIDR network "
+                                 "(e.g. 10.244.0.0/16)") from None
+        return value
 
     def api_key_values(self) -> frozenset[str]:
         return frozenset(k.get_secret_value() for k in self.api_keys)
@@ -358,6 +373,16 @@ class DashboardSettings(_Section):
     password_hash: SecretStr = SecretStr("")  # bcrypt; scripts/up generates one into .env
     cookie_key: SecretStr = SecretStr("")  # signs the re-login cookie; "" = no cookie
     cookie_expiry_days: Annotated[float, Field(ge=0.0, le=30.0)] = 1.0
+    # where a browser opens the dashboard (behind a proxy, a port-forward...): notify's
+    # /dashboard link; empty = the dashboard's advertised address (services.hosts)
+    public_url: str = ""
+
+    @field_validator("public_url")
+    @classmethod
+    def _absolute_http_url(cls, value: str) -> str:
+        if value and not value.startswith(("http://", "https://")):
+            raise ValueError("must be an absolute http(s):// URL a browser can open")
+        return value.rstrip("/")
 
     @field_validator("password_hash")
     @classmethod
@@ -382,6 +407,18 @@ class HighAvailabilitySettings(_Section):
     prometheus_port: Port = 9090
     grafana_port: Port = 3000
     alertmanager_port: Port = 9093
+    # leader leases (shared/leader.py): a dead leader's duty resumes elsewhere within
+    # ttl + renew; a leader that could not renew stops acting before its lease expires
+    leader_ttl_s: Annotated[float, Field(ge=1.0, le=60.0)] = 6.0
+    leader_renew_s: Annotated[float, Field(ge=0.1, le=20.0)] = 2.0
+
+    @model_validator(mode="after")
+    def _renew_within_ttl(self) -> HighAvailabilitySettings:
+        if self.leader_renew_s * 2 > self.leader_ttl_s:
+            raise ValueError(f"leader_renew_s ({self.leader_renew_s}) must be at most half of "
+                             f"leader_ttl_s ({self.leader_ttl_s}): a lease renewed that late "
+                             "expires between two renewals")
+        return self
 
 
 class DatabaseSettings(_Section):

@@ -25,12 +25,14 @@ from nameko_services.execute.engine import ExecutionEngine, LockBusy, Outcome, i
 from nameko_services.execute.reconcile import Correction, Reconciler
 from shared.consumer import Retryable, dead_letter_consume, durable_consume
 from shared.health import ReadinessChecks, ReadinessProbe, breaker_check
+from shared.leader import LEADER_TICK_S, LeaderLease, Leadership
 from shared.market import ExchangeUnavailable
 from shared.models import Approval, CloseRequest, RiskAlert, TradeIntent
 from shared.nameko_deps import Bus, BusError, Config, MessageBus, Telemetry
 from shared.names import (
     AUTH_HEADER,
     CLOSE_REQUEST_SIGNERS,
+    DUTY_RECONCILIATION,
     EXECUTE,
     EXECUTION_GROUP,
     IDEMPOTENCY_WINDOW_S,
@@ -75,6 +77,8 @@ class ExecuteService:
     dispatch = EventDispatcher()
     risk = SignedRpcProxy(RISK)
     headers: dict[str, Any] = MessageHeaders()
+    # the periodic sweep runs on one execute instance (events reconcile everywhere)
+    leader: LeaderLease = Leadership(DUTY_RECONCILIATION)
 
     # --- queue ---
     @durable_consume(kombu_queue(TRADE_QUEUE))
@@ -190,9 +194,12 @@ class ExecuteService:
         for correction in Reconciler(self.engine).on_event(symbol):
             self._corrected(correction)
 
-    @timer(interval=SETTINGS.exchange.reconcile_interval, eager=True)
+    @timer(interval=LEADER_TICK_S, eager=True)
     def reconcile(self) -> None:
-        """The safety sweep behind the events, at start-up and every reconcile_interval."""
+        """The safety sweep behind the events, on the leading instance only: when it takes
+        the lead (start-up, failover) and every reconcile_interval after."""
+        if not self.leader.due(self.config.exchange.reconcile_interval):
+            return
         try:
             corrections = Reconciler(self.engine).sweep()
         except (LockBusy, ExchangeUnavailable) as exc:
@@ -350,7 +357,8 @@ class ExecuteService:
     def ready(self, request: Request) -> tuple[int, Any]:
         """200 when this replica can do its job, else 503 with the failing checks."""
         result = self.readiness.run([breaker_check(self.engine.breaker_state())])
-        return result.status, {**result.wire(), "service": EXECUTE}
+        return result.status, {**result.wire(), "service": EXECUTE,
+                               "leaders": {DUTY_RECONCILIATION: self.leader.wire()}}
 
     @http("GET", "/openapi.json")
     def openapi(self, request: Request) -> Response:

@@ -20,7 +20,7 @@ from nameko_services.notify.engine import (
     summary_due,
 )
 from shared import lag as lag_probe
-from shared.names import NOTIFY, NOTIFY_SUMMARY_PREFIX, SERVICES
+from shared.names import FEED, NOTIFY, NOTIFY_SUMMARY_PREFIX, SERVICES
 from shared.settings import Settings
 from shared.state import StateReader
 
@@ -55,8 +55,11 @@ class Monitor:
         return self.stale.observe(self.state.freshness())
 
     def health_targets(self) -> dict[str, str]:
+        """Each service's and the feed's ``/ready`` at its advertised address: a process
+        that answers but cannot work (consumers gone, stale market) is down for the watch."""
         svc = self.settings.services
-        targets = {name: f"{svc.url_of(name)}/health" for name in SERVICES if name != NOTIFY}
+        targets = {name: f"{svc.url_of(name)}/ready" for name in (*SERVICES, FEED)
+                   if name != NOTIFY}
         if self.settings.exchange.mode == "paper":
             targets["paper_exchange"] = f"{self.settings.paper_exchange.base_url}/health"
         return targets

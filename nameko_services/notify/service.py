@@ -26,10 +26,12 @@ from nameko_services.notify.monitor import Monitor
 from nameko_services.notify.outbox import LEVELS
 from shared.consumer import durable_consume
 from shared.health import ReadinessChecks, ReadinessProbe
+from shared.leader import LeaderLease, Leadership
 from shared.models import RiskAlert
 from shared.nameko_deps import Config
 from shared.names import (
     BRAIN,
+    DUTY_NOTIFY_MONITOR,
     EVT_POSITION_CLOSED,
     EVT_SIGNAL_ACCEPTED,
     EVT_SIGNAL_REJECTED,
@@ -58,6 +60,8 @@ class NotifyService:
     config: Settings = Config()
     alerts: Alerts = AlertsProvider()
     monitor: Monitor = MonitorProvider()
+    # the health watch and the daily summary run on one notify instance: alerted once
+    leader: LeaderLease = Leadership(DUTY_NOTIFY_MONITOR)
 
     # --- events from the pipeline ---
     @event_handler(EXECUTE, EVT_TRADE_OPENED)
@@ -98,6 +102,8 @@ class NotifyService:
 
     @timer(interval=15)
     def watch_health(self) -> None:
+        if not self.leader.leads():
+            return
         for text in self.monitor.check_health():
             level = "info" if "back up" in text else "critical"
             self.alerts.send(level, text, NOTIFY)
@@ -114,6 +120,8 @@ class NotifyService:
 
     @timer(interval=60)
     def daily_summary(self) -> None:
+        if not self.leader.leads():
+            return
         text = self.monitor.daily_summary(dtm.datetime.now(dtm.UTC))
         if text:
             self.alerts.send("info", text, NOTIFY)
@@ -141,7 +149,9 @@ class NotifyService:
 
     @http("GET", "/dashboard")
     def dashboard(self, request: Request) -> Response:
-        return redirect(self.config.services.url_of("dashboard"), code=302)
+        # the browser's address, not the internal one (compose/k8s: a service name)
+        target = self.config.dashboard.public_url or self.config.services.url_of("dashboard")
+        return redirect(target, code=302)
 
     @http("GET", "/health")
     @api
@@ -163,7 +173,8 @@ class NotifyService:
     def ready(self, request: Request) -> tuple[int, Any]:
         """200 when this replica can do its job, else 503 with the failing checks."""
         result = self.readiness.run()
-        return result.status, {**result.wire(), "service": NOTIFY}
+        return result.status, {**result.wire(), "service": NOTIFY,
+                               "leaders": {DUTY_NOTIFY_MONITOR: self.leader.wire()}}
 
     # --- Alertmanager's webhook (receiver http_config: authorization Bearer <api key>) ---
     @http("POST", "/alertmanager")
