@@ -39,7 +39,8 @@ def sentinel_master(sentinels: list[int], name: str) -> tuple[str, int] | None:
         except redis.RedisError:
             continue
         if isinstance(addr, (tuple, list)) and len(addr) == 2:
-            key = (str(addr[0]), int(addr[1]))
+            host = addr[0].decode() if isinstance(addr[0], bytes) else str(addr[0])
+            key = (host, int(addr[1]))
             votes[key] = votes.get(key, 0) + 1
     return max(votes, key=lambda k: votes[k]) if votes else None
 
