@@ -62,6 +62,11 @@ REPLICATED = (names.BRAIN, names.RISK, names.EXECUTE, names.NOTIFY)
 INFRA_TIMEOUT = 120.0
 
 
+def rotated_nodes(shift: int) -> list[str]:
+    nodes = [f"{LOOPBACK}:{n.port}" for n in RABBIT_NODES]
+    return nodes[shift:] + nodes[:shift]
+
+
 def lab_env() -> dict[str, str]:
     """The lab's settings as ``PHOENIX__...`` variables (see docs/deployment.md)."""
     return {
@@ -70,8 +75,7 @@ def lab_env() -> dict[str, str]:
         "PHOENIX__SERVICES__BRAIN_PROCESSES": "1",
         "PHOENIX__MESSAGE_QUEUE__HOST": LOOPBACK,
         "PHOENIX__MESSAGE_QUEUE__PORT": str(RABBIT_NODES[0].port),
-        "PHOENIX__MESSAGE_QUEUE__HOSTS": json.dumps([f"{LOOPBACK}:{n.port}"
-                                                     for n in RABBIT_NODES]),
+        "PHOENIX__MESSAGE_QUEUE__HOSTS": json.dumps(rotated_nodes(0)),
         "PHOENIX__MESSAGE_QUEUE__VIRTUAL_HOST": VHOST,
         "PHOENIX__MESSAGE_QUEUE__USERNAME": "phoenix95_lab",
         "PHOENIX__MESSAGE_QUEUE__QUEUE_TYPE": "quorum",
@@ -146,7 +150,10 @@ def service_specs(settings: Settings, dashboard: bool) -> list[lib.ProcSpec]:
         specs.append(lib.ProcSpec(
             instance_name(service, 2), (py, "-m", "nameko_services.runner", service),
             f"http://{settings.services.host_of(service)}:{port}/health", priority=30,
-            env={f"PHOENIX__SERVICES__{service.upper()}_PORT": str(port)}))
+            env={f"PHOENIX__SERVICES__{service.upper()}_PORT": str(port),
+                 # instance 2 connects to lab-2 first: one node's death never takes the
+                 # broker connections of both instances at once
+                 "PHOENIX__MESSAGE_QUEUE__HOSTS": json.dumps(rotated_nodes(1))}))
     return specs
 
 

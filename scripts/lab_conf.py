@@ -47,14 +47,15 @@ def nginx_conf(prefix: Path, port: int, upstreams: Mapping[str, Sequence[int]],
     error, a timeout, a 502 or a 503 even though they are POSTs (``non_idempotent``): a
     webhook carries its alert id and brain answers a repeated id as a duplicate, and notify
     deduplicates Alertmanager's alerts by fingerprint, so a second delivery is harmless.
-    ``max_fails=1 fail_timeout=2s``: a killed instance is skipped for 2 s after the first
-    refused connection instead of costing every request a retry.
+    ``max_fails=0``: an instance is never marked unavailable. A refused connection on
+    loopback costs nothing to retry, while marking instances down turned the 503s both brains
+    answer during a Redis failover into nginx's own 502 "no live upstreams" (measured).
     """
     temp = "\n".join(f"    {kind}_temp_path {prefix / 'tmp' / kind};"
                      for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
     blocks = []
     for service, ports in upstreams.items():
-        servers = "\n".join(f"        server {LOOPBACK}:{p} max_fails=1 fail_timeout=2s;"
+        servers = "\n".join(f"        server {LOOPBACK}:{p} max_fails=0;"
                             for p in ports)
         blocks.append(f"    upstream {service} {{\n{servers}\n        keepalive 16;\n    }}")
     gateway = "\n".join(
