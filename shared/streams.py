@@ -39,6 +39,7 @@ import eventlet
 import redis
 from nameko.extensions import Entrypoint
 
+from shared.redis_conn import redis_client
 from shared.settings import get_settings
 
 log = logging.getLogger(__name__)
@@ -96,15 +97,18 @@ class RedisStreamConsumer(Entrypoint):
     # --- lifecycle ---
     def setup(self) -> None:
         settings = get_settings()
-        self._url = settings.redis_streams.url
+        self._redis_settings = settings.redis_streams
         if self.block_ms is None:
             self.block_ms = settings.redis_streams.block_ms
         self.consumer = consumer_name(self.container.service_name)
 
     def start(self) -> None:
         block_s = (self.block_ms or 1000) / 1000
-        self._client = redis.Redis.from_url(
-            self._url, decode_responses=True, socket_connect_timeout=5,
+        # through shared/redis_conn: behind Sentinel the reads follow the master after a
+        # failover (a client pinned to the old master's address reads a replica forever:
+        # XREADGROUP is a write, refused there - measured in the HA lab)
+        self._client = redis_client(
+            self._redis_settings, decode_responses=True, socket_connect_timeout=5,
             socket_timeout=block_s + 5, health_check_interval=30)
         self._running = True
         self._thread = self.container.spawn_managed_thread(

@@ -98,3 +98,25 @@ def test_a_wrapped_broker_error_is_retried() -> None:
             raise RuntimeError("publishing the next stage failed") from inner
     except RuntimeError as outer:
         assert is_retryable(outer)
+
+
+def test_the_stream_consumer_reads_through_sentinel(secrets_env: dict[str, str],
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """A consumer pinned to the first master's address would read a replica forever after
+    a failover (XREADGROUP is a write: refused there)."""
+    from unittest.mock import Mock
+
+    from redis.sentinel import SentinelConnectionPool
+
+    from shared.streams import RedisStreamConsumer
+
+    monkeypatch.setenv("PHOENIX__REDIS_STREAMS__SENTINELS", '["127.0.0.1:1"]')
+    consumer = RedisStreamConsumer("market:stream", "g")
+    consumer.container = Mock(service_name="risk")
+    consumer.setup()
+    consumer.start()
+
+    pool = consumer.conn().connection_pool
+    assert isinstance(pool, SentinelConnectionPool)
+    assert pool.service_name == "phoenix95"
+    consumer.kill()
