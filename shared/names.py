@@ -148,6 +148,13 @@ TELEGRAM_CONFIRM_PREFIX: Final = "phoenix95:telegram:confirm:"  # pending confir
 TELEGRAM_DEAD_LETTERS_KEY: Final = "phoenix95:telegram:dead_letters"
 NOTIFY_SUMMARY_PREFIX: Final = "phoenix95:notify:summary:"  # daily summary sent, per date
 NOTIFY_STALE_PREFIX: Final = "phoenix95:notify:stale:"  # + market/account: stale alert sent
+# leader leases (shared/leader.py): + duty -> holder identity (PX ttl); + duty + ":epoch"
+LEADER_KEY_PREFIX: Final = "phoenix95:leader:"
+# duties that must run on one instance at a time when a service runs twice or more
+DUTY_RECONCILIATION: Final = "execute_reconciliation"  # execute's periodic sweep
+DUTY_RISK_WATCH: Final = "risk_live_watch"  # risk's liquidation/stop watch of market:stream
+DUTY_NOTIFY_MONITOR: Final = "notify_monitor"  # notify's health watch and daily summary
+DUTY_TELEGRAM_POLLING: Final = "telegram_polling"  # the Telegram worker (getUpdates)
 TRADING_STATE_KEY: Final = "phoenix95:trading_state"  # ACTIVE | REDUCING | HALTED (risk mirrors)
 RISK_RESERVATIONS_KEY: Final = "phoenix95:risk:reservations"  # hash signal_id -> reservation
 RISK_ORDER_RATE_KEY: Final = "phoenix95:risk:orders"  # zset of approved intents by time

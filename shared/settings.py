@@ -387,6 +387,18 @@ class HighAvailabilitySettings(_Section):
     prometheus_port: Port = 9090
     grafana_port: Port = 3000
     alertmanager_port: Port = 9093
+    # leader leases (shared/leader.py): a dead leader's duty resumes elsewhere within
+    # ttl + renew; a leader that could not renew stops acting before its lease expires
+    leader_ttl_s: Annotated[float, Field(ge=1.0, le=60.0)] = 6.0
+    leader_renew_s: Annotated[float, Field(ge=0.1, le=20.0)] = 2.0
+
+    @model_validator(mode="after")
+    def _renew_within_ttl(self) -> HighAvailabilitySettings:
+        if self.leader_renew_s * 2 > self.leader_ttl_s:
+            raise ValueError(f"leader_renew_s ({self.leader_renew_s}) must be at most half of "
+                             f"leader_ttl_s ({self.leader_ttl_s}): a lease renewed that late "
+                             "expires between two renewals")
+        return self
 
 
 class DatabaseSettings(_Section):

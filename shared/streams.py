@@ -39,6 +39,7 @@ import eventlet
 import redis
 from nameko.extensions import Entrypoint
 
+from shared.leader import Leadership
 from shared.redis_conn import redis_client
 from shared.settings import get_settings
 
@@ -73,12 +74,17 @@ class RedisStreamConsumer(Entrypoint):
         An entry delivered more often than this is acknowledged and logged as dropped.
     with_id:
         Pass ``(entry_id, fields)`` to the handler instead of ``fields``.
+    leader:
+        A duty (shared/leader.py) the service holds a ``Leadership`` on: only the instance
+        leading it reads the stream (a duty that must run once, e.g. risk's live watch);
+        the others read nothing until they lead.
     """
 
     def __init__(self, stream: str, group: str, *, count: int = 10,
                  block_ms: int | None = None, start_id: str = "$",
                  claim_idle_ms: int = 30_000, claim_every_s: float = 30.0,
-                 max_deliveries: int = 5, with_id: bool = False, **kwargs: Any) -> None:
+                 max_deliveries: int = 5, with_id: bool = False, leader: str | None = None,
+                 **kwargs: Any) -> None:
         self.stream = stream
         self.group = group
         self.count = count
@@ -88,6 +94,8 @@ class RedisStreamConsumer(Entrypoint):
         self.claim_every_s = claim_every_s
         self.max_deliveries = max_deliveries
         self.with_id = with_id
+        self.leader = leader
+        self._leadership: Leadership | None = None
         self._client: redis.Redis | None = None
         self._thread: Any = None
         self._running = False
@@ -98,9 +106,17 @@ class RedisStreamConsumer(Entrypoint):
     def setup(self) -> None:
         settings = get_settings()
         self._redis_settings = settings.redis_streams
+        self._idle_s = settings.high_availability.leader_renew_s / 2
         if self.block_ms is None:
             self.block_ms = settings.redis_streams.block_ms
         self.consumer = consumer_name(self.container.service_name)
+        if self.leader is not None:
+            found = [dep for dep in self.container.dependencies
+                     if isinstance(dep, Leadership) and dep.duty == self.leader]
+            if not found:
+                raise RuntimeError(f"{self.stream}/{self.group}: leader={self.leader!r} needs "
+                                   f"a Leadership({self.leader!r}) dependency on the service")
+            self._leadership = found[0]
 
     def start(self) -> None:
         block_s = (self.block_ms or 1000) / 1000
@@ -140,6 +156,9 @@ class RedisStreamConsumer(Entrypoint):
         next_claim = 0.0
         ready = False
         while self._running:
+            if self._leadership is not None and not self._leadership.leads():
+                eventlet.sleep(self._idle_s)  # a follower: the leader alone reads
+                continue
             try:
                 if not ready:
                     self.ensure_group()

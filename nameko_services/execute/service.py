@@ -23,11 +23,13 @@ from nameko_services.execute.engine import ExecutionEngine, LockBusy, Outcome, i
 from nameko_services.execute.reconcile import Correction, Reconciler
 from shared.consumer import Retryable, durable_consume
 from shared.health import ReadinessChecks, ReadinessProbe, breaker_check
+from shared.leader import LEADER_TICK_S, LeaderLease, Leadership
 from shared.market import ExchangeUnavailable
 from shared.models import CloseRequest, RiskAlert, TradeIntent
 from shared.money import bracket_prices
 from shared.nameko_deps import Bus, BusError, Config, MessageBus, Telemetry
 from shared.names import (
+    DUTY_RECONCILIATION,
     EVT_POSITION_CLOSED,
     EVT_RECONCILIATION,
     EVT_TRADE_FAILED,
@@ -71,6 +73,8 @@ class ExecuteService:
     telemetry: TelemetryWriter = Telemetry()
     dispatch = EventDispatcher()
     risk = RpcProxy(RISK)
+    # the periodic sweep runs on one execute instance (events reconcile everywhere)
+    leader: LeaderLease = Leadership(DUTY_RECONCILIATION)
 
     # --- queue ---
     @durable_consume(kombu_queue(TRADE_QUEUE))
@@ -126,9 +130,12 @@ class ExecuteService:
         for correction in Reconciler(self.engine).on_event(symbol):
             self._corrected(correction)
 
-    @timer(interval=SETTINGS.exchange.reconcile_interval, eager=True)
+    @timer(interval=LEADER_TICK_S, eager=True)
     def reconcile(self) -> None:
-        """The safety sweep behind the events, at start-up and every reconcile_interval."""
+        """The safety sweep behind the events, on the leading instance only: when it takes
+        the lead (start-up, failover) and every reconcile_interval after."""
+        if not self.leader.due(self.config.exchange.reconcile_interval):
+            return
         try:
             corrections = Reconciler(self.engine).sweep()
         except (LockBusy, ExchangeUnavailable) as exc:
@@ -349,7 +356,8 @@ class ExecuteService:
     def ready(self, request: Request) -> tuple[int, Any]:
         """200 when this replica can do its job, else 503 with the failing checks."""
         result = self.readiness.run([breaker_check(self.engine.gw.breaker.current_state)])
-        return result.status, {**result.wire(), "service": EXECUTE}
+        return result.status, {**result.wire(), "service": EXECUTE,
+                               "leaders": {DUTY_RECONCILIATION: self.leader.wire()}}
 
     @http("GET", "/openapi.json")
     def openapi(self, request: Request) -> Response:

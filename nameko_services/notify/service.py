@@ -37,10 +37,12 @@ from nameko_services.notify.outbox import LEVELS, AlertOutbox
 from shared import lag as lag_probe
 from shared.consumer import durable_consume
 from shared.health import ReadinessChecks, ReadinessProbe
+from shared.leader import LeaderLease, Leadership
 from shared.models import RiskAlert
 from shared.nameko_deps import Config, make_redis
 from shared.names import (
     BRAIN,
+    DUTY_NOTIFY_MONITOR,
     EVT_POSITION_CLOSED,
     EVT_RISK_STATE_CHANGED,
     EVT_SIGNAL_ACCEPTED,
@@ -188,6 +190,8 @@ class NotifyService:
     config: Settings = Config()
     alerts: Alerts = AlertsProvider()
     monitor: Monitor = MonitorProvider()
+    # the health watch and the daily summary run on one notify instance: alerted once
+    leader: LeaderLease = Leadership(DUTY_NOTIFY_MONITOR)
 
     # --- events from the pipeline ---
     @event_handler(EXECUTE, EVT_TRADE_OPENED)
@@ -235,6 +239,8 @@ class NotifyService:
 
     @timer(interval=15)
     def watch_health(self) -> None:
+        if not self.leader.leads():
+            return
         for text in self.monitor.check_health():
             level = "info" if "back up" in text else "critical"
             self.alerts.send(level, text, NOTIFY)
@@ -251,6 +257,8 @@ class NotifyService:
 
     @timer(interval=60)
     def daily_summary(self) -> None:
+        if not self.leader.leads():
+            return
         text = self.monitor.daily_summary(dtm.datetime.now(dtm.UTC))
         if text:
             self.alerts.send("info", text, NOTIFY)
@@ -300,7 +308,8 @@ class NotifyService:
     def ready(self, request: Request) -> tuple[int, Any]:
         """200 when this replica can do its job, else 503 with the failing checks."""
         result = self.readiness.run()
-        return result.status, {**result.wire(), "service": NOTIFY}
+        return result.status, {**result.wire(), "service": NOTIFY,
+                               "leaders": {DUTY_NOTIFY_MONITOR: self.leader.wire()}}
 
     # --- Alertmanager's webhook (receiver http_config: authorization Bearer <api key>) ---
     @http("POST", "/alertmanager")

@@ -60,8 +60,9 @@ from nameko_services.notify.commands import (
 )
 from nameko_services.notify.outbox import DEAD_LETTERS_KEPT
 from shared import names
+from shared.leader import LeaderLease, run_while_leading
 from shared.records import Record
-from shared.redis_conn import async_redis_client
+from shared.redis_conn import async_redis_client, redis_client
 from shared.settings import Settings, settings_or_exit
 
 log = logging.getLogger("phoenix95.telegram_worker")
@@ -598,8 +599,13 @@ def main() -> int:
         print("telegram worker: telegram.token and telegram.chat_id are not configured "
               "(set PHOENIX__TELEGRAM__TOKEN and PHOENIX__TELEGRAM__CHAT_ID)", file=sys.stderr)
         return 2
+    # one worker polls getUpdates (two would conflict): the one leading telegram_polling
+    lease = LeaderLease.from_settings(
+        redis_client(settings.redis_streams, socket_timeout=5.0, socket_connect_timeout=5.0),
+        names.DUTY_TELEGRAM_POLLING, f"telegram-worker-{consumer_name()}", settings)
     try:
-        asyncio.run(run_from_settings(settings))
+        asyncio.run(run_while_leading(lease, settings.high_availability.leader_renew_s,
+                                      lambda stop: run_from_settings(settings, stop)))
     except InvalidToken as exc:
         print(f"telegram worker: the bot token was rejected by Telegram ({exc})",
               file=sys.stderr)

@@ -37,11 +37,13 @@ from nameko_services.risk.engine import breaches
 from nameko_services.risk.stores import STATES
 from nameko_services.risk.watch import missing_stop_alert
 from shared.health import ReadinessChecks, ReadinessProbe
+from shared.leader import LeaderLease, Leadership
 from shared.market import ExchangeUnavailable
 from shared.models import RiskAlert, TradeIntent
 from shared.money import liquidation_price as liq_price
 from shared.nameko_deps import Bus, BusError, Config, MessageBus, Telemetry
 from shared.names import (
+    DUTY_RISK_WATCH,
     EVT_POSITION_CLOSED,
     EVT_RISK_STATE_CHANGED,
     EVT_TRADE_FAILED,
@@ -103,6 +105,8 @@ class RiskService:
     telemetry: TelemetryWriter = Telemetry()
     dispatch = EventDispatcher()
     execute = RpcProxy(EXECUTE)
+    # the live watch runs on one risk instance: its alerts and records are sent once
+    leader: LeaderLease = Leadership(DUTY_RISK_WATCH)
 
     # --- RPC ---
     @rpc
@@ -181,9 +185,12 @@ class RiskService:
         self.desk.reservations.release(str(event.get("signal_id", "")))
 
     # --- live watch ---
-    @stream_consume(MARKET_STREAM, RISK_GROUP, count=50)
+    @stream_consume(MARKET_STREAM, RISK_GROUP, count=50, leader=DUTY_RISK_WATCH)
     def on_market(self, fields: dict[str, str]) -> None:
-        """Each tick: every open position of the symbol against liquidation and stop."""
+        """Each tick: every open position of the symbol against liquidation and stop
+        (read by the leading instance only; one that lost the lead mid-batch stops)."""
+        if not self.leader.leads():
+            return
         record = Record.from_stream_fields(fields)
         if record.type != REC_TICK:
             return
@@ -338,7 +345,8 @@ class RiskService:
     def ready(self, request: Request) -> tuple[int, Any]:
         """200 when this replica can do its job, else 503 with the failing checks."""
         result = self.readiness.run()
-        return result.status, {**result.wire(), "service": RISK}
+        return result.status, {**result.wire(), "service": RISK,
+                               "leaders": {DUTY_RISK_WATCH: self.leader.wire()}}
 
     @http("GET", "/openapi.json")
     def openapi(self, request: Request) -> Response:

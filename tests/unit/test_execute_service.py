@@ -187,3 +187,33 @@ def test_refused_close_request_is_recorded_and_alerted_not_dead_lettered(make_se
     [(_, _, alert)] = service.bus.published
     assert alert.level == "critical" and "ReduceOnly" in alert.text
     assert "close_failed" in [r[1] for r in service.telemetry.records]
+
+
+@pytest.mark.parametrize("leading", [True, False])
+def test_the_reconciliation_sweep_runs_on_the_leading_instance_only(
+        secrets_env, monkeypatch, leading):
+    from nameko.testing.services import worker_factory
+
+    from nameko_services.execute import service as module
+    from shared.settings import load_settings
+    from tests.support.leases import FakeLease
+
+    sweeps = []
+
+    class CountingReconciler:
+        def __init__(self, engine):
+            pass
+
+        def sweep(self):
+            sweeps.append(1)
+            return []
+
+    monkeypatch.setattr(module, "Reconciler", CountingReconciler)
+    lease = FakeLease(leading)
+    service = worker_factory(module.ExecuteService, engine=FakeEngine(), leader=lease,
+                             telemetry=FakeTelemetry(), bus=FakeBus(), config=load_settings())
+
+    service.reconcile()
+
+    assert sweeps == ([1] if leading else [])
+    assert lease.due_asked == [load_settings().exchange.reconcile_interval]

@@ -69,3 +69,34 @@ def test_an_alert_the_outbox_refused_is_handed_back_to_the_latch(
         svc.watch_state()
 
     assert monitor.stale.undone == [STALE]
+
+
+class HealthMonitor(FakeMonitor):
+    def __init__(self) -> None:
+        super().__init__([])
+        self.checked = 0
+
+    def check_health(self) -> list[str]:
+        self.checked += 1
+        return ["risk is down: HTTP 503"]
+
+    def daily_summary(self, now: Any) -> str:
+        return "summary"
+
+
+@pytest.mark.parametrize("leading", [True, False])
+def test_health_watch_and_daily_summary_run_on_the_leading_notify_only(
+        secrets_env: dict[str, str], leading: bool) -> None:
+    from nameko_services.notify.service import Alerts, NotifyService
+    from tests.support.leases import FakeLease
+
+    outbox, monitor = FakeOutbox(), HealthMonitor()
+    svc = worker_factory(NotifyService, alerts=Alerts(outbox, AlertPolicy("quiet")),  # type: ignore[arg-type]
+                         monitor=monitor, leader=FakeLease(leading))
+
+    svc.watch_health()
+    svc.daily_summary()
+
+    assert monitor.checked == (1 if leading else 0)
+    assert [t for _, t in outbox.items] == (["risk is down: HTTP 503", "summary"]
+                                            if leading else [])

@@ -262,3 +262,22 @@ def test_supervision_on_stale_account_state_halts_nothing_and_alerts_nothing(
     svc.supervise()
 
     assert desk.changes == [] and svc.bus.alerts == [] and execute.rearmed == []
+
+
+def test_a_risk_instance_not_leading_the_live_watch_does_not_act_on_ticks(
+        secrets_env: dict[str, str]) -> None:
+    from nameko.testing.services import worker_factory
+
+    from nameko_services.risk.service import RiskService
+    from shared.settings import get_settings
+    from tests.support.leases import FakeLease
+
+    desk = FakeDesk()
+    svc = worker_factory(RiskService, desk=desk, bus=FakeBus(), telemetry=FakeTelemetry(),
+                         dispatch=Events(), execute=FakeExecute(), config=get_settings(),
+                         leader=FakeLease(False))
+
+    svc.on_market(Record("tick", {"symbol": "BTCUSDT", "price": "59000",
+                                  "mark_price": "58990"}).stream_fields())
+
+    assert desk.ticks == [] and svc.bus.alerts == []
