@@ -13,7 +13,8 @@ faults come one after the other, ``--gap`` seconds apart:
 * ``kill -9`` of the Redis master Sentinel names.
 
 Per fault (alerts sent from that fault until the next): alerts lost (accepted but with no
-terminal outcome on the signal/risk/trade streams, as scripts/chaos_checks.py reads them),
+terminal outcome on the signal/risk/trade streams, as scripts/chaos_checks.py reads them,
+nor in their Kafka copies),
 5xx answered through nginx, seconds until the killed process is back (supervisord RUNNING
 with a new pid, and /health 200 for a service, its AMQP port for a RabbitMQ node, PING as
 Sentinel's replica or master for Redis), seconds until a leader duty it held resumes on
@@ -44,6 +45,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from scripts import lab, lib, supervise
 from scripts.chaos_checks import terminal
 from scripts.chaos_load import Recorder, make_alert
+from shared.names import TELEMETRY_TOPIC_OF
+from shared.records import Record
 from shared.settings import Settings, get_settings
 
 SERVICES = ("brain", "risk", "execute", "notify")
@@ -74,6 +77,7 @@ class FaultResult:
     http_5xx: int = 0
     errors: int = 0
     other: dict[str, int] = field(default_factory=dict)
+    outcome_only_in_kafka: int = 0  # its Redis record dropped (telemetry never blocks)
 
 
 class Load:
@@ -236,7 +240,7 @@ def kill_redis_master(settings: Settings, run_dir: Path, result: FaultResult) ->
 
 
 def account(results: list[FaultResult], shots: list[Shot],
-            outcomes: dict[str, list[str]]) -> None:
+            outcomes: dict[str, list[str]], redis_missed: set[str]) -> None:
     """Each alert belongs to the last fault injected before it was sent."""
     for shot in shots:
         owner = None
@@ -256,6 +260,39 @@ def account(results: list[FaultResult], shots: list[Shot],
             owner.accepted += 1
             if not outcomes.get(shot.signal_id):
                 owner.lost.append(shot.signal_id)
+            elif shot.signal_id in redis_missed:
+                owner.outcome_only_in_kafka += 1
+
+
+def kafka_records(settings: Settings, ids: set[str],
+                  quiet_s: float = 5.0) -> dict[str, list[tuple[str, Record]]]:
+    """The same telemetry records from Kafka, where a record Redis missed still is: the
+    telemetry sink drops a Redis write rather than block trading (shared/telemetry.py), so
+    a Redis failover costs records, not signals."""
+    from confluent_kafka import Consumer
+
+    consumer = Consumer({"bootstrap.servers": settings.kafka.bootstrap_servers,
+                         "group.id": f"failover-{uuid.uuid4().hex}",
+                         "auto.offset.reset": "earliest", "enable.auto.commit": False,
+                         **settings.kafka.security_config()})
+    consumer.subscribe(sorted(set(TELEMETRY_TOPIC_OF.values())))
+    found: dict[str, list[tuple[str, Record]]] = {sid: [] for sid in ids}
+    last = time.monotonic()
+    try:
+        while time.monotonic() - last < quiet_s:
+            msg = consumer.poll(0.5)
+            if msg is None or msg.error():
+                continue
+            last = time.monotonic()
+            try:
+                rec = Record.from_kafka_value(msg.value() or b"")
+            except (ValueError, KeyError):
+                continue
+            if rec.signal_id in found:
+                found[rec.signal_id].append((str(msg.topic()), rec))
+    finally:
+        consumer.close()
+    return found
 
 
 def fmt(value: float | None) -> str:
@@ -264,13 +301,13 @@ def fmt(value: float | None) -> str:
 
 def table(results: list[FaultResult]) -> str:
     lines = ["| fault | target | sent | accepted | lost | 5xx | conn. errors | back (s) "
-             "| leader resumed (s) | new Redis master (s) |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "| leader resumed (s) | new Redis master (s) | outcome in Kafka only |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         leader = ", ".join(f"{d} {fmt(s)}" for d, s in r.leader_s.items()) or "-"
         lines.append(f"| {r.fault} | {r.target} | {r.sent} | {r.accepted} | {len(r.lost)} | "
                      f"{r.http_5xx} | {r.errors} | {fmt(r.back_s)} | {leader} | "
-                     f"{fmt(r.new_master_s)} |")
+                     f"{fmt(r.new_master_s)} | {r.outcome_only_in_kafka} |")
     return "\n".join(lines)
 
 
@@ -321,6 +358,7 @@ def main(argv: list[str] | None = None) -> int:
             time.sleep(remaining)
     load.stop()
     ids = {s.signal_id for s in load.shots if s.signal_id}
+    redis_missed: set[str] = set()
     deadline = time.monotonic() + args.drain
     while True:
         outcomes = {sid: terminal(recs) for sid, recs in recorder.of(ids).items()}
@@ -328,7 +366,12 @@ def main(argv: list[str] | None = None) -> int:
             break
         time.sleep(1.0)
     recorder.stop()
-    account(results, load.shots, outcomes)
+    in_kafka = kafka_records(settings, ids)
+    for sid, recs in in_kafka.items():
+        if not outcomes.get(sid) and terminal(recs):
+            outcomes[sid] = terminal(recs)
+            redis_missed.add(sid)
+    account(results, load.shots, outcomes, redis_missed)
     print(table(results))
     if args.out:
         Path(args.out).write_text(json.dumps(
