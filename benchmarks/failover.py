@@ -193,7 +193,8 @@ def kill_service(settings: Settings, run_dir: Path, service: str, result: FaultR
                 lib.http_ok(urls[victim] + "/health", timeout=1)[0]:
             back = time.monotonic() - start
         if None in resumed.values():
-            now_led = leads(urls[survivor])
+            # the survivor, or the restarted victim if it wins the expired lease first
+            now_led = leads(urls[survivor]) | leads(urls[victim])
             for duty in duties:
                 if resumed[duty] is None and duty in now_led:
                     resumed[duty] = time.monotonic() - start
@@ -265,31 +266,40 @@ def account(results: list[FaultResult], shots: list[Shot],
 
 
 def kafka_records(settings: Settings, ids: set[str],
-                  quiet_s: float = 5.0) -> dict[str, list[tuple[str, Record]]]:
+                  timeout_s: float = 120.0) -> dict[str, list[tuple[str, Record]]]:
     """The same telemetry records from Kafka, where a record Redis missed still is: the
     telemetry sink drops a Redis write rather than block trading (shared/telemetry.py), so
-    a Redis failover costs records, not signals."""
-    from confluent_kafka import Consumer
+    a Redis failover costs records, not signals. Reads every partition from its beginning
+    up to its end as of now."""
+    from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
     consumer = Consumer({"bootstrap.servers": settings.kafka.bootstrap_servers,
                          "group.id": f"failover-{uuid.uuid4().hex}",
-                         "auto.offset.reset": "earliest", "enable.auto.commit": False,
-                         **settings.kafka.security_config()})
-    consumer.subscribe(sorted(set(TELEMETRY_TOPIC_OF.values())))
+                         "enable.auto.commit": False, **settings.kafka.security_config()})
+    topics = consumer.list_topics(timeout=10).topics
+    parts = [TopicPartition(topic, part, OFFSET_BEGINNING)
+             for topic in sorted(set(TELEMETRY_TOPIC_OF.values()))
+             for part in topics[topic].partitions]
+    ends = {(tp.topic, tp.partition): consumer.get_watermark_offsets(tp, timeout=10)[1]
+            for tp in parts}
+    pending = {key for key, end in ends.items() if end > 0}
+    consumer.assign(parts)  # assigned, not subscribed: no group rebalance to wait for
     found: dict[str, list[tuple[str, Record]]] = {sid: [] for sid in ids}
-    last = time.monotonic()
+    deadline = time.monotonic() + timeout_s
     try:
-        while time.monotonic() - last < quiet_s:
+        while pending and time.monotonic() < deadline:
             msg = consumer.poll(0.5)
             if msg is None or msg.error():
                 continue
-            last = time.monotonic()
+            key = (str(msg.topic()), int(msg.partition() or 0))
+            if int(msg.offset() or 0) + 1 >= ends.get(key, 0):
+                pending.discard(key)
             try:
                 rec = Record.from_kafka_value(msg.value() or b"")
             except (ValueError, KeyError):
                 continue
             if rec.signal_id in found:
-                found[rec.signal_id].append((str(msg.topic()), rec))
+                found[rec.signal_id].append((key[0], rec))
     finally:
         consumer.close()
     return found
