@@ -388,4 +388,7 @@ def status_rows(settings: Settings, run_dir: Path,
     master = master_address(settings)
     rows.append(("redis sentinel", master is not None, f"master {master}"))
     specs = all_specs(run_dir, settings, dashboard)
+    if supervise.answering(run_dir):  # the dashboard only when this lab was started with it
+        known = set(supervise.programs(run_dir))
+        specs = [s for s in specs if s.name in known or s.name != "dashboard"]
     return rows + program_rows(run_dir, [(s.name, s.health_url) for s in specs])
