@@ -89,6 +89,8 @@ def lab_env() -> dict[str, str]:
         "PHOENIX__SECURITY__TRUSTED_PROXIES": json.dumps([LOOPBACK]),
         # benchmarks/failover.py sends 20 alerts/s from one client (the default is 120/min)
         "PHOENIX__SECURITY__RATE_LIMIT_PER_MINUTE": "6000",
+        # and thousands of them are refused: "normal" would queue each for Telegram
+        "PHOENIX__TELEGRAM__VERBOSITY": "quiet",
     }
 
 
