@@ -237,7 +237,7 @@ def kill_redis_master(settings: Settings, run_dir: Path, result: FaultResult) ->
             client.close()
 
     waited = wait_for(back)
-    result.back_s = None if waited is None else time.monotonic() - start - 0.0
+    result.back_s = None if waited is None else time.monotonic() - start
 
 
 def account(results: list[FaultResult], shots: list[Shot],
