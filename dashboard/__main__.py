@@ -1,6 +1,7 @@
-"""``python -m dashboard``: run the Streamlit dashboard on settings.services.host:dashboard_port.
+"""``python -m dashboard``: run the Streamlit dashboard on its bind address and port.
 
-It binds ``services.host`` (loopback by default), never every interface unless told.
+It binds ``services.bind_host`` (default ``services.host``, loopback), never every
+interface unless told.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ def main() -> None:
     sys.argv = [
         "streamlit", "run", str(app),
         "--server.port", str(settings.services.dashboard_port),
-        "--server.address", settings.services.host,
+        "--server.address", settings.services.bind_address(),
         "--server.headless", "true",
         "--browser.gatherUsageStats", "false",
         *sys.argv[1:],

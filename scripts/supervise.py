@@ -314,10 +314,39 @@ def _reap_groups(pgids: Sequence[int], timeout: float) -> list[int]:
     return pending
 
 
+STOPPED_STATES = frozenset({"STOPPED", "EXITED", "FATAL", "UNKNOWN"})
+NOT_RUNNING_FAULT = 70  # supervisor.xmlrpc.Faults.NOT_RUNNING
+
+
+def stop_in_tiers(run_dir: Path, timeout: float = STOP_WAIT_SECS + 5) -> None:
+    """Stop the programs by priority tier, the last started first, every program of a tier
+    at once (the services, then the feed, then the paper exchange, then Kafka).
+
+    supervisord's own shutdown stops one program after the other: each nameko service
+    takes 3-8 s to stop gracefully, so the stack took 25-50 s to stop that way.
+    """
+    rpc = client(run_dir).supervisor
+    tiers: dict[int, list[str]] = {}
+    for info in cast(list[dict[str, Any]], rpc.getAllConfigInfo()):
+        tiers.setdefault(int(info["process_prio"]), []).append(str(info["name"]))
+    for priority in sorted(tiers, reverse=True):
+        names = tiers[priority]
+        for name in names:
+            try:
+                rpc.stopProcess(name, False)  # SIGTERM now; waited for below, together
+            except xmlrpc.client.Fault as fault:
+                if fault.faultCode != NOT_RUNNING_FAULT:
+                    raise
+        deadline = time.monotonic() + timeout
+        while any(state_of(run_dir, n) not in STOPPED_STATES for n in names) \
+                and time.monotonic() < deadline:
+            time.sleep(0.1)
+
+
 def shutdown(run_dir: Path, timeout: float = 90.0,
              leftover_timeout: float = STOP_WAIT_SECS) -> str:
-    """Stop every program (supervisord waits for each) and supervisord itself, then make
-    sure no process is left in any program's process group."""
+    """Stop every program (tier by tier, see :func:`stop_in_tiers`) and supervisord itself,
+    then make sure no process is left in any program's process group."""
     pid = read_pid(run_dir)
     if not answering(run_dir):
         if pid is not None and pid_alive(pid):
@@ -326,7 +355,8 @@ def shutdown(run_dir: Path, timeout: float = 90.0,
         return "supervisord not running"
     # supervisord starts each program in a process group of its own (pgid = its pid).
     groups = [info.pid for info in programs(run_dir).values() if info.pid]
-    client(run_dir).supervisor.shutdown()
+    stop_in_tiers(run_dir)
+    client(run_dir).supervisor.shutdown()  # whatever did not stop in time, and itself
     deadline = time.monotonic() + timeout
     while pid is not None and pid_alive(pid):
         if time.monotonic() > deadline:

@@ -97,6 +97,8 @@ class SecuritySettings(_Section):
     source_allowlist: tuple[str, ...] = (
         "52.89.214.238", "34.212.75.30", "54.218.53.128", "52.32.178.7",
     )
+    # addresses or networks (CIDR) of the proxies in front of brain; X-Forwarded-For is
+    # believed from them only
     trusted_proxies: tuple[str, ...] = ()
     # Failed X-API-Key attempts per client (Redis): past the limit inside the window the
     # client waits 2**(failures - limit) s, up to auth_max_lockout_s. 0 = no slow-down.
@@ -104,6 +106,19 @@ class SecuritySettings(_Section):
     auth_failure_window_s: Annotated[int, Field(ge=1, le=86400)] = 300
     auth_max_lockout_s: Annotated[int, Field(ge=1, le=86400)] = 900
     auth_failure_redis_url: str = ""  # "" = redis_streams.url
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _addresses_or_networks(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        import ipaddress
+
+        for entry in value:
+            try:
+                ipaddress.ip_network(entry, strict=False)
+            except ValueError:
+                raise ValueError(f"{entry!r} is neither an IP address nor a CIDR network "
+                                 "(e.g. 10.244.0.0/16)") from None
+        return value
 
     def api_key_values(self) -> frozenset[str]:
         return frozenset(k.get_secret_value() for k in self.api_keys)
@@ -363,6 +378,16 @@ class DashboardSettings(_Section):
     password_hash: SecretStr = SecretStr("")  # bcrypt; scripts/up generates one into .env
     cookie_key: SecretStr = SecretStr("")  # signs the re-login cookie; "" = no cookie
     cookie_expiry_days: Annotated[float, Field(ge=0.0, le=30.0)] = 1.0
+    # where a browser opens the dashboard (behind a proxy, a port-forward...): notify's
+    # /dashboard link; empty = the dashboard's advertised address (services.hosts)
+    public_url: str = ""
+
+    @field_validator("public_url")
+    @classmethod
+    def _absolute_http_url(cls, value: str) -> str:
+        if value and not value.startswith(("http://", "https://")):
+            raise ValueError("must be an absolute http(s):// URL a browser can open")
+        return value.rstrip("/")
 
     @field_validator("password_hash")
     @classmethod

@@ -172,13 +172,26 @@ def client_address(remote_addr: str | None, forwarded_for: str | None,
     right, since a client can prepend anything it likes).
     """
     peer = (remote_addr or "").strip() or "unknown"
-    if not forwarded_for or peer not in trusted_proxies:
+    if not forwarded_for or not _trusted(peer, trusted_proxies):
         return peer
     hops = [h.strip() for h in forwarded_for.split(",") if h.strip()]
     for hop in reversed(hops):
-        if hop not in trusted_proxies:
+        if not _trusted(hop, trusted_proxies):
             return _valid_ip(hop) or peer
     return peer
+
+
+def _trusted(address: str, trusted_proxies: Collection[str]) -> bool:
+    """``address`` is one of the proxies: an address listed, or inside a listed network
+    (k8s: the ingress controller's pod CIDR, its pods' addresses change)."""
+    if address in trusted_proxies:
+        return True
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    return any("/" in entry and ip in ipaddress.ip_network(entry, strict=False)
+               for entry in trusted_proxies)
 
 
 def _valid_ip(text: str) -> str | None:

@@ -5,6 +5,7 @@ here; the service wires it."""
 from __future__ import annotations
 
 import datetime as dtm
+import json
 import math
 import re
 import threading
@@ -146,13 +147,25 @@ class HealthWatch:
 
 
 def http_health(url: str, timeout: float = 3.0) -> tuple[bool, str]:
+    """GET a ``/ready`` (or ``/health``) URL: ok on 2xx; a 503 from ``/ready`` is reported
+    with the checks it names as failing."""
     try:
         with urllib.request.urlopen(url, timeout=timeout) as resp:
             return 200 <= resp.status < 300, f"HTTP {resp.status}"
     except urllib.error.HTTPError as exc:
-        return False, f"HTTP {exc.code}"
+        return False, _not_ready(exc) or f"HTTP {exc.code}"
     except (OSError, ValueError) as exc:
         return False, str(getattr(exc, "reason", exc))
+
+
+def _not_ready(exc: urllib.error.HTTPError) -> str:
+    try:
+        parsed = json.loads(exc.read(4096))
+    except (OSError, ValueError):
+        return ""
+    if isinstance(parsed, dict) and isinstance(parsed.get("failing"), list):
+        return "not ready: " + ", ".join(map(str, parsed["failing"]))
+    return ""
 
 
 def broker_health(lags: Iterable[Lag]) -> dict[str, tuple[bool, str]]:

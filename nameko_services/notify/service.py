@@ -50,6 +50,7 @@ from shared.names import (
     EVT_TRADE_FAILED,
     EVT_TRADE_OPENED,
     EXECUTE,
+    FEED,
     NOTIFY,
     NOTIFY_SUMMARY_PREFIX,
     RISK,
@@ -137,8 +138,11 @@ class Monitor:
         return self.stale.observe(self.state.freshness())
 
     def health_targets(self) -> dict[str, str]:
+        """Each service's and the feed's ``/ready`` at its advertised address: a process
+        that answers but cannot work (consumers gone, stale market) is down for the watch."""
         svc = self.settings.services
-        targets = {name: f"{svc.url_of(name)}/health" for name in SERVICES if name != NOTIFY}
+        targets = {name: f"{svc.url_of(name)}/ready" for name in (*SERVICES, FEED)
+                   if name != NOTIFY}
         if self.settings.exchange.mode == "paper":
             targets["paper_exchange"] = f"{self.settings.paper_exchange.base_url}/health"
         return targets
@@ -286,7 +290,9 @@ class NotifyService:
 
     @http("GET", "/dashboard")
     def dashboard(self, request: Request) -> Response:
-        return redirect(self.config.services.url_of("dashboard"), code=302)
+        # the browser's address, not the internal one (compose/k8s: a service name)
+        target = self.config.dashboard.public_url or self.config.services.url_of("dashboard")
+        return redirect(target, code=302)
 
     @http("GET", "/health")
     @api

@@ -166,7 +166,8 @@ def memory_bytes(value: str) -> int:
 def test_compose_healthchecks_every_30s_with_5s_timeout(kind: str) -> None:
     services = compose(kind)["services"]
     checked = [n for n, s in services.items() if "healthcheck" in s]
-    assert set(CORE) | {"dashboard", "rabbitmq", "redis", "kafka"} <= set(checked)
+    brokers = HA_BROKERS if kind == "ha" else {"rabbitmq", "redis", "kafka"}
+    assert set(CORE) | {"dashboard"} | brokers <= set(checked)
     for name in checked:
         hc = services[name]["healthcheck"]
         assert hc["interval"] == "30s" and hc["timeout"] == "5s", name
@@ -280,6 +281,56 @@ def test_compose_ha_replicas_and_monitoring() -> None:
     assert "127.0.0.1:9090:9090" in services["prometheus"]["ports"]
     assert "127.0.0.1:3000:3000" in services["grafana"]["ports"]
     assert "127.0.0.1:9093:9093" in services["alertmanager"]["ports"]
+
+
+HA_BROKERS = {"rabbitmq-1", "rabbitmq-2", "rabbitmq-3", "redis-1", "redis-2", "sentinel-1",
+              "sentinel-2", "sentinel-3", "kafka-1", "kafka-2", "kafka-3"}
+
+
+def test_compose_ha_has_no_single_broker() -> None:
+    services = compose("ha")["services"]
+    assert HA_BROKERS <= set(services)
+    assert not {"rabbitmq", "redis", "kafka"} & set(services)
+    # RabbitMQ: three named nodes of one cluster, quorum queues, one shared cookie
+    cluster_conf = (COMPOSE / "rabbitmq" / "30-cluster.conf").read_text()
+    for n in (1, 2, 3):
+        node = services[f"rabbitmq-{n}"]
+        assert node["hostname"] == f"rabbitmq-{n}"
+        assert f"nodes.{n} = rabbit@rabbitmq-{n}" in cluster_conf
+        assert node["environment"]["PHOENIX95_QUEUE_TYPE"] == "quorum"
+        assert node["environment"]["PHOENIX95_CLUSTER_SIZE"] == "3"
+        assert node["secrets"] == ["rabbitmq_erlang_cookie"]
+        assert any("30-cluster.conf" in v for v in node["volumes"])
+    assert "classic_config" in cluster_conf and "load_definitions" not in cluster_conf
+    assert "declare_topology" in " ".join(services["rabbitmq-init"]["command"])
+    # Kafka: three KRaft voters, replication 3, two in sync
+    voters = {services[f"kafka-{n}"]["environment"]["KAFKA_CONTROLLER_QUORUM_VOTERS"]
+              for n in (1, 2, 3)}
+    assert voters == {"1@kafka-1:9093,2@kafka-2:9093,3@kafka-3:9093"}
+    for n in (1, 2, 3):
+        env = services[f"kafka-{n}"]["environment"]
+        assert env["KAFKA_NODE_ID"] == n
+        assert env["KAFKA_ADVERTISED_LISTENERS"] == f"PLAINTEXT://kafka-{n}:9092"
+        assert env["KAFKA_DEFAULT_REPLICATION_FACTOR"] == 3
+        assert env["KAFKA_MIN_INSYNC_REPLICAS"] == 2
+    init = services["kafka-init"]["command"][0]
+    assert "--replication-factor 3" in init and "min.insync.replicas=2" in init
+    # Redis: a replica of the master, three Sentinels with quorum 2
+    assert services["redis-2"]["command"][-3:] == ["--replicaof", "redis-1", "6379"]
+    sentinel = services["sentinel-1"]["command"][0]
+    assert "sentinel monitor phoenix95 redis-1 6379 2" in sentinel
+    # every Phoenix process reaches every node of each broker
+    for name in (*CORE, "feed", "dashboard", "telegram-worker", "rabbitmq-init"):
+        env = services[name]["environment"]
+        assert env["PHOENIX__MESSAGE_QUEUE__HOSTS"].count("rabbitmq-") == 3, name
+        assert json.loads(env["PHOENIX__REDIS_STREAMS__SENTINELS"]) == [
+            "sentinel-1:26379", "sentinel-2:26379", "sentinel-3:26379"], name
+        assert env["PHOENIX__KAFKA__BOOTSTRAP_SERVERS"].count("kafka-") == 3, name
+        assert env["PHOENIX__KAFKA__ACKS"] == "all", name
+    # only the RabbitMQ nodes get the Erlang cookie
+    holders = {n for n, svc in services.items() if "rabbitmq_erlang_cookie" in
+               svc.get("secrets", [])}
+    assert holders == {"rabbitmq-1", "rabbitmq-2", "rabbitmq-3"}
 
 
 # -------------------------------------------------------------- compose: validator
@@ -553,3 +604,23 @@ def test_k8s_manifests_validate_against_kubernetes_schemas() -> None:
         except kubernetes_validate.ValidationError as exc:
             errors.append(f"{path.name} {doc['kind']}/{doc['metadata']['name']}: {exc.message}")
     assert not errors, "\n".join(errors)
+
+
+@pytest.mark.parametrize("kind", sorted(COMPOSE_FILES))
+def test_compose_links_the_dashboard_at_its_published_address(kind: str) -> None:
+    services = compose(kind)["services"]
+    published = services["dashboard"]["ports"][0].rsplit(":", 1)[0]  # 127.0.0.1:8501
+    for name in (*CORE, "telegram-worker"):
+        url = services[name]["environment"]["PHOENIX__DASHBOARD__PUBLIC_URL"]
+        assert url.endswith(f"http://{published}}}"), (name, url)
+
+
+def test_k8s_brain_trusts_the_ingress_pod_network_and_brokers_are_replicated() -> None:
+    brain = k8s_find("Deployment", "brain")["spec"]["template"]["spec"]["containers"][0]
+    env = {e["name"]: e.get("value") for e in brain["env"]}
+    trusted = json.loads(env["PHOENIX__SECURITY__TRUSTED_PROXIES"])
+    assert trusted and all(ipaddress.ip_network(t).prefixlen < 32 for t in trusted)
+    data = k8s_find("ConfigMap", "phoenix95-config")["data"]
+    assert json.loads(data["PHOENIX__REDIS_STREAMS__SENTINELS"])
+    assert data["PHOENIX__KAFKA__ACKS"] == "all"
+    assert data["PHOENIX__DASHBOARD__PUBLIC_URL"].startswith("http")

@@ -135,6 +135,11 @@ def test_alert_older_than_max_age_or_from_the_future_is_stale(alert_time, ok):
     ("10.0.0.2", "6.6.6.6, 52.89.214.238, 10.0.0.3", ("10.0.0.2", "10.0.0.3"),
      "52.89.214.238"),
     ("10.0.0.2", "not-an-ip", ("10.0.0.2",), "10.0.0.2"),
+    # k8s: the ingress controller's pods anywhere in the pod network
+    ("10.244.3.17", "52.89.214.238", ("10.244.0.0/16",), "52.89.214.238"),
+    ("10.245.0.1", "52.89.214.238", ("10.244.0.0/16",), "10.245.0.1"),
+    ("10.244.3.17", "6.6.6.6, 52.89.214.238, 10.244.1.2", ("10.244.0.0/16",),
+     "52.89.214.238"),
     (None, None, (), "unknown"),
 ])
 def test_client_address_trusts_forwarded_for_only_from_configured_proxies(

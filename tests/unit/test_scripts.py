@@ -497,3 +497,47 @@ def test_requirements_stamp_controls_reinstall(tmp_path: Path) -> None:
 
     os.utime(req, (time.time() + 100, time.time() + 100))
     assert _bootstrap.requirements_stale(req, stamp)
+
+
+def _graceful(name: str, log: Path, priority: int) -> lib.ProcSpec:
+    """A program that takes a moment to stop after SIGTERM, logging when it got it."""
+    script = log.with_name(f"{name}.py")
+    script.write_text(
+        "import signal, sys, time\n"
+        f"log = open({str(log)!r}, 'a')\n"
+        "def term(*_):\n"
+        f"    log.write('{name} term ' + repr(time.time()) + '\\n'); log.flush()\n"
+        "    time.sleep(1.0)\n"
+        f"    log.write('{name} exit ' + repr(time.time()) + '\\n'); log.flush()\n"
+        "    sys.exit(0)\n"
+        "signal.signal(signal.SIGTERM, term)\n"
+        f"log.write('{name} ready 0\\n'); log.flush()\n"
+        "while True:\n"
+        "    time.sleep(0.1)\n")
+    return lib.ProcSpec(name, (sys.executable, str(script)), priority=priority)
+
+
+@pytest.mark.skipif(os.name == "nt", reason="supervisord is POSIX only (WSL on Windows)")
+def test_shutdown_stops_a_tier_at_once_and_the_tiers_in_reverse_start_order(
+        tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    lib.prepare_run_dir(run_dir)
+    log = tmp_path / "events.log"
+    specs = [_graceful("broker", log, 1), _graceful("alpha", log, 30),
+             _graceful("beta", log, 30)]
+    try:
+        supervise.start_daemon(run_dir, specs)
+        supervise.start_programs(run_dir, ["broker", "alpha", "beta"])
+        _wait_for(lambda: log.exists() and log.read_text().count("ready") == 3, "3 ready")
+    finally:
+        supervise.shutdown(run_dir, timeout=60)
+
+    events = {}
+    for line in log.read_text().splitlines():
+        name, what, at = line.split()
+        events[(name, what)] = float(at)
+    # the two services got SIGTERM together: each before the other had exited
+    assert events[("alpha", "term")] < events[("beta", "exit")]
+    assert events[("beta", "term")] < events[("alpha", "exit")]
+    # the broker only once both had exited
+    assert events[("broker", "term")] > max(events[("alpha", "exit")], events[("beta", "exit")])

@@ -55,3 +55,45 @@ def test_the_runner_binds_nameko_to_bind_host(secrets_env: dict[str, str]) -> No
     settings = load_settings(services={"bind_host": "0.0.0.0", "hosts": {"brain": "brain"}})
 
     assert nameko_config(settings, "brain")["WEB_SERVER_ADDRESS"] == "0.0.0.0:8100"
+
+
+def test_notify_watches_every_services_ready_at_its_advertised_address(
+        secrets_env: dict[str, str]) -> None:
+    from nameko_services.notify.service import Monitor
+
+    settings = load_settings(services={"bind_host": "0.0.0.0",
+                                       "hosts": {"brain": "brain", "feed": "feed"}})
+    monitor = Monitor.__new__(Monitor)
+    monitor.settings = settings
+
+    targets = monitor.health_targets()
+
+    assert targets["brain"] == "http://brain:8100/ready"
+    assert targets["feed"] == "http://feed:8104/ready"
+    assert targets["risk"] == "http://127.0.0.1:8101/ready"
+    assert "notify" not in targets
+    assert all(not url.startswith("http://0.0.0.0") for url in targets.values())
+
+
+def test_the_dashboard_link_is_its_public_url_else_its_advertised_address(
+        secrets_env: dict[str, str]) -> None:
+    from nameko.testing.services import worker_factory
+    from werkzeug.test import EnvironBuilder
+    from werkzeug.wrappers import Request
+
+    from nameko_services.notify.service import NotifyService
+
+    request = Request(EnvironBuilder(path="/dashboard").get_environ())
+    inside = load_settings(services={"hosts": {"dashboard": "dashboard"}})
+    public = load_settings(services={"hosts": {"dashboard": "dashboard"}},
+                           dashboard={"public_url": "https://ops.example.com/dash/"})
+
+    assert worker_factory(NotifyService, config=inside).dashboard(request).location == \
+        "http://dashboard:8501"
+    assert worker_factory(NotifyService, config=public).dashboard(request).location == \
+        "https://ops.example.com/dash"
+
+
+def test_a_dashboard_public_url_must_be_absolute(secrets_env: dict[str, str]) -> None:
+    with pytest.raises(ConfigError, match="dashboard.public_url"):
+        load_settings(dashboard={"public_url": "dashboard:8501"})

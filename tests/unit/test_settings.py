@@ -169,3 +169,12 @@ def test_telegram_without_a_chat_id_is_off(secrets_env, monkeypatch):
     monkeypatch.setenv("PHOENIX__TELEGRAM__TOKEN", "123:abc")
 
     assert load_settings().telegram.active is False
+
+
+def test_trusted_proxies_are_addresses_or_networks(secrets_env: dict[str, str]) -> None:
+    from shared.settings import ConfigError, load_settings
+
+    ok = load_settings(security={"trusted_proxies": ["172.30.95.10", "10.244.0.0/16"]})
+    assert ok.security.trusted_proxies == ("172.30.95.10", "10.244.0.0/16")
+    with pytest.raises(ConfigError, match="trusted_proxies"):
+        load_settings(security={"trusted_proxies": ["ingress-nginx"]})

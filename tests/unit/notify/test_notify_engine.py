@@ -188,3 +188,23 @@ def test_accepted_signals_are_quiet_at_normal_verbosity(service: Any) -> None:
                                 "reasons": ["halted"]})
     assert [t for _, t, _ in service.outbox.items] == [
         "Signal rejected ETHUSDT: halted\nsignal b"]
+
+
+
+def test_a_not_ready_service_is_down_with_its_failing_checks(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import io
+    import urllib.error
+    from email.message import Message
+
+    from nameko_services.notify import engine
+
+    def urlopen(url: str, timeout: float) -> Any:  # the other service, across HTTP
+        body = b'{"ready": false, "failing": ["amqp", "market_data"]}'
+        raise urllib.error.HTTPError(url, 503, "Service Unavailable", Message(),
+                                     io.BytesIO(body))
+
+    monkeypatch.setattr(engine.urllib.request, "urlopen", urlopen)
+
+    assert engine.http_health("http://risk:8101/ready") == (
+        False, "not ready: amqp, market_data")
