@@ -53,7 +53,8 @@ def nameko_config(settings: Settings, service: str) -> dict[str, object]:
 def write_config(settings: Settings, service: str) -> Path:
     run_dir = settings.services.run_path()
     run_dir.mkdir(parents=True, exist_ok=True)
-    path = run_dir / f"nameko-{service}.yaml"
+    # one file per port: two instances of a service (the HA lab) listen on two ports
+    path = run_dir / f"nameko-{service}-{settings.services.port_of(service)}.yaml"
     # The file holds the broker password: readable by its owner only. Written aside and
     # renamed: several brain processes start at once and must never read it half written.
     tmp = path.with_name(f".{path.name}.{os.getpid()}")

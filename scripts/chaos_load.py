@@ -123,8 +123,10 @@ class Recorder:
 
     STREAMS = (SIGNAL_STREAM, RISK_STREAM, TRADE_STREAM)
 
-    def __init__(self, url: str) -> None:
-        self.client = redis.Redis.from_url(url, decode_responses=True, socket_timeout=5)
+    def __init__(self, url: str, client: redis.Redis | None = None) -> None:
+        # ``client``: one made by shared/redis_conn (through Sentinel in the HA lab)
+        self.client = client or redis.Redis.from_url(url, decode_responses=True,
+                                                     socket_timeout=5)
         self.records: dict[tuple[str, str], Record] = {}
         self._last = {s: "$" for s in self.STREAMS}
         self._stop = threading.Event()

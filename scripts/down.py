@@ -41,8 +41,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--run-dir", help="override services.run_dir")
     parser.add_argument("--timeout", type=float, default=90.0,
                         help="seconds to wait for supervisord to stop every program")
+    parser.add_argument("--ha", action="store_true",
+                        help="stop the HA lab (every program of it, brokers included)")
     args = parser.parse_args(argv)
     supervise.require_posix()
+    if args.ha:
+        from scripts import lab
+
+        lab.apply_env()
     run_dir = Path(args.run_dir).resolve() if args.run_dir else run_dir_from_env()
     lib.section(f"stopping Phoenix 95 ({run_dir})")
     if not run_dir.exists():

@@ -98,49 +98,58 @@ def ensure_rabbitmq(settings: Settings, run_dir: Path) -> None:
     declare_topology(settings)
 
 
-def _ctl(*args: str, stdin: str | None = None) -> tuple[int, str]:
-    return lib.run_quiet(["rabbitmqctl", *args], timeout=60, stdin=stdin)
+def _ctl(*args: str, stdin: str | None = None, node: str | None = None) -> tuple[int, str]:
+    where = ["-n", node] if node else []  # a lab node (scripts/lab.py); else the default one
+    return lib.run_quiet(["rabbitmqctl", *where, *args], timeout=60, stdin=stdin)
 
 
-def _ctl_ok(*args: str) -> str:
-    code, out = _ctl(*args)
+def _ctl_ok(*args: str, node: str | None = None) -> str:
+    code, out = _ctl(*args, node=node)
     if code != 0:
         raise InfraError(f"rabbitmqctl {args[0]} failed ({code}): {out.strip()}")
     return out
 
 
-def _set_password(action: str, username: str, password: str) -> None:
+def _set_password(action: str, username: str, password: str, node: str | None = None) -> None:
     """``add_user``/``change_password``, the password on stdin (not visible in ``ps``)."""
-    code, out = _ctl("-q", action, username, stdin=password + "\n")
+    code, out = _ctl("-q", action, username, stdin=password + "\n", node=node)
     if code != 0:  # rabbitmqctl too old to read the password from stdin
-        code, out = _ctl("-q", action, username, password)
+        code, out = _ctl("-q", action, username, password, node=node)
     if code != 0:
         raise InfraError(f"rabbitmqctl {action} {username} failed ({code}): {out.strip()}")
 
 
-def ensure_rabbit_account(settings: Settings) -> None:
-    """Create the vhost and user (or reset its password) and grant full permissions."""
+def ensure_rabbit_account(settings: Settings, node: str | None = None) -> None:
+    """Create the vhost (default queue type from the settings) and user (or reset its
+    password) and grant full permissions."""
     mq = settings.message_queue
     password = mq.password.get_secret_value()
     # The node may still be booting right after rabbitmq-server -detached.
     for _ in range(30):
-        code, _out = _ctl("-q", "await_startup")
+        code, _out = _ctl("-q", "await_startup", node=node)
         if code == 0:
             break
         time.sleep(1)
-    vhosts = lib.names_in(_ctl_ok("-q", "list_vhosts", "name").splitlines())
-    if mq.virtual_host not in vhosts:
-        _ctl_ok("add_vhost", mq.virtual_host)
-        lib.info(f"rabbitmq: created vhost {mq.virtual_host}")
-    users = lib.names_in(_ctl_ok("-q", "list_users").splitlines())
+    listed = _ctl_ok("-q", "list_vhosts", "name", "default_queue_type", node=node)
+    types = {(cols + [""])[0]: (cols + ["", ""])[1] for cols in
+             (line.split("\t") for line in listed.splitlines() if line.strip())}
+    if mq.virtual_host not in types:
+        _ctl_ok("add_vhost", mq.virtual_host, "--default-queue-type", mq.queue_type, node=node)
+        lib.info(f"rabbitmq: created vhost {mq.virtual_host} ({mq.queue_type} queues)")
+    elif mq.queue_type == "quorum" and types[mq.virtual_host] != "quorum":
+        lib.warn(f"rabbitmq: vhost {mq.virtual_host} was created for classic queues, not "
+                 "quorum ones (a vhost keeps its default queue type; delete it to change)")
+    users = lib.names_in(_ctl_ok("-q", "list_users", node=node).splitlines())
     if mq.username not in users:
-        _set_password("add_user", mq.username, password)
+        _set_password("add_user", mq.username, password, node=node)
         lib.info(f"rabbitmq: created user {mq.username}")
-    elif _ctl("-q", "authenticate_user", mq.username, stdin=password + "\n")[0] != 0:
-        _set_password("change_password", mq.username, password)
+    elif _ctl("-q", "authenticate_user", mq.username, stdin=password + "\n",
+              node=node)[0] != 0:
+        _set_password("change_password", mq.username, password, node=node)
         lib.info(f"rabbitmq: password of {mq.username} reset to the configured one "
                  "(clients using another password must reconnect with this one)")
-    _ctl_ok("set_permissions", "-p", mq.virtual_host, mq.username, ".*", ".*", ".*")
+    _ctl_ok("set_permissions", "-p", mq.virtual_host, mq.username, ".*", ".*", ".*",
+            node=node)
     lib.info(f"rabbitmq: user {mq.username} has full permissions on {mq.virtual_host}")
 
 

@@ -44,7 +44,8 @@ def uptime(seconds: float | None) -> str:
 
 
 def ready_url_of(name: str, health_url: str | None) -> str | None:
-    if name not in WITH_READY or not health_url or not health_url.endswith("/health"):
+    base = name.split("-")[0]  # brain-2: the lab's second instance of brain
+    if base not in WITH_READY or not health_url or not health_url.endswith("/health"):
         return None
     return health_url.removesuffix("/health") + "/ready"
 
@@ -99,12 +100,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--no-dashboard", action="store_true",
                         help="do not count a stopped dashboard as down")
     parser.add_argument("--only-infra", action="store_true", help="check the brokers only")
+    parser.add_argument("--ha", action="store_true", help="the HA lab (scripts/up --ha)")
     args = parser.parse_args(argv)
     supervise.require_posix()
+    if args.ha:
+        from scripts import lab
+
+        lab.apply_env()
     settings = settings_or_exit()
     run_dir = settings.services.run_path()
     rows: list[Row] = []
 
+    if args.ha:
+        from scripts import lab
+
+        rows += lab.status_rows(settings, run_dir, dashboard=not args.no_dashboard)
+        args.only_infra = True  # the lab's programs are in its rows already
     ok, detail = infra.rabbit_reachable(settings)
     rows.append(("rabbitmq", ok, detail))
     ok, detail = infra.redis_reachable(settings)

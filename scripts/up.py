@@ -23,7 +23,7 @@ import os
 import time
 from collections.abc import Sequence
 
-from scripts import infra, lib, provision, supervise
+from scripts import infra, lab, lib, provision, supervise
 from shared import names
 from shared.settings import DOTENV_ENV, Settings, get_settings, settings_or_exit
 
@@ -188,8 +188,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="brokers and topology only; start no Phoenix process")
     parser.add_argument("--run-dir", help="override services.run_dir (supervisord, logs)")
     parser.add_argument("--health-timeout", type=float, default=HEALTH_TIMEOUT)
+    parser.add_argument("--ha", action="store_true",
+                        help="the HA lab: 3 RabbitMQ nodes, Redis + Sentinel, two instances "
+                             "of each service behind nginx, Prometheus, Alertmanager "
+                             "(run dir .run-ha; see scripts/lab.py)")
     args = parser.parse_args(argv)
     supervise.require_posix()
+    if args.ha:
+        lab.apply_env()
     if args.run_dir:
         os.environ["PHOENIX__SERVICES__RUN_DIR"] = str(Path(args.run_dir).resolve())
 
@@ -201,6 +207,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     run_dir = settings.services.run_path()
     lib.prepare_run_dir(run_dir)
     lib.info(f"settings valid (exchange mode {settings.exchange.mode}); run dir {run_dir}")
+    if args.ha:
+        return lab.up(settings, run_dir, dashboard=not args.no_dashboard,
+                      only_infra=args.only_infra, wait_healthy=wait_healthy,
+                      health_timeout=args.health_timeout)
 
     lib.section("brokers")
     try:

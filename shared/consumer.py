@@ -24,9 +24,11 @@ from functools import partial
 from typing import Any
 
 import redis
+from amqp.exceptions import MessageNacked, RecoverableConnectionError
+from kombu.exceptions import OperationalError as KombuOperationalError
 from kombu.message import Message
 from nameko.amqp.publish import Publisher
-from nameko.exceptions import ContainerBeingKilled
+from nameko.exceptions import ContainerBeingKilled, RemoteError
 from nameko.messaging import Consumer
 from sqlalchemy.exc import DBAPIError, OperationalError
 
@@ -56,13 +58,29 @@ class Retryable(Exception):
     """A transient failure: the same message may succeed later (broker, RPC, network)."""
 
 
+# Exception types a remote service may answer an RPC with (nameko's RemoteError carries the
+# name only) that say "try again": its Redis or broker was failing over (the HA lab measures
+# both: a Sentinel failover, a RabbitMQ node killed).
+REMOTE_TRANSIENT = frozenset({
+    "ConnectionError", "TimeoutError", "OperationalError", "MasterNotFoundError",
+    "ReadOnlyError", "BusyLoadingError", "RecoverableConnectionError", "MessageNacked",
+    "Retryable",
+})
+
+
 def is_retryable(exc: BaseException) -> bool:
-    """Transient by type, or caused by a transient failure (a wrapped Redis/DB blip)."""
+    """Transient by type, or caused by a transient failure (a wrapped Redis/DB blip, a
+    broker connection lost while publishing the next stage, a remote service's Redis or
+    broker failing over)."""
     seen: set[int] = set()
     current: BaseException | None = exc
     while current is not None and id(current) not in seen:
         seen.add(id(current))
-        if isinstance(current, (Retryable, redis.RedisError, OperationalError)):
+        if isinstance(current, (Retryable, redis.RedisError, OperationalError,
+                                KombuOperationalError, RecoverableConnectionError,
+                                MessageNacked, ConnectionError)):
+            return True
+        if isinstance(current, RemoteError) and current.exc_type in REMOTE_TRANSIENT:
             return True
         if isinstance(current, DBAPIError) and current.connection_invalidated:
             return True

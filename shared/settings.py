@@ -267,6 +267,35 @@ class MessageQueueSettings(_Section):
     ssl_cert_file: str = ""  # client certificate (mutual TLS), optional
     ssl_key_file: str = ""
     ssl_verify: bool = True  # false only for a lab broker with a self-signed certificate
+    # A cluster: "host:port" of every node; clients fail over between them in this order
+    # (kombu's alternates). Empty = the one node at host:port.
+    hosts: tuple[str, ...] = ()
+    # The vhost's default queue type, given when scripts/up creates the vhost: every queue
+    # declared without x-queue-type (ours and nameko's RPC/event queues) becomes this type;
+    # exclusive/auto-delete queues stay classic. An existing vhost keeps its own.
+    queue_type: Literal["classic", "quorum"] = "classic"
+
+    @field_validator("hosts", mode="before")
+    @classmethod
+    def _split_hosts(cls, value: Any) -> Any:
+        if isinstance(value, str):  # "h1:5672,h2:5672" from a plain env variable
+            return tuple(v.strip() for v in value.split(",") if v.strip())
+        return value
+
+    @field_validator("hosts")
+    @classmethod
+    def _host_ports(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for item in value:
+            host, sep, port = item.rpartition(":")
+            if not (sep and host and port.isdigit() and 1 <= int(port) <= 65535):
+                raise ValueError(f"{item!r}: each node is host:port")
+        return value
+
+    def nodes(self) -> tuple[tuple[str, int], ...]:
+        """(host, port) of every node, the first one first."""
+        if not self.hosts:
+            return ((self.host, self.port),)
+        return tuple((h, int(p)) for h, _, p in (n.rpartition(":") for n in self.hosts))
 
     def ssl_options(self) -> dict[str, Any] | None:
         """Nameko's AMQP_SSL / kombu's ``ssl`` argument; None = plain AMQP."""
@@ -290,7 +319,9 @@ class MessageQueueSettings(_Section):
         password = quote(self.password.get_secret_value(), safe="")
         vhost = quote(self.virtual_host, safe="")
         scheme = "amqps" if self.ssl else "amqp"
-        return f"{scheme}://{user}:{password}@{self.host}:{self.port}/{vhost}"
+        # several nodes: kombu's failover list "amqp://a;amqp://b", tried round-robin
+        return ";".join(f"{scheme}://{user}:{password}@{host}:{port}/{vhost}"
+                        for host, port in self.nodes())
 
 
 class RedisStreamsSettings(_Section):

@@ -120,7 +120,10 @@ class RedisStreamConsumer(Entrypoint):
 
     def start(self) -> None:
         block_s = (self.block_ms or 1000) / 1000
-        # this process's ACL user, Sentinel and TLS settings, like every other client
+        # this process's ACL user, Sentinel and TLS settings, like every other client;
+        # behind Sentinel the reads follow the master after a failover (a client pinned to
+        # the old master's address reads a replica forever: XREADGROUP is a write, refused
+        # there - measured in the HA lab)
         self._client = redis_client(
             self._redis_settings, decode_responses=True, socket_connect_timeout=5,
             socket_timeout=block_s + 5, health_check_interval=30)

@@ -130,3 +130,12 @@ def test_streams_groups_and_topics_follow_the_brief() -> None:
     assert names.TOPIC_PARTITIONS == {"phoenix95_signals": 3, "trading_events": 3,
                                       "risk_events": 2}
     assert set(names.TELEMETRY_TOPIC_OF.values()) <= set(names.TOPIC_PARTITIONS)
+
+
+def test_queues_are_quorum_through_the_vhosts_default_type(defs: dict[str, Any]) -> None:
+    """The vhost makes every durable queue a quorum queue: ours and nameko's RPC and event
+    queues, which nameko declares without arguments. No queue names its type: RabbitMQ
+    refuses a redeclare whose explicit x-queue-type differs from the queue's, so an explicit
+    type here would break every vhost created classic (docs/deployment.md, the HA lab)."""
+    assert defs["vhosts"][0]["metadata"]["default_queue_type"] == "quorum"
+    assert all("x-queue-type" not in (q.get("arguments") or {}) for q in defs["queues"])
