@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 from scripts import lib
 from shared import names
-from shared.settings import Settings
+from shared.settings import RedisStreamsSettings, Settings
 
 RPC_EXCHANGE = "nameko-rpc"
 REPLY_KEY = r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"  # uuid4
@@ -154,34 +154,40 @@ def redis_acl_rules(kind: str, password: str) -> list[str]:
 # --------------------------------------------------------------------------- apply
 
 
-def apply_rabbit(settings: Settings, envs: Mapping[str, Mapping[str, str]]) -> None:
-    """Create/update each kind's user on the local broker with its grants."""
+def apply_rabbit(settings: Settings, envs: Mapping[str, Mapping[str, str]],
+                 node: str | None = None) -> None:
+    """Create/update each kind's user on the local broker (``node``: a lab node; users and
+    permissions are cluster-wide) with its grants."""
     from scripts import infra
 
     mq = settings.message_queue
-    users = lib.names_in(infra._ctl_ok("-q", "list_users").splitlines())
+    users = lib.names_in(infra._ctl_ok("-q", "list_users", node=node).splitlines())
     for kind, grant in RABBIT_GRANTS.items():
         user = envs[kind]["PHOENIX__MESSAGE_QUEUE__USERNAME"]
         password = envs[kind]["PHOENIX__MESSAGE_QUEUE__PASSWORD"]
         if user not in users:
-            infra._set_password("add_user", user, password)
-        elif infra._ctl("-q", "authenticate_user", user, stdin=password + "\n")[0] != 0:
-            infra._set_password("change_password", user, password)
+            infra._set_password("add_user", user, password, node=node)
+        elif infra._ctl("-q", "authenticate_user", user, stdin=password + "\n",
+                        node=node)[0] != 0:
+            infra._set_password("change_password", user, password, node=node)
         infra._ctl_ok("set_permissions", "-p", mq.virtual_host, user, regex(grant.configure),
-                      regex(grant.write), regex(grant.read))
-        infra._ctl("-q", "clear_topic_permissions", "-p", mq.virtual_host, user)
+                      regex(grant.write), regex(grant.read), node=node)
+        infra._ctl("-q", "clear_topic_permissions", "-p", mq.virtual_host, user, node=node)
         for exchange, keys in grant.topics.items():
             infra._ctl_ok("set_topic_permissions", "-p", mq.virtual_host, user, exchange,
-                          regex(keys), ".*")
+                          regex(keys), ".*", node=node)
     lib.info(f"rabbitmq: {len(RABBIT_GRANTS)} per-process users with least permissions "
              f"on {mq.virtual_host} ({', '.join(RABBIT_GRANTS)})")
 
 
-def apply_redis(settings: Settings, envs: Mapping[str, Mapping[str, str]]) -> None:
-    """``ACL SETUSER`` each kind's user on the stack's Redis (as the admin connection)."""
+def apply_redis(settings: Settings, envs: Mapping[str, Mapping[str, str]],
+                redis_settings: RedisStreamsSettings | None = None) -> None:
+    """``ACL SETUSER`` each kind's user on the stack's Redis (as the admin connection), or
+    on the one node ``redis_settings`` names (Redis does not replicate ACLs: a replica
+    needs its own)."""
     from shared.redis_conn import redis_client
 
-    client = redis_client(settings.redis_streams, socket_timeout=5)
+    client = redis_client(redis_settings or settings.redis_streams, socket_timeout=5)
     try:
         for kind in REDIS_KINDS:
             user = envs[kind]["PHOENIX__REDIS_STREAMS__USERNAME"]

@@ -42,7 +42,7 @@ from scripts.lab_conf import (
     sentinel_conf,
 )
 from shared import names
-from shared.settings import Settings
+from shared.settings import RedisStreamsSettings, Settings
 
 RUN_DIR = ".run-ha"
 RABBIT_NODES = tuple(RabbitNode(f"lab-{i}", 5680 + i, 25680 + i) for i in (1, 2, 3))
@@ -316,9 +316,23 @@ def all_specs(run_dir: Path, settings: Settings, dashboard: bool) -> list[lib.Pr
         service_specs(settings, dashboard) + edge_specs(run_dir, settings)
 
 
+def provision_identities(settings: Settings, envs: dict[str, dict[str, str]]) -> None:
+    """The per-process RabbitMQ users (cluster-wide, created through lab-1) and Redis ACL
+    users on the master AND the replica (Redis does not replicate ACLs: after a failover
+    the promoted replica must know them)."""
+    from scripts import grants
+
+    grants.apply_rabbit(settings, envs, node=RABBIT_NODES[0].node)
+    db = settings.redis_streams.url.rsplit("/", 1)[-1] or "0"
+    for port in (REDIS_MASTER, REDIS_REPLICA):
+        grants.apply_redis(settings, envs, RedisStreamsSettings(
+            url=f"redis://{LOOPBACK}:{port}/{db}"))
+    lib.info(f"redis: per-process ACL users on {REDIS_MASTER} and {REDIS_REPLICA}")
+
+
 def up(settings: Settings, run_dir: Path, dashboard: bool, only_infra: bool,
        wait_healthy: Callable[[Path, Sequence[lib.ProcSpec], float], bool],
-       health_timeout: float) -> int:
+       health_timeout: float, env_file: Path | None = None) -> int:
     for binary in ("nginx", "prometheus", "redis-server", "rabbitmq-server"):
         package = {"prometheus": "prometheus", "redis-server": "redis-sentinel",
                    "rabbitmq-server": "rabbitmq-server"}.get(binary, binary)
@@ -332,11 +346,18 @@ def up(settings: Settings, run_dir: Path, dashboard: bool, only_infra: bool,
         return 1
     fresh = not supervise.answering(run_dir)
     write_configs(run_dir, settings, fresh)
-    specs = all_specs(run_dir, settings, dashboard)
+    from scripts import provision
+
+    # each process with its own broker user, Redis user and signing keys, as scripts/up
+    envs = provision.provision_users(settings, env_file, rabbit=False, redis_acl=False) \
+        if env_file is not None else {}
+    specs = provision.with_identities(all_specs(run_dir, settings, dashboard), envs)
     lib.section("brokers (HA lab)")
     try:
         lib.info(supervise.start_daemon(run_dir, specs))
         start_brokers(run_dir, settings)
+        if envs:
+            provision_identities(settings, envs)
     except (infra.InfraError, supervise.SupervisorError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -210,7 +210,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.ha:
         return lab.up(settings, run_dir, dashboard=not args.no_dashboard,
                       only_infra=args.only_infra, wait_healthy=wait_healthy,
-                      health_timeout=args.health_timeout)
+                      health_timeout=args.health_timeout, env_file=env_file)
 
     lib.section("brokers")
     try:

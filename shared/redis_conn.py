@@ -66,8 +66,10 @@ def redis_client(settings: RedisStreamsSettings, **options: Any) -> redis.Redis:
         for key in ("host", "port", "unix_socket_path"):
             opts.pop(key, None)
         sentinel_opts = {k: v for k, v in opts.items()
-                         if k in ("socket_timeout", "socket_connect_timeout", "username",
-                                  "password", "ssl", "ssl_ca_certs", "ssl_certfile",
+                         # not the data user's credentials: Sentinels have their own
+                         # (none in the lab), and an unknown user is refused there
+                         if k in ("socket_timeout", "socket_connect_timeout",
+                                  "ssl", "ssl_ca_certs", "ssl_certfile",
                                   "ssl_keyfile")}
         sentinel = Sentinel(_sentinel_addresses(settings), sentinel_kwargs=sentinel_opts)
         opts.setdefault("retry", Retry(ExponentialBackoff(**SENTINEL_BACKOFF),
