@@ -325,7 +325,10 @@ def test_compose_ha_has_no_single_broker() -> None:
     init = services["kafka-init"]["command"][0]
     assert "--replication-factor 3" in init and "min.insync.replicas=2" in init
     # Redis: a replica of the master, three Sentinels with quorum 2
-    assert services["redis-2"]["command"][-3:] == ["--replicaof", "redis-1", "6379"]
+    command = services["redis-2"]["command"]
+    at = command.index("--replicaof")
+    assert command[at:at + 3] == ["--replicaof", "redis-1", "6379"]
+    assert "--masterauth" in command  # the master's default user has a password
     sentinel = services["sentinel-1"]["command"][0]
     assert "sentinel monitor phoenix95 redis-1 6379 2" in sentinel
     # every Phoenix process reaches every node of each broker
@@ -380,10 +383,18 @@ def test_compose_runs_each_process_with_its_own_identity(kind: str) -> None:
             if key.startswith("PHOENIX__SECURITY__VERIFY_KEYS__"):
                 caller = key.rsplit("__", 1)[1].lower()
                 assert str(env[key]).startswith("${" + identities.verify_env(proc, caller))
-    rabbit = services["rabbitmq"]["environment"]
-    assert {provision.mq_password_env(k) for k in grants.RABBIT_KINDS} <= set(rabbit)
-    assert "/phoenix95/start.sh" in services["redis"]["entrypoint"]
-    assert "PHOENIX95_REDIS_ADMIN_PASSWORD" in services["redis"]["environment"]
+    # the HA file runs three RabbitMQ nodes and a Redis master + replica: each of them
+    # creates the users (RabbitMQ's are cluster-wide; Redis does not replicate ACLs)
+    rabbits = [n for n in ("rabbitmq", "rabbitmq-1", "rabbitmq-2", "rabbitmq-3") if n in services]
+    redises = [n for n in ("redis", "redis-1", "redis-2") if n in services]
+    assert rabbits and redises
+    for name in rabbits:
+        rabbit = services[name]["environment"]
+        assert {provision.mq_password_env(k) for k in grants.RABBIT_KINDS} <= set(rabbit)
+        assert any("users.tsv" in str(v) for v in services[name]["volumes"])
+    for name in redises:
+        assert "/phoenix95/start.sh" in services[name]["entrypoint"]
+        assert "PHOENIX95_REDIS_ADMIN_PASSWORD" in services[name]["environment"]
 
 
 def test_compose_broker_users_and_redis_acls_are_the_generated_ones() -> None:

@@ -550,7 +550,7 @@ def test_shutdown_stops_a_tier_at_once_and_the_tiers_in_reverse_start_order(
     try:
         supervise.start_daemon(run_dir, specs)
         supervise.start_programs(run_dir, ["broker", "alpha", "beta"])
-        wait_for(lambda: log.exists() and log.read_text().count("ready") == 3, "3 ready")
+        wait_for(lambda: log.exists() and log.read_text().count("ready") == 3, what="3 ready")
     finally:
         supervise.shutdown(run_dir, timeout=60)
 

@@ -81,12 +81,12 @@ def test_health_watch_and_daily_summary_run_on_the_leading_notify_only(
     from tests.support.leases import FakeLease
 
     outbox, monitor = FakeOutbox(), HealthMonitor()
-    svc = worker_factory(NotifyService, alerts=Alerts(outbox, AlertPolicy("quiet")),  # type: ignore[arg-type]
+    svc = worker_factory(NotifyService, alerts=Alerts(outbox, AlertPolicy("quiet"), MemoryLatch()),  # type: ignore[arg-type]
                          monitor=monitor, leader=FakeLease(leading))
 
     svc.watch_health()
     svc.daily_summary()
 
     assert monitor.checked == (1 if leading else 0)
-    assert [t for _, t in outbox.items] == (["risk is down: HTTP 503", "summary"]
+    assert [t for _, t, _ in outbox.items] == (["risk is down: HTTP 503", "summary"]
                                             if leading else [])
