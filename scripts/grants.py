@@ -125,17 +125,19 @@ def regex(patterns: Iterable[str]) -> str:
 
 P = "phoenix95:"
 AUTH_FAILURES = P + "authfail:*"
+LEADERS = names.LEADER_KEY_PREFIX + "*"
 REDIS_WRITES: dict[str, tuple[str, ...]] = {
     "feed": (P + "state:*", names.MARKET_STREAM, names.TRADE_STREAM),
     # trading_state: brain's intake script reads it, and Redis checks a script's keys for
     # write too; risk keeps the real state (its database) and re-checks every intent
     "brain": (P + "idem:*", P + "rate:*", AUTH_FAILURES, names.SIGNAL_STREAM,
               names.MARKET_STREAM, names.TRADE_STREAM, names.TRADING_STATE_KEY),
+    # + LEADERS: the leases of the duties that run on one instance (shared/leader.py)
     "risk": (P + "risk:*", names.TRADING_STATE_KEY, AUTH_FAILURES, names.RISK_STREAM,
-             names.MARKET_STREAM, names.TRADE_STREAM),
-    "execute": (P + "lock:*", P + "execute:*", AUTH_FAILURES, names.TRADE_STREAM),
-    "notify": (P + "notify:*", names.ALERT_OUTBOX_STREAM, AUTH_FAILURES),
-    "telegram": (P + "telegram:*", names.ALERT_OUTBOX_STREAM),
+             names.MARKET_STREAM, names.TRADE_STREAM, LEADERS),
+    "execute": (P + "lock:*", P + "execute:*", AUTH_FAILURES, names.TRADE_STREAM, LEADERS),
+    "notify": (P + "notify:*", names.ALERT_OUTBOX_STREAM, AUTH_FAILURES, LEADERS),
+    "telegram": (P + "telegram:*", names.ALERT_OUTBOX_STREAM, LEADERS),
     "dashboard": (),
 }
 
