@@ -22,6 +22,7 @@ from pydantic import ValidationError
 from dashboard.candles import CandleBook
 from dashboard.rows import Position, ServiceHealth, StreamEntry, describe_error
 from shared import names
+from shared.health import not_ready_reason
 from shared.lag import Lag
 from shared.records import Record
 from shared.redis_conn import redis_client
@@ -169,7 +170,8 @@ def check_one(service: str, url: str, timeout: float = 1.0) -> ServiceHealth:
             return ServiceHealth(service, url, 200 <= resp.status < 300, status, latency)
     except urllib.error.HTTPError as exc:
         latency = (time.perf_counter() - started) * 1000
-        return ServiceHealth(service, url, False, _not_ready(exc) or f"HTTP {exc.code}", latency)
+        return ServiceHealth(service, url, False, not_ready_reason(exc) or f"HTTP {exc.code}",
+                             latency)
     except (OSError, ValueError) as exc:
         reason = getattr(exc, "reason", exc)
         return ServiceHealth(service, url, False, f"down ({reason})")
@@ -182,17 +184,6 @@ def check_health(urls: dict[str, str], timeout: float = 1.0) -> list[ServiceHeal
     with ThreadPoolExecutor(max_workers=len(urls)) as pool:
         futures = [pool.submit(check_one, s, u, timeout) for s, u in urls.items()]
         return [f.result() for f in futures]
-
-
-def _not_ready(exc: urllib.error.HTTPError) -> str:
-    """A 503 from ``/ready`` names its failing checks."""
-    try:
-        parsed = json.loads(exc.read(4096))
-    except (OSError, ValueError):
-        return ""
-    if isinstance(parsed, dict) and isinstance(parsed.get("failing"), list):
-        return "not ready: " + ", ".join(map(str, parsed["failing"]))
-    return ""
 
 
 def health_urls(host: str, ports: dict[str, int]) -> dict[str, str]:

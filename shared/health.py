@@ -20,7 +20,9 @@ Checks (each a :class:`Check`, bounded by short timeouts so a probe answers with
 
 from __future__ import annotations
 
+import json
 import logging
+import urllib.error
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -253,3 +255,15 @@ class ReadinessProbe(DependencyProvider):
 
     def get_dependency(self, worker_ctx: Any) -> ReadinessChecks:
         return self.checks
+
+
+def not_ready_reason(exc: urllib.error.HTTPError) -> str:
+    """What a 503 from a ``/ready`` names as failing (``not ready: redis, consumers``);
+    empty when the body says nothing usable (the caller then shows the status code)."""
+    try:
+        parsed = json.loads(exc.read(4096))
+    except (OSError, ValueError):
+        return ""
+    if isinstance(parsed, dict) and isinstance(parsed.get("failing"), list):
+        return "not ready: " + ", ".join(map(str, parsed["failing"]))
+    return ""

@@ -297,26 +297,25 @@ class TelemetryWriter:
 
     def _drop(self, sink: str, reason: str, exc: Exception | None) -> None:
         TELEMETRY_DROPPED.labels(sink, reason).inc()
-        if exc is not None:
-            TELEMETRY_ERRORS.labels(sink).inc()
-        with self._lock:
-            first = sink not in self._errors
-            if first or exc is not None:
-                self._errors[sink] = str(exc) if exc is not None else "paused after a failure"
-            self._dropped[sink] = self._dropped.get(sink, 0) + 1
-        if first:
+        if self._mark_failing(sink, exc, dropped=True):
             log.error("telemetry sink %s failing, dropping its records until it recovers "
                       "(%s: %s)", sink, reason, exc)
 
-    def _failing(self, sink: str, exc: Exception | None) -> None:
-        """The sink failed but nothing was lost (the record is held)."""
+    def _mark_failing(self, sink: str, exc: Exception | None, dropped: bool) -> bool:
+        """Record the sink's failure (and a dropped record); True on the outage's first."""
         if exc is not None:
             TELEMETRY_ERRORS.labels(sink).inc()
         with self._lock:
             first = sink not in self._errors
             if first or exc is not None:
                 self._errors[sink] = str(exc) if exc is not None else "paused after a failure"
-        if first:
+            if dropped:
+                self._dropped[sink] = self._dropped.get(sink, 0) + 1
+        return first
+
+    def _failing(self, sink: str, exc: Exception | None) -> None:
+        """The sink failed but nothing was lost (the record is held)."""
+        if self._mark_failing(sink, exc, dropped=False):
             log.error("telemetry sink %s failing, holding its records until it recovers "
                       "(%s)", sink, exc)
 

@@ -5,7 +5,6 @@ here; the service wires it."""
 from __future__ import annotations
 
 import datetime as dtm
-import json
 import math
 import time
 import urllib.error
@@ -19,6 +18,7 @@ import redis
 from prometheus_client import Counter, Gauge
 
 from nameko_services.notify.commands import fmt_money, pnl_summary
+from shared.health import not_ready_reason
 from shared.lag import Lag
 from shared.names import NOTIFY_STALE_PREFIX
 from shared.state import ACCOUNT_STALE, MARKET_STALE
@@ -119,19 +119,10 @@ def http_health(url: str, timeout: float = 3.0) -> tuple[bool, str]:
         with urllib.request.urlopen(url, timeout=timeout) as resp:
             return 200 <= resp.status < 300, f"HTTP {resp.status}"
     except urllib.error.HTTPError as exc:
-        return False, _not_ready(exc) or f"HTTP {exc.code}"
+        return False, not_ready_reason(exc) or f"HTTP {exc.code}"
     except (OSError, ValueError) as exc:
         return False, str(getattr(exc, "reason", exc))
 
-
-def _not_ready(exc: urllib.error.HTTPError) -> str:
-    try:
-        parsed = json.loads(exc.read(4096))
-    except (OSError, ValueError):
-        return ""
-    if isinstance(parsed, dict) and isinstance(parsed.get("failing"), list):
-        return "not ready: " + ", ".join(map(str, parsed["failing"]))
-    return ""
 
 
 def broker_health(lags: Iterable[Lag]) -> dict[str, tuple[bool, str]]:

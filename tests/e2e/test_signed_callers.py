@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import time
 import uuid
 from decimal import Decimal
 from typing import Any
@@ -20,11 +19,11 @@ from shared.names import (
     SIGNALS_EXCHANGE,
     TRADE_KEY,
     TRADE_QUEUE,
-    kombu_dead_letter_queue,
     kombu_exchange,
 )
 from shared.settings import Settings
 from shared.signed_rpc import cluster_proxy
+from tests.support.dead_letters import take_dead_letter
 
 pytestmark = pytest.mark.e2e
 
@@ -56,25 +55,8 @@ def brain_uri(settings: Settings) -> str:
 
 def _dead_letter(settings: Settings, queue: str, signal_id: str) -> Any:
     """Take the dead letter of ``signal_id`` from ``queue``.dlq (others are put back)."""
-    found, held = None, []
-    deadline = time.monotonic() + 30
     with Connection(settings.message_queue.amqp_uri) as admin:  # operator: reads the DLQ
-        dlq = kombu_dead_letter_queue(queue)(admin.channel())
-        dlq.declare()
-        try:
-            while found is None and time.monotonic() < deadline:
-                msg = dlq.get(no_ack=False)
-                if msg is None:
-                    time.sleep(0.2)
-                elif msg.payload.get("signal_id") == signal_id:
-                    found = msg
-                    msg.ack()
-                else:
-                    held.append(msg)
-        finally:
-            for msg in held:
-                msg.requeue()
-    return found
+        return take_dead_letter(admin, queue, lambda p: p.get("signal_id") == signal_id)
 
 
 def _intent(exchange: Any) -> dict[str, Any]:
