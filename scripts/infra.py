@@ -11,13 +11,14 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from scripts import lib
+from scripts import lib, local_brokers
 from shared import names
 from shared.settings import RedisStreamsSettings, Settings
 
@@ -79,6 +80,20 @@ def _ensure_server(
     lib.info(f"{broker}: started by up at {host}:{port}")
 
 
+def _start_private(broker: str, host: str, port: int, run_dir: Path) -> None:
+    """A server of this stack alone on a non-standard local port (scripts/local_brokers.py)."""
+    binary = {"redis": "redis-server", "rabbitmq": "rabbitmq-server"}[broker]
+    if shutil.which(binary) is None and not _apt_install(binary):
+        raise InfraError(f"{broker} is not running on {host}:{port} and {binary} is not "
+                         f"installed. Start it with:\n  {DOCKER_HINTS[broker]}")
+    lib.info(f"{broker}: not reachable at {host}:{port}; starting a private one in {run_dir}")
+    try:
+        what = local_brokers.start_private(broker, host, port, run_dir)
+    except (RuntimeError, OSError, subprocess.TimeoutExpired) as exc:
+        raise InfraError(f"{broker}: {exc}") from None
+    lib.info(f"{broker}: {what} started by up at {host}:{port} (down stops it)")
+
+
 # --------------------------------------------------------------------------- RabbitMQ
 
 
@@ -89,58 +104,63 @@ def load_definitions(path: Path = DEFINITIONS) -> dict[str, Any]:
 
 def ensure_rabbitmq(settings: Settings, run_dir: Path) -> None:
     mq = settings.message_queue
-    _ensure_server("rabbitmq", mq.host, mq.port, "rabbitmq-server",
-                   ["rabbitmq-server", "-detached"], "rabbitmq-server", run_dir)
+    if not lib.tcp_open(mq.host, mq.port) and \
+            local_brokers.is_private_port("rabbitmq", mq.host, mq.port):
+        _start_private("rabbitmq", mq.host, mq.port, run_dir)
+    else:
+        _ensure_server("rabbitmq", mq.host, mq.port, "rabbitmq-server",
+                       ["rabbitmq-server", "-detached"], "rabbitmq-server", run_dir)
     if lib.is_local_host(mq.host) and shutil.which("rabbitmqctl"):
-        ensure_rabbit_account(settings)
+        ensure_rabbit_account(settings, local_brokers.rabbit_node(run_dir))
     else:
         lib.info("rabbitmq: rabbitmqctl not available locally; vhost/user must already exist")
     declare_topology(settings)
 
 
-def _ctl(*args: str, stdin: str | None = None) -> tuple[int, str]:
-    return lib.run_quiet(["rabbitmqctl", *args], timeout=60, stdin=stdin)
+def _ctl(node: str | None, *args: str, stdin: str | None = None) -> tuple[int, str]:
+    return local_brokers.ctl(node, *args, stdin=stdin)
 
 
-def _ctl_ok(*args: str) -> str:
-    code, out = _ctl(*args)
+def _ctl_ok(node: str | None, *args: str) -> str:
+    code, out = _ctl(node, *args)
     if code != 0:
         raise InfraError(f"rabbitmqctl {args[0]} failed ({code}): {out.strip()}")
     return out
 
 
-def _set_password(action: str, username: str, password: str) -> None:
+def _set_password(node: str | None, action: str, username: str, password: str) -> None:
     """``add_user``/``change_password``, the password on stdin (not visible in ``ps``)."""
-    code, out = _ctl("-q", action, username, stdin=password + "\n")
+    code, out = _ctl(node, "-q", action, username, stdin=password + "\n")
     if code != 0:  # rabbitmqctl too old to read the password from stdin
-        code, out = _ctl("-q", action, username, password)
+        code, out = _ctl(node, "-q", action, username, password)
     if code != 0:
         raise InfraError(f"rabbitmqctl {action} {username} failed ({code}): {out.strip()}")
 
 
-def ensure_rabbit_account(settings: Settings) -> None:
-    """Create the vhost and user (or reset its password) and grant full permissions."""
+def ensure_rabbit_account(settings: Settings, node: str | None = None) -> None:
+    """Create the vhost and user (or reset its password) and grant full permissions
+    (on ``node``, the stack's private RabbitMQ node, when it has one)."""
     mq = settings.message_queue
     password = mq.password.get_secret_value()
     # The node may still be booting right after rabbitmq-server -detached.
     for _ in range(30):
-        code, _out = _ctl("-q", "await_startup")
+        code, _out = _ctl(node, "-q", "await_startup")
         if code == 0:
             break
         time.sleep(1)
-    vhosts = lib.names_in(_ctl_ok("-q", "list_vhosts", "name").splitlines())
+    vhosts = lib.names_in(_ctl_ok(node, "-q", "list_vhosts", "name").splitlines())
     if mq.virtual_host not in vhosts:
-        _ctl_ok("add_vhost", mq.virtual_host)
+        _ctl_ok(node, "add_vhost", mq.virtual_host)
         lib.info(f"rabbitmq: created vhost {mq.virtual_host}")
-    users = lib.names_in(_ctl_ok("-q", "list_users").splitlines())
+    users = lib.names_in(_ctl_ok(node, "-q", "list_users").splitlines())
     if mq.username not in users:
-        _set_password("add_user", mq.username, password)
+        _set_password(node, "add_user", mq.username, password)
         lib.info(f"rabbitmq: created user {mq.username}")
-    elif _ctl("-q", "authenticate_user", mq.username, stdin=password + "\n")[0] != 0:
-        _set_password("change_password", mq.username, password)
+    elif _ctl(node, "-q", "authenticate_user", mq.username, stdin=password + "\n")[0] != 0:
+        _set_password(node, "change_password", mq.username, password)
         lib.info(f"rabbitmq: password of {mq.username} reset to the configured one "
                  "(clients using another password must reconnect with this one)")
-    _ctl_ok("set_permissions", "-p", mq.virtual_host, mq.username, ".*", ".*", ".*")
+    _ctl_ok(node, "set_permissions", "-p", mq.virtual_host, mq.username, ".*", ".*", ".*")
     lib.info(f"rabbitmq: user {mq.username} has full permissions on {mq.virtual_host}")
 
 
@@ -192,7 +212,7 @@ def stop_rabbitmq(run_dir: Path) -> None:
     marker = started_marker(run_dir, "rabbitmq")
     if not marker.exists():
         return
-    code, out = lib.run_quiet(["rabbitmqctl", "stop"], timeout=60)
+    code, out = local_brokers.stop_rabbit(local_brokers.rabbit_node(run_dir))
     lib.info("rabbitmq: stopped (started by up)" if code == 0 else
              f"rabbitmq: rabbitmqctl stop failed: {out.strip()}")
     marker.unlink(missing_ok=True)
@@ -210,12 +230,15 @@ def _redis_host_port(url: str) -> tuple[str, int]:
 
 def ensure_redis(settings: Settings, run_dir: Path) -> None:
     host, port = _redis_host_port(settings.redis_streams.url)
-    _ensure_server(
-        "redis", host, port, "redis-server",
-        ["redis-server", "--daemonize", "yes", "--bind", "127.0.0.1", "--port", str(port),
-         "--save", "", "--appendonly", "no"],
-        "redis-server", run_dir,
-    )
+    if not lib.tcp_open(host, port) and local_brokers.is_private_port("redis", host, port):
+        _start_private("redis", host, port, run_dir)
+    else:
+        _ensure_server(
+            "redis", host, port, "redis-server",
+            ["redis-server", "--daemonize", "yes", "--bind", "127.0.0.1", "--port", str(port),
+             "--save", "", "--appendonly", "no"],
+            "redis-server", run_dir,
+        )
     create_consumer_groups(settings.redis_streams)
 
 
