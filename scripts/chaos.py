@@ -4,8 +4,9 @@ For each scenario and run: flatten, start a burst of alerts over the five symbol
 the fault at a random moment of the burst (kill -9 of a service, the exchange failing 30 %
 of requests for 20 s, AMQP connections closed, Kafka down for 30 s, a RabbitMQ app restart
 and a Redis restart of the stack's private brokers; the last two restart the machine's shared
-brokers only with ``--destructive``), then check the invariants (scripts/chaos_checks.py) and print a table. Exits 1 if any
-invariant failed. The environment selects the stack exactly as for ``scripts/status``.
+brokers only with ``--destructive``), then check the invariants (scripts/chaos_checks.py)
+and print a table. Exits 1 if any invariant failed. The environment selects the stack
+exactly as for ``scripts/status``.
 
     scripts/chaos [--runs N] [--scenarios a,b] [--size small|full] [--destructive]
                   [--json PATH] [--seed N]

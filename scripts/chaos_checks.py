@@ -63,7 +63,12 @@ def outcome_of(rec: Record) -> str | None:
 def terminal(records: list[tuple[str, Record]]) -> list[str]:
     """The distinct outcomes (a redelivered message repeating one is not a second one)."""
     found = [outcome_of(r) for _, r in records]
-    return list(dict.fromkeys(o for o in found if o is not None and o != DUPLICATE_REPLAY))
+    distinct = list(dict.fromkeys(o for o in found if o is not None and o != DUPLICATE_REPLAY))
+    if not distinct and DUPLICATE_REPLAY in found:
+        # "already executed" alone: the worker that traded it was killed before reporting,
+        # reconciliation booked its filled entry under this signal, the redelivery said so
+        return [TRADED]
+    return distinct
 
 
 def wait_outcomes(of: Callable[[set[str]], dict[str, list[tuple[str, Record]]]],

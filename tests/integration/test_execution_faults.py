@@ -171,6 +171,32 @@ def test_late_redelivery_of_an_intent_already_sent_is_completed_not_expired(engi
     assert len(_algo(engine)) == 2 and _buys(engine) == 1
 
 
+class _Killed(BaseException):
+    """kill -9 between the exchange's answers and the book's write."""
+
+
+def test_redelivery_after_a_kill_that_left_entry_and_both_brackets_is_completed(
+        engine, make_engine, monkeypatch):
+    # chaos kill-execute: the dying worker had sent the entry and both legs; the redelivered
+    # intent found both legs open, had nothing left to send and died on an empty batch
+    # (IndexError), so the intent was dead-lettered without an outcome
+    it = intent()
+
+    def killed(*args: Any, **kwargs: Any) -> None:
+        raise _Killed
+
+    monkeypatch.setattr(engine.store, "book", killed)
+    with pytest.raises(_Killed):
+        engine.open(it)
+    assert len(_algo(engine)) == 2 and _buys(engine) == 1
+
+    outcome = make_engine().open(it)
+
+    assert outcome.status == "opened"
+    assert outcome.details["stop_loss_armed"] and outcome.details["take_profit_armed"]
+    assert len(_algo(engine)) == 2 and _buys(engine) == 1  # nothing sent twice
+
+
 # --- 5. the lock is a lease kept while working; refusals that are not failures ---
 
 def test_symbol_lock_is_extended_while_the_work_goes_on():

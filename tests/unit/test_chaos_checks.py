@@ -36,6 +36,14 @@ def test_a_redelivery_repeating_an_outcome_is_not_a_second_one() -> None:
     assert terminal([*same, rec("trade_failed", reason="x")]) == ["traded", "failed:x"]
 
 
+def test_already_executed_alone_is_the_traded_outcome_of_a_killed_worker() -> None:
+    # kill-execute: the entry filled, execute died before reporting it, reconciliation
+    # adopted it under this signal, and the redelivery reported "duplicate"
+    assert terminal([rec("entry_filled", status="duplicate")]) == ["traded"]
+    assert terminal([rec("trade_failed", reason="x"), rec("entry_filled", status="duplicate")]
+                    ) == ["failed:x"]
+
+
 def test_protection_needs_both_legs_on_the_closing_side_for_the_whole_quantity() -> None:
     legs = [algo("STOP_MARKET", "SELL", "0.5"), algo("TAKE_PROFIT_MARKET", "SELL", "0.5")]
 
