@@ -171,6 +171,19 @@ def test_late_redelivery_of_an_intent_already_sent_is_completed_not_expired(engi
     assert len(_algo(engine)) == 2 and _buys(engine) == 1
 
 
+def test_a_killed_lock_holder_blocks_its_symbol_for_at_most_ten_seconds():
+    # nothing releases the lease of a kill -9'd worker: its TTL is how long the position it
+    # may have just opened waits for reconciliation (the protection bar is 10 s)
+    from shared.names import SYMBOL_LOCK_PREFIX
+
+    client = redis.Redis.from_url(EXEC_REDIS_URL)
+    symbol = f"T{uuid.uuid4().hex[:8]}"
+    with SymbolLock(client).hold(symbol):
+        ttl_ms = client.pttl(SYMBOL_LOCK_PREFIX + symbol)
+
+    assert 0 < ttl_ms <= 10_000
+
+
 class _Killed(BaseException):
     """kill -9 between the exchange's answers and the book's write."""
 
