@@ -10,18 +10,18 @@ import logging
 from typing import Any
 
 import redis
-from confluent_kafka import Producer
 from eventlet import tpool
 from kombu import Queue
 from nameko.amqp.publish import Publisher, UndeliverableMessage
 from nameko.extensions import DependencyProvider
 
+from shared.kafka_producer import recovering_producer
 from shared.models import _Message
 from shared.names import kombu_exchange
 from shared.redis_conn import redis_client
 from shared.settings import Settings, get_settings
 from shared.state import StateReader
-from shared.telemetry import TelemetryWriter, kafka_producer_config, make_telemetry_redis
+from shared.telemetry import TelemetryWriter, make_telemetry_redis
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +55,7 @@ class Telemetry(DependencyProvider):
         self.writer = TelemetryWriter(
             settings,
             make_telemetry_redis(settings),
-            Producer(kafka_producer_config(settings)),
+            recovering_producer(settings),
             run_blocking=tpool.execute,
             spawn=self.container.spawn_managed_thread,
         )

@@ -8,9 +8,9 @@ import signal
 import sys
 from typing import Any
 
+from shared.kafka_producer import recovering_producer
 from shared.redis_conn import redis_client
 from shared.settings import Settings, settings_or_exit
-from shared.telemetry import kafka_producer_config
 
 from .engine import Feed
 
@@ -18,9 +18,8 @@ log = logging.getLogger("phoenix95.feed")
 
 
 def make_producer(settings: Settings) -> Any:
-    """A Kafka producer that reports an outage once, not on every reconnect attempt."""
-    from confluent_kafka import Producer
-
+    """A Kafka producer that reports an outage once, not on every reconnect attempt, and
+    is replaced when it can no longer deliver (shared/kafka_producer.py)."""
     reported: list[str] = []
 
     def on_error(err: Any) -> None:
@@ -29,8 +28,8 @@ def make_producer(settings: Settings) -> Any:
             log.error("kafka unavailable (records to Redis continue): %s", err)
 
     # librdkafka's own log repeats every failed connect to stderr: error_cb reports it once
-    return Producer({**kafka_producer_config(settings), "client.id": "phoenix95-feed",
-                     "error_cb": on_error, "log_level": 2})
+    return recovering_producer(settings, **{"client.id": "phoenix95-feed",
+                                            "error_cb": on_error, "log_level": 2})
 
 
 async def serve(settings: Settings) -> None:
