@@ -147,10 +147,12 @@ class RiskDesk:
         prices = {**self.feed.prices(), intent.symbol: price}
         equity = account.equity_at(prices)
         positions = self.open_positions(account, prices)
-        # a reservation filled before the account's heartbeat is in the positions by now:
-        # execute reports the fill after its stop and take-profit, the feed sees it at once
+        # a reservation filled before the account's heartbeat is counted by the positions
+        # once they show its symbol; until then (the fill's event can come after the
+        # heartbeat, e.g. while the exchange fails requests) the reservation still counts
         as_of = account.as_of_ms
-        reserved = self.reservations.totals(intent.signal_id, as_of)
+        reserved = self.reservations.totals(intent.signal_id, as_of,
+                                            frozenset(p.symbol for p in positions))
         view = self.ledger.view()
         drawdown = Decimal(0)
         if view is not None and view.peak_equity > 0:
