@@ -145,7 +145,7 @@ def run_once(stack: Stack, rpc: Any, scenario: str, run: int, size: str,
                                     f"{s.confidence}, alert {s.alert_id}): no outcome")
             elif len(found) > 1:
                 verdict.multi.append(f"signal {s.signal_id} ({s.symbol}): {found}")
-        check_orders(stack, burst.sent, outcomes, verdict)
+        check_orders(stack, burst.sent, outcomes, verdict, burst.strategy)
         check_book(stack, rpc, verdict)
         check_orphans(stack, verdict)
         risk_state = str(rpc.risk.status().get("state"))

@@ -20,9 +20,9 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
+from nameko_services.execute.engine import bracket_ids
 from scripts.chaos_faults import Stack
 from scripts.chaos_load import Sent
-from shared.exchange import client_order_id
 from shared.records import Record
 
 PROTECT_LIMIT_S = 10.0
@@ -142,8 +142,13 @@ def watch_protection(stack: Stack, fault_end: float, settled: Callable[[], bool]
                                        f"after {waited:.1f}s (open algos: {legs})")
 
 
+def sent_ids(s: Sent, strategy: str) -> dict[str, str]:
+    """The client ids execute derives for an alert (scoped by strategy and symbol)."""
+    return bracket_ids(f"{strategy}|{s.symbol}|id:{s.alert_id}")
+
+
 def check_orders(stack: Stack, sent: list[Sent], outcomes: dict[str, list[str]],
-                 verdict: Verdict) -> None:
+                 verdict: Verdict, strategy: str) -> None:
     listed = stack.paper("GET", "/paper/orders")
     ids = [o["clientOrderId"] for o in listed["orders"]] + \
         [a["clientAlgoId"] for a in listed["algoOrders"]]
@@ -157,10 +162,11 @@ def check_orders(stack: Stack, sent: list[Sent], outcomes: dict[str, list[str]],
     for s in sent:
         if not s.signal_id:
             continue
-        entry = by_cid.get(client_order_id("p95e", f"id:{s.alert_id}"))
+        cids = sent_ids(s, strategy)
+        entry = by_cid.get(cids["entry"])
         filled = entry is not None and Decimal(entry["executedQty"]) > 0
         traded = TRADED in outcomes.get(s.signal_id, [])
-        flattened = by_cid.get(client_order_id("p95x", f"id:{s.alert_id}"))
+        flattened = by_cid.get(cids["emergency"])
         if filled and not traded and flattened is not None and \
                 Decimal(flattened["executedQty"]) == Decimal(entry["executedQty"]):  # type: ignore[index]
             continue  # failed after the fill and closed at once by execute's emergency order
