@@ -20,11 +20,13 @@ from __future__ import annotations
 import logging
 import time
 import traceback
+from functools import partial
 from typing import Any
 
 import redis
 from kombu.message import Message
 from nameko.amqp.publish import Publisher
+from nameko.exceptions import ContainerBeingKilled
 from nameko.messaging import Consumer
 from sqlalchemy.exc import DBAPIError, OperationalError
 
@@ -157,6 +159,25 @@ class DurableConsumer(Consumer):
             log.exception("dead-letter alert not delivered: %s", text)
 
 
+class DeadLetterConsumer(DurableConsumer):
+    """A durable consumer of dead letters: the handler gets ``(body, reason)``, the reason
+    the message was dead-lettered for (``x-phoenix-error``, or RabbitMQ's own x-death)."""
+
+    def handle_message(self, body: Any, message: Message) -> None:
+        headers = message.headers or {}
+        reason = str(headers.get(ERROR_HEADER) or "")
+        if not reason:
+            deaths = headers.get("x-death") or [{}]
+            reason = f"dead-lettered by RabbitMQ ({deaths[0].get('reason', 'unknown')})"
+        handle_result = partial(self.handle_result, message)
+        try:
+            self.container.spawn_worker(self, (body, reason), {},
+                                        context_data=self.unpack_message_headers(message),
+                                        handle_result=handle_result)
+        except ContainerBeingKilled:
+            self.queue_consumer.requeue_message(message)
+
+
 def _signal_id(message: Message) -> str:
     try:
         payload = message.payload
@@ -166,3 +187,4 @@ def _signal_id(message: Message) -> str:
 
 
 durable_consume = DurableConsumer.decorator
+dead_letter_consume = DeadLetterConsumer.decorator

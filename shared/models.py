@@ -25,6 +25,13 @@ class _Message(BaseModel):
         return self.model_dump(mode="json")
 
 
+def scoped_key(strategy: str, symbol: str, idempotency_key: str) -> str:
+    """An alert's idempotency scope: the same alert id in another strategy or on another
+    symbol is another trade. Brain dedups on it (for ``IDEMPOTENCY_WINDOW_S``) and
+    execute derives every client order id from it, so both agree on what a repeat is."""
+    return f"{strategy}|{symbol}|{idempotency_key}"
+
+
 class Signal(_Message):
     """A TradingView alert that passed intake: authenticated, validated, normalised."""
 
@@ -40,6 +47,10 @@ class Signal(_Message):
     interval: str = ""
     alert_time: datetime | None = None
     received_at: datetime
+
+    @property
+    def scoped_key(self) -> str:
+        return scoped_key(self.strategy, self.symbol, self.idempotency_key)
 
 
 class Analysis(_Message):
@@ -79,6 +90,10 @@ class TradeIntent(_Message):
     margin: Decimal
     strategy: str = "default"
     received_at: datetime | None = None  # when the webhook arrived (end-to-end latency)
+
+    @property
+    def scoped_key(self) -> str:
+        return scoped_key(self.strategy, self.symbol, self.idempotency_key)
 
 
 class RiskDecision(_Message):

@@ -30,6 +30,9 @@ TRADE_QUEUE: Final = "trade_execution"
 TRADE_KEY: Final = "trade.execute"
 RISK_ALERT_QUEUE: Final = "risk_alerts"
 RISK_ALERT_KEY: Final = "risk.alert"
+# every dead-lettered trade_execution message, a copy beside trade_execution.dlq: execute
+# writes the intent's failed outcome from it (the .dlq copy stays for scripts/dlq)
+TRADE_FAILED_QUEUE: Final = "trade_execution.failed"
 DLQ_SUFFIX: Final = ".dlq"
 # <queue>.retry holds a failed message for message_queue.retry_delay (per-message TTL),
 # then dead-letters it through the default exchange back to <queue>
@@ -42,6 +45,7 @@ QUEUE_BINDINGS: Final = {
     SIGNAL_QUEUE: (SIGNALS_EXCHANGE, "topic", SIGNAL_KEY),
     TRADE_QUEUE: (SIGNALS_EXCHANGE, "topic", TRADE_KEY),
     RISK_ALERT_QUEUE: (RISK_EXCHANGE, "direct", RISK_ALERT_KEY),
+    TRADE_FAILED_QUEUE: (DEAD_LETTER_EXCHANGE, "direct", TRADE_QUEUE),
 }
 EXCHANGE_TYPES: Final = {
     ANALYSIS_EXCHANGE: "direct",

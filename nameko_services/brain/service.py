@@ -35,6 +35,7 @@ from shared.names import (
     BRAIN,
     EVT_SIGNAL_ACCEPTED,
     EVT_SIGNAL_REJECTED,
+    IDEMPOTENCY_WINDOW_S,
     RISK,
     SIGNAL_KEY,
     SIGNAL_QUEUE,
@@ -102,7 +103,7 @@ class BrainService:
             check_secret(body, sec.webhook_secret.get_secret_value())
             authenticated = True
             signal = self._validated(body, client)
-            admission = self.gate.admit(client, signal.idempotency_key, signal.signal_id,
+            admission = self.gate.admit(client, signal.scoped_key, signal.signal_id,
                                         entry=signal.side is not None)
         except RateLimited as exc:
             return self._rate_limited(client, exc.wait)
@@ -123,8 +124,7 @@ class BrainService:
             self._rejected(reason, message, client)
             raise HttpError(423, message, reason=reason)
         if admission.verdict == "duplicate":
-            metrics.WEBHOOKS.labels("duplicate", "duplicate").inc()
-            return 200, {"status": "duplicate", "signal_id": admission.detail}
+            return self._duplicate(admission.detail)
         return self._queue(signal, started)
 
     @http("POST", "/analyze")
@@ -220,11 +220,18 @@ class BrainService:
                              headers={"Retry-After": str(wait)})
 
     def _enqueue(self, signal: Signal, started: float) -> tuple[int, dict[str, Any]]:
-        earlier = self.gate.claim(signal.idempotency_key, signal.signal_id)
+        earlier = self.gate.claim(signal.scoped_key, signal.signal_id)
         if earlier is not None:
-            metrics.WEBHOOKS.labels("duplicate", "duplicate").inc()
-            return 200, {"status": "duplicate", "signal_id": earlier}
+            return self._duplicate(earlier)
         return self._queue(signal, started)
+
+    @staticmethod
+    def _duplicate(earlier: str) -> tuple[int, dict[str, Any]]:
+        """200, not an error: TradingView retries an alert it thinks was lost."""
+        metrics.WEBHOOKS.labels("duplicate", "duplicate").inc()
+        return 200, {"status": "duplicate", "signal_id": earlier, "reason": "duplicate",
+                     "detail": "this alert id was already received for this strategy and "
+                               f"symbol within {IDEMPOTENCY_WINDOW_S // 3600} h"}
 
     def _queue(self, signal: Signal, started: float) -> tuple[int, dict[str, Any]]:
         """Publish a claimed signal durably; on failure release the claim and answer 503."""
@@ -232,7 +239,7 @@ class BrainService:
             self.bus.publish(SIGNALS_EXCHANGE, SIGNAL_KEY, signal,
                              declare=[kombu_queue(SIGNAL_QUEUE)])
         except BusError as exc:
-            self.gate.release(signal.idempotency_key, signal.signal_id)
+            self.gate.release(signal.scoped_key, signal.signal_id)
             log.error("signal %s not queued: %s", signal.signal_id, exc)
             self._rejected("queue_unavailable", str(exc))
             raise HttpError(503, "signal queue unavailable, retry later",

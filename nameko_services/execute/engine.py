@@ -73,7 +73,7 @@ class Outcome:
 def intent_ids(it: TradeIntent) -> dict[str, str]:
     """The intent's client ids: its alert id scoped by strategy and symbol, so the same
     id in two strategies (or symbols) is two trades, not a duplicate."""
-    return bracket_ids(f"{it.strategy}|{it.symbol}|{it.idempotency_key}")
+    return bracket_ids(it.scoped_key)
 
 
 def bracket_ids(idempotency_key: str) -> dict[str, str]:

@@ -15,13 +15,15 @@ from nameko.rpc import RpcProxy, rpc
 from nameko.timer import timer
 from nameko.web.handlers import http
 from prometheus_client import Counter, Histogram
+from pydantic import ValidationError
 from werkzeug.wrappers import Request, Response
 
 from nameko_services.execute import events
+from nameko_services.execute.dead_letters import dead_letter_outcome
 from nameko_services.execute.dependencies import Engine
 from nameko_services.execute.engine import ExecutionEngine, LockBusy, Outcome, is_retryable
 from nameko_services.execute.reconcile import Correction, Reconciler
-from shared.consumer import Retryable, durable_consume
+from shared.consumer import Retryable, dead_letter_consume, durable_consume
 from shared.health import ReadinessChecks, ReadinessProbe, breaker_check
 from shared.market import ExchangeUnavailable
 from shared.models import CloseRequest, RiskAlert, TradeIntent
@@ -39,6 +41,7 @@ from shared.names import (
     RISK_ALERT_QUEUE,
     RISK_EXCHANGE,
     SIGNALS_EXCHANGE,
+    TRADE_FAILED_QUEUE,
     TRADE_KEY,
     TRADE_QUEUE,
     TRADE_STREAM,
@@ -99,6 +102,30 @@ class ExecuteService:
             PIPELINE_SECONDS.observe((end - intent.received_at).total_seconds())
         ORDERS.labels(outcome.status).inc()
         self._report(outcome)
+
+    @dead_letter_consume(kombu_queue(TRADE_FAILED_QUEUE))
+    def trade_dead_lettered(self, body: Any, reason: str) -> None:
+        """A trade_execution message that ended in the DLQ (poison, retries exhausted):
+        the intent's failed outcome, once (dead_letters.py). The consumer that
+        dead-lettered it raised the DEAD_LETTER alert (with the signal id and reason);
+        no second alert here."""
+        if not isinstance(body, dict) or body.get("type") != "trade_intent":
+            log.error("dead letter without a trade intent (%s): %.200s", reason, body)
+            return
+        try:
+            intent = TradeIntent.model_validate(body)
+        except ValidationError as exc:  # poison: nothing to report it for
+            log.error("dead-lettered intent unreadable (%s): %s", reason, exc)
+            return
+        try:
+            outcome = dead_letter_outcome(self.engine, intent, reason)
+        except Exception as exc:
+            if is_retryable(exc):
+                raise Retryable(str(exc)) from exc
+            raise
+        if outcome is not None:
+            ORDERS.labels("dead_lettered").inc()
+            self._report(outcome, alert=False)
 
     def _close_requested(self, request: CloseRequest) -> None:
         try:
@@ -256,7 +283,7 @@ class ExecuteService:
             stop_loss=stop, take_profit=take, margin=quantity * price / lev.leverage,
             strategy="manual", received_at=datetime.now(UTC))
 
-    def _report(self, outcome: Outcome) -> None:
+    def _report(self, outcome: Outcome, *, alert: bool = True) -> None:
         d = outcome.details
         if outcome.status in ("opened", "duplicate"):
             self.telemetry.emit(TRADE_STREAM, Record("entry_filled", {
@@ -286,6 +313,8 @@ class ExecuteService:
             self.dispatch(EVT_TRADE_FAILED, {"type": "trade_failed",
                                              "signal_id": outcome.signal_id,
                                              "symbol": outcome.symbol, "reason": outcome.reason})
+            if not alert:
+                return
             if outcome.status == "blocked":
                 self._preflight_failed(outcome)
             else:

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import sessionmaker
 
@@ -162,6 +162,19 @@ class TradeStore:
             if exchange_id:
                 row.exchange_id = exchange_id
             return True
+
+    def end_unsent_entry(self, rec: OrderRecord, reason: str) -> bool:
+        """Record an entry that will not be sent any more as rejected with ``reason``.
+
+        True when this call ended it (new, or still pending); False when it had ended
+        before (filled, failed: its outcome is known). One conditional UPDATE, so two
+        callers cannot both end it."""
+        self.claim(rec)
+        with self._sessions.begin() as s:
+            result = s.execute(update(OrderRow).where(
+                OrderRow.client_order_id == rec.client_order_id,
+                OrderRow.status == "pending").values(status="rejected", error=reason[:2000]))
+            return bool(getattr(result, "rowcount", 0))
 
     def update_order(self, client_order_id: str, *, status: str,
                      exchange_id: str | None = None, avg_price: Decimal | None = None,

@@ -95,6 +95,13 @@ def wait_for(condition: Callable[[], Any], timeout: float = 30.0, what: str = ""
 
 @pytest.fixture
 def start_probe(tmp_path: Path) -> Iterator[Callable[..., Probe]]:
+    yield from run_probes(tmp_path)
+
+
+def run_probes(tmp_path: Path, module: str = "tests.support.durable_probe",
+               fixed_queue: str | None = None) -> Iterator[Callable[..., Probe]]:
+    """Start ``module`` with ``nameko run`` on a vhost of its own, per call of the yielded
+    function; ``fixed_queue``: the module consumes that queue (else a fresh probe queue)."""
     procs: list[subprocess.Popen[bytes]] = []
     stack: list[Any] = []
     rds = redis.Redis.from_url(REDIS_URL)
@@ -103,8 +110,8 @@ def start_probe(tmp_path: Path) -> Iterator[Callable[..., Probe]]:
         vhost = temporary_vhost()
         amqp_uri = vhost.__enter__()
         stack.append(vhost)
-        queue = f"probe_{uuid.uuid4().hex[:8]}"
-        done_key = f"phoenix95:test:probe:{queue}"
+        queue = fixed_queue or f"probe_{uuid.uuid4().hex[:8]}"
+        done_key = f"phoenix95:test:probe:{uuid.uuid4().hex[:8]}"
         config = tmp_path / f"{queue}.yaml"
         # one worker: a retry that slept inside it would hold up every later message
         config.write_text(yaml.safe_dump({"AMQP_URI": amqp_uri, "max_workers": 1,
@@ -118,7 +125,7 @@ def start_probe(tmp_path: Path) -> Iterator[Callable[..., Probe]]:
         nameko = Path(sys.executable).with_name("nameko")
         with open(tmp_path / f"{queue}.log", "wb") as log:  # the child keeps its own handle
             procs.append(subprocess.Popen(
-                [str(nameko), "run", "--config", str(config), "tests.support.durable_probe"],
+                [str(nameko), "run", "--config", str(config), module],
                 cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT))
         probe = Probe(amqp_uri, queue, done_key, rds)
         # the alert queue exists from the start (notify would have declared it)

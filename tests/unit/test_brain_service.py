@@ -117,9 +117,25 @@ def test_repeat_of_the_same_alert_is_200_duplicate_and_not_queued_again(brain, s
     response = brain.webhook(_request(_alert(settings)))
 
     assert response.status_code == 200
-    assert json.loads(response.get_data()) == {"status": "duplicate",
-                                               "signal_id": first["signal_id"]}
+    answer = json.loads(response.get_data())
+    assert (answer["status"], answer["signal_id"], answer["reason"]) == (
+        "duplicate", first["signal_id"], "duplicate")
+    assert "strategy and symbol within 24 h" in answer["detail"]
     assert len(brain.bus.published) == 1
+
+
+@pytest.mark.parametrize("other", [{"strategy": "breakout"}, {"ticker": "ETHUSDT"}])
+def test_the_same_alert_id_in_another_strategy_or_symbol_is_another_signal(brain, settings,
+                                                                          other):
+    # execute scopes its client ids by strategy|symbol|id: brain must not drop as a
+    # duplicate what execute would trade as a separate position
+    first = brain.webhook(_request(_alert(settings, strategy="trend")))
+    second = brain.webhook(_request(_alert(settings, **{"strategy": "trend", **other})))
+
+    assert (first.status_code, second.status_code) == (202, 202)
+    [(_, _, one), (_, _, two)] = brain.bus.published
+    assert one["idempotency_key"] == two["idempotency_key"] == "id:alert-123"
+    assert one["signal_id"] != two["signal_id"]
 
 
 @pytest.mark.parametrize("body,status,needle", [
@@ -403,3 +419,20 @@ def test_closing_alert_still_goes_through_while_halted(settings):
     response = brain.webhook(_request(_alert(settings, action="close")))
 
     assert response.status_code == 202
+
+
+def test_brain_dedups_on_the_scope_execute_derives_its_client_ids_from(brain, settings):
+    from nameko_services.execute.engine import intent_ids
+    from shared.exchange import client_order_id
+    from shared.models import TradeIntent
+
+    brain.webhook(_request(_alert(settings, strategy="trend")))
+    [(_, _, wire)] = brain.bus.published
+    claimed = next(iter(brain.gate.claims))
+    intent = TradeIntent(signal_id=wire["signal_id"], idempotency_key=wire["idempotency_key"],
+                         symbol=wire["symbol"], side="LONG", quantity=1, reference_price=1,
+                         leverage=1, stop_loss=None, take_profit=None, margin=1,
+                         strategy=wire["strategy"])
+
+    assert claimed == "trend|BTCUSDT|id:alert-123"
+    assert intent_ids(intent)["entry"] == client_order_id("p95e", claimed)
