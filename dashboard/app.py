@@ -242,15 +242,18 @@ def _trades_tab(settings: Settings, snapshot: data.RpcSnapshot | None,
     status = snapshot.risk_status or {}
     equity = data._num(status.get("equity"))
     unrealized = sum(p.unrealized_pnl or 0.0 for p in positions)
+    # risk's figure, the one definition of daily PnL (nameko_services/risk/ledger.py)
     today = data._num(status.get("daily_pnl"))
-    today = data.daily_pnl(closed) if today is None else today
     limit = data._num(status.get("daily_loss_limit"))
     c1, c2 = st.columns([2, 1])
     with c1:
         st.plotly_chart(charts.equity_chart(data.equity_curve(closed, equity, unrealized)),
                         key="equity_chart")
     with c2:
-        st.plotly_chart(charts.daily_pnl_chart(today, limit), key="daily_pnl_chart")
+        if today is None:
+            st.info("Daily PnL unavailable: risk.status() did not answer")
+        else:
+            st.plotly_chart(charts.daily_pnl_chart(today, limit), key="daily_pnl_chart")
     st.subheader("Closed trades")
     _show_table(closed, "No closed trades yet.",
                 closed_at=st.column_config.DatetimeColumn(format="YYYY-MM-DD HH:mm:ss"),

@@ -151,14 +151,15 @@ def equity_chart(curve: pd.DataFrame, height: int = 360) -> go.Figure:
 
 
 def daily_pnl_chart(pnl: float, limit: float | None, height: int = 220) -> go.Figure:
-    """Today's realised PnL as a bar against the daily loss limit (a line at -limit)."""
+    """Risk's daily PnL (realised, net of fees, since 00:00 UTC) as a bar against the
+    daily loss limit (a line at -limit)."""
     colour = "#2ca02c" if pnl >= 0 else "#d62728"
     fig = go.Figure(go.Bar(x=["today"], y=[pnl], marker_color=colour, name="daily PnL",
                            text=[f"{pnl:,.2f}"], textposition="auto"))
     if limit:
         fig.add_hline(y=-abs(limit), line={"color": "#7f0000", "dash": "dash"},
                       annotation_text=f"loss limit -{abs(limit):,.2f}")
-    fig.update_layout(title="Daily PnL vs limit (USDT)", height=height,
+    fig.update_layout(title="Daily PnL, realised net of fees (USDT)", height=height,
                       margin={"l": 10, "r": 10, "t": 40, "b": 10}, uirevision="daily")
     return fig
 

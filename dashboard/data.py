@@ -812,14 +812,6 @@ def equity_curve(closed: pd.DataFrame, equity_now: float | None,
     return frame
 
 
-def daily_pnl(closed: pd.DataFrame, day: pd.Timestamp | None = None) -> float:
-    day = day or pd.Timestamp.now(tz="UTC")
-    if closed.empty:
-        return 0.0
-    today = closed[closed["closed_at"].dt.date == day.date()]
-    return float(today["realized_pnl"].fillna(0.0).sum())
-
-
 def pipeline_latencies(signal_entries: Iterable[StreamEntry],
                        trade_entries: Iterable[StreamEntry]) -> list[float]:
     """Seconds from a signal's first record to its ``entry_filled``, per filled signal."""

@@ -5,6 +5,7 @@ Nothing here imports the project settings, so the helpers are easy to test on th
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import secrets
@@ -17,6 +18,8 @@ import urllib.request
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from dotenv import dotenv_values
 
 ROOT = Path(__file__).resolve().parents[1]
 STARTED_BY_US = "started-by-up"  # run-dir subfolder recording brokers that up started
@@ -86,28 +89,21 @@ ENV_HEADER = (
 
 
 def parse_env(text: str) -> dict[str, str]:
-    """Parse ``KEY=value`` lines (``export`` prefix, comments and quotes tolerated)."""
-    values: dict[str, str] = {}
-    for raw in text.splitlines():
-        line = raw.strip()
-        if not line or line.startswith("#"):
-            continue
-        if line.startswith("export "):
-            line = line[len("export "):].lstrip()
-        key, sep, value = line.partition("=")
-        if not sep:
-            continue
-        value = value.strip()
-        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
-            value = value[1:-1]
-        values[key.strip()] = value
-    return values
+    """``.env`` text as python-dotenv reads it, the parser pydantic-settings uses on the same
+    file, so both agree on ``export``, quotes, escapes and inline ``# comments``. A bare
+    ``KEY`` line (no ``=``) sets nothing."""
+    values = dotenv_values(stream=io.StringIO(text))
+    return {key: value for key, value in values.items() if value is not None}
 
 
 def ensure_env_file(
     path: Path, generators: Mapping[str, Callable[[], str]] = SECRET_GENERATORS
 ) -> tuple[bool, list[str]]:
     """Create ``path`` (mode 0600) or append the missing keys; never overwrite a value.
+
+    Written by hand rather than with ``dotenv.set_key`` so the file is created 0600 before
+    any secret is in it and an existing file is only appended to (its comments, order and
+    permissions stay). Generated values need no quoting or are single-quoted.
 
     Returns ``(created, added_keys)``.
     """

@@ -62,6 +62,7 @@ class RecoveringProducer:
         self._failed_since_ok = 0
         self._made_at = clock()
         self.recreated = 0
+        self._replaced_in_outage = 0  # replacements since the last delivery (log once)
         self._producer = self._make()
 
     def _make(self) -> Any:
@@ -113,6 +114,7 @@ class RecoveringProducer:
         if err is None:
             self._last_ok = self._clock()
             self._failed_since_ok = 0
+            self._replaced_in_outage = 0
             return
         self._failed_since_ok += 1
         if isinstance(err, KafkaError) and (err.fatal() or err.code() == KafkaError._FATAL):
@@ -143,8 +145,11 @@ class RecoveringProducer:
             self._failed_since_ok = 0
             self.recreated += 1
         PRODUCER_RECREATED.labels(self._client, reason).inc()
-        log.warning("kafka producer %s %s (%s): replaced by a new one", self._client, reason,
-                    detail or f"no delivery for {self._clock() - self._last_ok:.0f}s")
+        self._replaced_in_outage += 1
+        # a broker that stays down makes this happen every stuck_after_s: say it once
+        log.log(logging.WARNING if self._replaced_in_outage == 1 else logging.DEBUG,
+                "kafka producer %s %s (%s): replaced by a new one", self._client, reason,
+                detail or f"no delivery for {self._clock() - self._last_ok:.0f}s")
         try:  # its records are failed now (their reports counted), not left in limbo
             old.purge()
             old.poll(0)

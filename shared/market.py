@@ -25,7 +25,7 @@ import tenacity
 from prometheus_client import Gauge
 
 from shared.exchange import make_exchange
-from shared.money import DEFAULT_BRACKETS, Bracket
+from shared.money import DEFAULT_BRACKETS, Bracket, parse_brackets
 from shared.settings import Settings
 from shared.state import Order, Position
 
@@ -204,13 +204,7 @@ class ExchangeGateway:
                         f"{symbol}: no leverage brackets (exchange: {exc}; not in the "
                         f"built-in table)") from exc
                 return fallback
-            rows = raw[0]["brackets"] if isinstance(raw, list) else raw["brackets"]
-            return tuple(
-                Bracket(int(r["bracket"]), int(r["initialLeverage"]),
-                        to_decimal(r["notionalFloor"]), to_decimal(r["notionalCap"]),
-                        to_decimal(r["maintMarginRatio"]), to_decimal(r["cum"]))
-                for r in rows
-            )
+            return parse_brackets(raw)
 
         return self._cached(f"brackets:{symbol}", 3600.0, load)
 

@@ -120,6 +120,9 @@ class RiskAlert(_Message):
     text: str
     symbol: str | None = None
     signal_id: str = ""
+    # set on an alert that must reach Telegram once (a trading state change): notify
+    # de-duplicates on it across redeliveries and instances; "" = not de-duplicated
+    alert_id: str = ""
 
 
 # --- Nameko event payloads (dispatched by execute/risk/brain, handled by notify) ---

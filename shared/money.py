@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from decimal import ROUND_DOWN, ROUND_HALF_UP, Decimal
-from typing import Literal
+from typing import Any, Literal
 
 Side = Literal["LONG", "SHORT"]
 
@@ -23,6 +23,18 @@ class Bracket:
     notional_cap: Decimal
     maint_margin_ratio: Decimal
     cum: Decimal
+
+
+def parse_brackets(raw: Any) -> tuple[Bracket, ...]:
+    """Binance's ``GET /fapi/v1/leverageBracket`` answer for one symbol (a list of one
+    ``{"symbol", "brackets": [...]}`` or that object) as a table."""
+    rows = raw[0]["brackets"] if isinstance(raw, list) else raw["brackets"]
+    return tuple(
+        Bracket(int(r["bracket"]), int(r["initialLeverage"]), Decimal(str(r["notionalFloor"])),
+                Decimal(str(r["notionalCap"])), Decimal(str(r["maintMarginRatio"])),
+                Decimal(str(r["cum"])))
+        for r in rows
+    )
 
 
 def bracket_table(rows: Sequence[tuple[int, float, float, float]]) -> tuple[Bracket, ...]:

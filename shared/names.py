@@ -135,7 +135,6 @@ EVT_SIGNAL_REJECTED: Final = "signal_rejected"
 EVT_TRADE_OPENED: Final = "trade_opened"
 EVT_TRADE_FAILED: Final = "trade_failed"
 EVT_POSITION_CLOSED: Final = "position_closed"
-EVT_RISK_STATE_CHANGED: Final = "risk_state_changed"
 EVT_RECONCILIATION: Final = "reconciliation"
 
 # --- Redis keys ---
@@ -152,6 +151,7 @@ TELEGRAM_CONFIRM_PREFIX: Final = "phoenix95:telegram:confirm:"  # pending confir
 TELEGRAM_DEAD_LETTERS_KEY: Final = "phoenix95:telegram:dead_letters"
 NOTIFY_SUMMARY_PREFIX: Final = "phoenix95:notify:summary:"  # daily summary sent, per date
 NOTIFY_STALE_PREFIX: Final = "phoenix95:notify:stale:"  # + market/account: stale alert sent
+NOTIFY_SENT_PREFIX: Final = "phoenix95:notify:sent:"  # + dedupe key: alert queued (SET NX EX)
 TRADING_STATE_KEY: Final = "phoenix95:trading_state"  # ACTIVE | REDUCING | HALTED (risk mirrors)
 RISK_RESERVATIONS_KEY: Final = "phoenix95:risk:reservations"  # hash signal_id -> reservation
 RISK_ORDER_RATE_KEY: Final = "phoenix95:risk:orders"  # zset of approved intents by time
@@ -166,6 +166,7 @@ STATE_BALANCE_KEY: Final = "phoenix95:state:balance"  # Balance JSON
 STATE_POSITIONS_KEY: Final = "phoenix95:state:positions"  # hash symbol -> Position JSON
 STATE_ORDERS_KEY: Final = "phoenix95:state:orders"  # hash kind:id -> open Order JSON
 STATE_FEED_KEY: Final = "phoenix95:state:feed"  # hash: heartbeats and last sync times
+STATE_SYMBOLS_KEY: Final = "phoenix95:state:symbols"  # hash symbol -> SymbolRules JSON
 FEED: Final = "feed"  # the market and account feed process (health on services.feed_port)
 
 # --- Record types on the streams (shared.records.Record.type) ---

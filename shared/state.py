@@ -49,6 +49,14 @@ CandleRow = list[float]
 OPEN_ORDER_STATUSES = frozenset({"NEW", "PARTIALLY_FILLED", "TRIGGERING"})
 
 
+_UNIT_MS = {"m": 60_000, "h": 3_600_000, "d": 86_400_000, "w": 604_800_000}
+
+
+def timeframe_ms(timeframe: str) -> int:
+    """``5m`` -> 300000 (Binance's kline intervals)."""
+    return int(timeframe[:-1]) * _UNIT_MS[timeframe[-1]]
+
+
 def now_ms() -> int:
     return int(time.time() * 1000)
 

@@ -148,6 +148,7 @@ class TelemetryWriter:
         # callers, re-sent and popped by the background loop alone
         self._held: collections.deque[tuple[str, dict[str, str]]] = collections.deque()
         self._held_max = redis_backlog
+        self._held_lock = threading.Lock()  # appends vs the re-sender's copy of a batch
         self._resend_lock = threading.Lock()
         self._held_total = 0  # in the current outage, for the recovery line
         self._full_logged = False
@@ -204,7 +205,8 @@ class TelemetryWriter:
                              "records (outcomes among them) are dropped until Redis is "
                              "back", len(self._held))
             return
-        self._held.append((stream, fields))
+        with self._held_lock:
+            self._held.append((stream, fields))
         self._held_total += 1
         TELEMETRY_HELD.labels("redis").set(len(self._held))
         if "redis" not in self._errors:
@@ -221,7 +223,8 @@ class TelemetryWriter:
         sent = 0
         try:
             while self._held:
-                batch = list(itertools.islice(self._held, 0, REDIS_RESEND_BATCH))
+                with self._held_lock:
+                    batch = list(itertools.islice(self._held, 0, REDIS_RESEND_BATCH))
                 pipe = self._redis.pipeline(transaction=False)
                 for stream, fields in batch:
                     pipe.xadd(stream, fields,  # type: ignore[arg-type]

@@ -16,6 +16,12 @@ import os
 from collections.abc import Iterator
 
 import pytest
+from hypothesis import settings as hypothesis_settings
+
+# Property tests check values, never time: on a loaded 2-core machine one example can take
+# longer than hypothesis' 200 ms default deadline, which would fail a correct test.
+hypothesis_settings.register_profile("phoenix", deadline=None)
+hypothesis_settings.load_profile("phoenix")
 
 TEST_SECRETS = {
     "PHOENIX__SECURITY__WEBHOOK_SECRET": "unit-test-webhook-secret",

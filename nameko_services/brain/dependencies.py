@@ -11,7 +11,6 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any, Literal
 
-import ccxt
 import redis
 from nameko.extensions import DependencyProvider
 
@@ -19,7 +18,6 @@ from nameko_services.brain.engine import BrainEngine
 from nameko_services.brain.features import FAST_TIMEFRAME, KLINE_LIMIT, SLOW_TIMEFRAME
 from nameko_services.brain.model import DEFAULT_MODEL_PATH, PhoenixModel
 from nameko_services.brain.track_record import TrackRecord
-from shared.market import ExchangeGateway, ExchangeUnavailable
 from shared.nameko_deps import make_redis
 from shared.names import (
     IDEMPOTENCY_KEY_PREFIX,
@@ -28,7 +26,8 @@ from shared.names import (
     TRADING_STATE_KEY,
 )
 from shared.settings import ROOT, ConfigError, Settings, get_settings
-from shared.state import MARKET_STALE, StaleState, StateReader, now_ms
+from shared.state import MARKET_STALE, StaleState, StateReader, now_ms, timeframe_ms
+from shared.symbol_rules import SymbolRulesReader
 
 log = logging.getLogger(__name__)
 
@@ -132,12 +131,12 @@ class StateMarketView:
     """The engine's :class:`MarketView` on the feed's state in Redis.
 
     Candles, price and equity are read from the state (no exchange request per alert) and
-    raise :class:`StaleState` when the streams behind them are down; the symbol filters
-    come from the gateway's markets, loaded once at start."""
+    raise :class:`StaleState` when the streams behind them are down; the symbol filters are
+    the rules the feed publishes (so brain neither loads markets nor imports ccxt)."""
 
-    def __init__(self, state: StateReader, gateway: ExchangeGateway) -> None:
+    def __init__(self, state: StateReader, rules: SymbolRulesReader) -> None:
         self._state = state
-        self._gw = gateway
+        self._rules = rules
         self._max_age_ms = state.max_age_ms
 
     def klines(self, symbol: str, timeframe: str, limit: int) -> Sequence[Sequence[float]]:
@@ -145,7 +144,7 @@ class StateMarketView:
         rows = self._state.candles(symbol, timeframe, limit)
         # the newest candle must be the one forming now: candles that stopped at an
         # older bar would score the alert on a market that has since moved
-        period_ms = ccxt.Exchange.parse_timeframe(timeframe) * 1000
+        period_ms = timeframe_ms(timeframe)
         behind = now_ms() - (int(rows[-1][0]) + period_ms)
         if behind > self._max_age_ms:
             raise StaleState(MARKET_STALE, f"{symbol} {timeframe}: candles end {behind} ms ago")
@@ -159,16 +158,16 @@ class StateMarketView:
         return self._state.account().equity_at(self._state.prices())
 
     def tick_size(self, symbol: str) -> Decimal:
-        return self._gw.tick_size(symbol)
+        return self._rules.get(symbol).tick_size
 
     def min_quantity(self, symbol: str) -> Decimal:
-        return self._gw.min_quantity(symbol)
+        return self._rules.get(symbol).min_quantity
 
     def min_notional(self, symbol: str) -> Decimal:
-        return self._gw.min_notional(symbol)
+        return self._rules.get(symbol).min_notional
 
     def amount_to_precision(self, symbol: str, quantity: Decimal) -> Decimal:
-        return self._gw.amount_to_precision(symbol, quantity)
+        return self._rules.get(symbol).floor_quantity(quantity)
 
 
 def check_feed_covers_features(settings: Settings) -> None:
@@ -207,19 +206,11 @@ class Engine(DependencyProvider):
     def setup(self) -> None:
         settings = get_settings()
         check_feed_covers_features(settings)
-        self.gateway = ExchangeGateway(settings, name="brain")
+        client = make_redis(settings)
         self.engine = BrainEngine(
-            settings, StateMarketView(StateReader(make_redis(settings), settings),
-                                      self.gateway),
+            settings, StateMarketView(StateReader(client, settings), SymbolRulesReader(client)),
             load_model(settings), TrackRecord.from_settings(settings),
         )
-
-    def start(self) -> None:
-        # the markets once, now, so the first alert is not the one that waits for them
-        try:
-            self.gateway.ensure_markets()
-        except (ExchangeUnavailable, ccxt.BaseError) as exc:
-            log.warning("markets not loaded at start (loaded on first use): %s", exc)
 
     def get_dependency(self, worker_ctx: Any) -> BrainEngine:
         return self.engine

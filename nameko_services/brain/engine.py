@@ -123,6 +123,12 @@ class BrainEngine:
         if signal.side is None:
             return Decision(self._verdict(signal, {}, 0.0, {}, {}, ["not_an_entry"]), None)
         s, p95 = self.settings, self.settings.phoenix_95
+        if signal.confidence < s.trading.min_confidence:
+            # Gate 1 needs nothing but the alert: refusing before the features saves the
+            # candle reads and indicators, most of an analysis (docs/performance.md).
+            gate = {"min_confidence": _gate(signal.confidence, s.trading.min_confidence)}
+            return Decision(self._verdict(signal, {}, 0.0, gate, {}, ["confidence_below_min"]),
+                            None)
         try:
             feats = self.features(signal)
         except StaleState as exc:  # never analysed on state the feed no longer keeps

@@ -28,7 +28,6 @@ from nameko_services.brain.intake import (
 )
 from shared.consumer import Retryable, durable_consume
 from shared.health import ReadinessChecks, ReadinessProbe
-from shared.market import ExchangeUnavailable
 from shared.models import CloseRequest, RiskDecision, Signal, SignalRejectedEvent
 from shared.nameko_deps import Bus, BusError, Config, MessageBus, Telemetry
 from shared.names import (
@@ -177,7 +176,7 @@ class BrainService:
         started = time.perf_counter()
         try:
             decision = self._decide(signal)
-        except (ExchangeUnavailable, redis.RedisError) as exc:
+        except redis.RedisError as exc:
             # retried 3x, 5 s apart; past analysis_timeout the retry rejects the signal
             raise Retryable(f"market data unavailable: {exc}") from exc
         metrics.ANALYSIS_SECONDS.observe(time.perf_counter() - started)
@@ -272,7 +271,7 @@ class BrainService:
     def _dry_run(self, signal: Signal) -> dict[str, Any]:
         try:
             decision = self._decide(signal)
-        except (ExchangeUnavailable, redis.RedisError) as exc:
+        except redis.RedisError as exc:
             raise HttpError(503, f"market data unavailable: {exc}",
                             reason="market_data_unavailable") from exc
         intent = decision.intent.wire() if decision.intent is not None else None

@@ -16,9 +16,11 @@ from typing import Any
 import ccxt
 import redis
 
+from shared.money import Bracket, parse_brackets
 from shared.names import MARKET_STREAM, TRADE_STREAM, TRADING_TOPIC
 from shared.settings import Settings
 from shared.state import StateWriter, now_ms
+from shared.symbol_rules import SymbolRules, store_rules
 
 from .account import AccountBook
 from .client import TeeExchange, drop_private_clients, is_private, make_tee_exchange
@@ -219,6 +221,12 @@ class Feed:
     async def _seed_candles(self) -> None:
         """REST candles for every (symbol, timeframe): at start and after a reconnect."""
         assert self.ex is not None
+        # the symbols' rules first: they are reference data every reader needs, and a Redis
+        # that lost its data (the reseed path) lost them too
+        rules = [SymbolRules.from_ccxt_market(self.ex.market(self.unified[sid]),
+                                              await self._brackets(sid))
+                 for sid in self.symbols]
+        await asyncio.get_running_loop().run_in_executor(None, store_rules, self.redis, rules)
         limit = self.settings.feed.candle_limit + 1  # + the forming one
         for sid in self.symbols:
             for tf in self.settings.feed.timeframes:
@@ -226,6 +234,18 @@ class Feed:
                 rows = await self.ex.fetch_ohlcv(self.unified[sid], tf, limit=limit)
                 self.market.seed(sid, tf, rows)
         self.market.flush()
+
+    async def _brackets(self, sid: str) -> tuple[Bracket, ...]:
+        """The symbol's leverage brackets (signed REST); none when the exchange refuses,
+        and readers use the built-in table."""
+        assert self.ex is not None
+        try:
+            self.metrics.rest.labels("leverage_bracket").inc()
+            return parse_brackets(await self.ex.fapiPrivateGetLeverageBracket({"symbol": sid}))
+        except (ccxt.BaseError, KeyError, TypeError, ValueError) as exc:
+            log.warning("leverage brackets of %s not fetched (built-in table used): %s",
+                        sid, exc)
+            return ()
 
     # --- consumers ---
     async def _consume_market(self) -> None:

@@ -16,20 +16,13 @@ from typing import Any
 from shared.models import TickRecord
 from shared.names import REC_KLINE, REC_TICK
 from shared.records import Record
-from shared.state import CandleRow, Price, StateWriter, dec, now_ms
+from shared.state import CandleRow, Price, StateWriter, dec, now_ms, timeframe_ms
 
 from .metrics import FeedMetrics
 from .parsing import Event, event_ms, kline_record, kline_row
 from .sink import RecordSink
 
 log = logging.getLogger("phoenix95.feed.market")
-
-_UNIT_MS = {"m": 60_000, "h": 3_600_000, "d": 86_400_000, "w": 604_800_000}
-
-
-def timeframe_ms(timeframe: str) -> int:
-    return int(timeframe[:-1]) * _UNIT_MS[timeframe[-1]]
-
 
 @dataclass
 class CandleBook:

@@ -44,7 +44,7 @@ HELP: Final = (
     "Phoenix 95 commands\n"
     "/status – trading state, equity, margin, exposure\n"
     "/positions – open positions with uPnL and liquidation distance\n"
-    "/pnl – realised PnL today and overall, unrealised now\n"
+    "/pnl – daily PnL (risk's: realised, net of fees, since 00:00 UTC), unrealised now\n"
     "/close SYMBOL – close one position (asks to confirm)\n"
     "/closeall – close every position (asks to confirm)\n"
     "/pause – REDUCING: closes only, no new entries (asks to confirm)\n"
@@ -264,7 +264,7 @@ def format_status(status: dict[str, Any]) -> str:
         f"Open positions: {count if count is not None else '—'}",
     ]
     if status.get("daily_pnl") is not None:
-        lines.append(f"Daily PnL: {fmt_money(status.get('daily_pnl'))} USDT")
+        lines.append(f"{DAILY_PNL_LABEL}: {fmt_money(status.get('daily_pnl'))} USDT")
     return "\n".join(lines)
 
 
@@ -286,9 +286,11 @@ def format_positions(positions: Sequence[dict[str, Any]]) -> str:
 
 
 def pnl_summary(trades: Iterable[dict[str, Any]], positions: Iterable[dict[str, Any]],
-                today: dtm.date) -> dict[str, Decimal | int]:
-    """Realised PnL today/overall (closed trades), wins/losses today, unrealised now."""
-    realized_today = realized_total = Decimal(0)
+                today: dtm.date, daily_pnl: Any = None) -> dict[str, Decimal | int | None]:
+    """``daily_pnl``: risk's figure (``risk.status()["daily_pnl"]``, the one definition:
+    see nameko_services/risk/ledger.py), None when risk did not answer. The closed trades
+    give the counts and the overall sum; open positions the unrealised PnL, shown apart."""
+    realized_total = Decimal(0)
     wins = losses = closed_today = 0
     for t in trades:
         pnl = _dec(t.get("realized_pnl"))
@@ -297,22 +299,25 @@ def pnl_summary(trades: Iterable[dict[str, Any]], positions: Iterable[dict[str, 
         realized_total += pnl
         closed_at = str(t.get("closed_at") or "")
         if closed_at[:10] == today.isoformat():
-            realized_today += pnl
             closed_today += 1
             wins += pnl > 0
             losses += pnl < 0
     unrealized = sum((_dec(p.get("unrealized_pnl")) or Decimal(0) for p in positions),
                      Decimal(0))
-    return {"realized_today": realized_today, "realized_total": realized_total,
+    return {"realized_today": _dec(daily_pnl), "realized_total": realized_total,
             "unrealized": unrealized, "closed_today": closed_today, "wins": wins,
             "losses": losses}
 
 
-def format_pnl(summary: dict[str, Decimal | int], today: dtm.date) -> str:
+DAILY_PNL_LABEL: Final = "Daily PnL (realised, net of fees, since 00:00 UTC)"
+
+
+def format_pnl(summary: dict[str, Decimal | int | None], today: dtm.date) -> str:
     return (
         f"PnL {today.isoformat()} (UTC)\n"
-        f"Realised today: {fmt_money(summary['realized_today'])} USDT "
-        f"({summary['closed_today']} closed: {summary['wins']} won, {summary['losses']} lost)\n"
+        f"{DAILY_PNL_LABEL}: {fmt_money(summary['realized_today'])} USDT\n"
+        f"Closed today: {summary['closed_today']} ({summary['wins']} won, "
+        f"{summary['losses']} lost)\n"
         f"Unrealised now: {fmt_money(summary['unrealized'])} USDT\n"
         f"Realised, last trades overall: {fmt_money(summary['realized_total'])} USDT"
     )
@@ -404,10 +409,12 @@ class CommandEngine:
             return [Reply(chat, format_positions(await self.run_blocking(
                 self.control.positions)))]
         if command == "pnl":
+            status = await self.run_blocking(self.control.risk_status)
             trades = await self.run_blocking(self.control.trades, 500)
             positions = await self.run_blocking(self.control.positions)
             today = self.now().date()
-            return [Reply(chat, format_pnl(pnl_summary(trades, positions, today), today))]
+            summary = pnl_summary(trades, positions, today, status.get("daily_pnl"))
+            return [Reply(chat, format_pnl(summary, today))]
         if command in DESTRUCTIVE:
             return await self._ask(msg, command, args)
         return [Reply(chat, f"Unknown command /{command}.\n\n{HELP}")]

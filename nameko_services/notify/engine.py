@@ -1,4 +1,4 @@
-"""Notify's plain logic: which alerts go out, duplicate suppression, health transitions,
+"""Notify's plain logic: which alerts go out (verbosity), health transitions,
 the daily summary, the stale-state alert and the lag/health/state-age gauges. No Nameko
 here; the service wires it."""
 
@@ -6,12 +6,10 @@ from __future__ import annotations
 
 import datetime as dtm
 import math
-import re
-import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any, Final
@@ -50,51 +48,19 @@ ALERTS_SUPPRESSED = Counter("phoenix95_alerts_suppressed_total",
 
 
 class AlertPolicy:
-    """Verbosity filter plus suppression of the same alert arriving by two paths.
+    """Verbosity filter: which optional event kinds are sent. (Duplicates are dropped by
+    the Redis latch in :mod:`nameko_services.notify.alerts`, shared by every instance.)"""
 
-    ``risk.set_state`` both dispatches ``risk_state_changed`` and queues a ``risk_alerts``
-    message; whichever arrives first within ``dedupe_s`` is sent, the other dropped.
-    """
-
-    def __init__(self, verbosity: str = "normal", dedupe_s: float = 60.0,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, verbosity: str = "normal") -> None:
         if verbosity not in OPTIONAL_KINDS:
             raise ValueError(f"verbosity must be one of {sorted(OPTIONAL_KINDS)}")
         self.verbosity = verbosity
-        self.dedupe_s = dedupe_s
-        self._clock = clock
-        self._seen: dict[str, float] = {}
-        self._lock = threading.Lock()
 
     def wants(self, kind: str) -> bool:
         ok = kind not in FILTERED_KINDS or kind in OPTIONAL_KINDS[self.verbosity]
         if not ok:
             ALERTS_SUPPRESSED.labels("verbosity").inc()
         return ok
-
-    def first_time(self, key: str) -> bool:
-        now = self._clock()
-        with self._lock:
-            self._seen = {k: t for k, t in self._seen.items() if now - t < self.dedupe_s}
-            if key in self._seen:
-                ALERTS_SUPPRESSED.labels("duplicate").inc()
-                return False
-            self._seen[key] = now
-            return True
-
-
-def state_key(previous: Any, state: Any, reason: Any = "") -> str:
-    """One change: a second HALTED a minute later (another reason) is a new alert."""
-    return f"state:{str(previous).upper()}->{str(state).upper()}:{str(reason or '').strip()}"
-
-
-_STATE_RE: Final = re.compile(r"([A-Za-z_]+)\s*->\s*([A-Za-z_]+)(?::\s*(.*))?$", re.S)
-
-
-def state_key_from_text(text: str) -> str:
-    """``"Trading state ACTIVE -> HALTED: x"`` -> the :func:`state_key` of that change."""
-    match = _STATE_RE.search(text)
-    return state_key(match.group(1), match.group(2), match.group(3)) if match else ""
 
 
 # --------------------------------------------------------------------------- health
@@ -216,10 +182,10 @@ def summary_due(now: dtm.datetime, hour: int) -> bool:
 def format_daily_summary(day: dtm.date, status: Mapping[str, Any] | None,
                          trades: list[dict[str, Any]], positions: list[dict[str, Any]],
                          errors: Iterable[str] = ()) -> str:
-    s = pnl_summary(trades, positions, day)
+    s = pnl_summary(trades, positions, day, (status or {}).get("daily_pnl"))
     lines = [f"DAILY SUMMARY {day.isoformat()} (UTC)",
              f"Closed today: {s['closed_today']} ({s['wins']} won, {s['losses']} lost), "
-             f"realised {fmt_money(s['realized_today'])} USDT",
+             f"realised {fmt_money(s['realized_today'])} USDT (net of fees)",
              f"Open now: {len(positions)}, unrealised {fmt_money(s['unrealized'])} USDT"]
     if status:
         equity = status.get("equity")

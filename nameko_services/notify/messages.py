@@ -38,6 +38,3 @@ def signal_accepted(e: dict[str, Any]) -> str:
     return (f"Signal accepted {e.get('symbol', '?')} {e.get('side') or e.get('action') or ''}"
             f"{extra} -> execution queue" + _sid(e))
 
-
-def state_changed(e: dict[str, Any]) -> str:
-    return f"TRADING STATE {e['previous']} -> {e['state']}: {e.get('reason') or 'no reason'}"

@@ -10,11 +10,9 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-import ccxt
 from nameko.extensions import DependencyProvider
 
 from nameko_services.risk.desk import RiskDesk, build_desk
-from shared.market import ExchangeUnavailable
 from shared.settings import get_settings
 
 log = logging.getLogger(__name__)
@@ -29,11 +27,6 @@ class Desk(DependencyProvider):
     def start(self) -> None:
         state = self.desk.state.mirror()
         log.info("trading state at start: %s (mirrored to %s)", state, self.desk.state.key)
-        # the markets once, now: a check then costs Redis round trips only
-        try:
-            self.desk.gateway.ensure_markets()
-        except (ExchangeUnavailable, ccxt.BaseError) as exc:
-            log.warning("markets not loaded at start (loaded on first check): %s", exc)
 
     def get_dependency(self, worker_ctx: Any) -> RiskDesk:
         return self.desk

@@ -2,9 +2,10 @@
 
 Market and account come from the feed's state (:mod:`shared.state`), never from the
 exchange: a check, a tick, the 5 s supervision and the status cost Redis round trips
-only. The exchange is asked for reference data alone (the markets once, leverage brackets
-hourly). On stale state new entries are refused with ``market_data_stale`` /
-``account_state_stale``; closes never pass through the desk, so they are not held up.
+only; the symbols' filters and leverage brackets are the rules the feed publishes
+(:mod:`shared.symbol_rules`), so risk holds no exchange client at all. On stale state
+new entries are refused with ``market_data_stale`` / ``account_state_stale``; closes
+never pass through the desk, so they are not held up.
 """
 
 from __future__ import annotations
@@ -30,13 +31,13 @@ from nameko_services.risk.watch import (
     stop_alert,
 )
 from shared.db import make_sessionmaker
-from shared.market import ExchangeGateway, ExchangeUnavailable
 from shared.models import RiskAlert, TradeIntent
 from shared.money import Bracket
 from shared.nameko_deps import make_redis
 from shared.records import Record
 from shared.settings import Settings
 from shared.state import Account, Order, Position, Price, StaleState, StateReader, now_ms
+from shared.symbol_rules import SymbolRulesReader
 
 log = logging.getLogger(__name__)
 
@@ -83,11 +84,11 @@ def stops_of(account: Account, symbol: str) -> list[Order]:
 class RiskDesk:
     """Everything risk knows and does, minus the Nameko fan-out (events, queues, RPC)."""
 
-    def __init__(self, settings: Settings, gateway: ExchangeGateway, state: StateStore,
+    def __init__(self, settings: Settings, rules: SymbolRulesReader, state: StateStore,
                  reservations: ReservationBook, ledger: Ledger, latch: WarningLatch,
                  feed: StateReader) -> None:
         self.settings = settings
-        self.gateway = gateway
+        self.rules = rules
         self.state = state
         self.reservations = reservations
         self.ledger = ledger
@@ -144,6 +145,10 @@ class RiskDesk:
     def snapshot(self, intent: TradeIntent) -> tuple[Snapshot, int]:
         state, _ = self.state.get()
         account, price = self.fresh(intent.symbol)
+        try:
+            rules = self.rules.get(intent.symbol)
+        except StaleState as exc:
+            raise StaleRefusal([exc]) from exc
         prices = {**self.feed.prices(), intent.symbol: price}
         equity = account.equity_at(prices)
         positions = self.open_positions(account, prices)
@@ -160,9 +165,8 @@ class RiskDesk:
         snap = Snapshot(
             state=state, equity=equity, available=account.available(), positions=positions,
             last_price=price.reference, price_age_ms=max(0, now_ms() - price.updated_ms),
-            min_quantity=self.gateway.min_quantity(intent.symbol),
-            min_notional=self.gateway.min_notional(intent.symbol),
-            brackets=self.gateway.brackets(intent.symbol),
+            min_quantity=rules.min_quantity, min_notional=rules.min_notional,
+            brackets=self.rules.brackets(intent.symbol),
             reserved_margin=reserved.margin, reserved_notional=reserved.notional,
             reserved_count=reserved.count, reserved_symbols=reserved.symbols,
             daily_loss_ratio=view.daily_loss_ratio if view else Decimal(0),
@@ -175,8 +179,6 @@ class RiskDesk:
             snap, as_of = self.snapshot(intent)
         except StaleRefusal as exc:
             return _denied(intent, exc.reasons, str(exc))
-        except ExchangeUnavailable as exc:  # the markets not loaded yet
-            return _denied(intent, ["exchange_unavailable"], str(exc))
         decision = self.engine.check(intent, snap)
         if not decision.approved:
             return decision.wire()
@@ -261,7 +263,7 @@ class RiskDesk:
             if stops:
                 self.latch.escalated(p.symbol, "stop_missing", "")
                 continue
-            missing.append(self.watched(p, stops, self.gateway.brackets(p.symbol)))
+            missing.append(self.watched(p, stops, self.rules.brackets(p.symbol)))
         return missing
 
     # --- live watch (ticks) ---
@@ -274,7 +276,7 @@ class RiskDesk:
         if position is None:
             return out
         r = self.settings.risk
-        brackets = self.gateway.brackets(symbol)
+        brackets = self.rules.brackets(symbol)
         risk = self.watch.evaluate(self.watched(position, stops_of(account, symbol), brackets),
                                    mark, brackets)
         out.risks.append(risk)
@@ -301,7 +303,7 @@ class RiskDesk:
         positions = []
         for p, o in zip(account.positions, opened, strict=True):
             stops = stops_of(account, p.symbol)
-            brackets = self.gateway.brackets(p.symbol)
+            brackets = self.rules.brackets(p.symbol)
             risk = self.watch.evaluate(self.watched(p, stops, brackets), mark_of(p, prices),
                                        brackets)
             positions.append({**risk.wire(), "quantity": str(p.quantity),
@@ -332,11 +334,10 @@ def _denied(intent: TradeIntent, reasons: list[str], detail: str) -> dict[str, A
             "reasons": reasons, "checks": {"error": detail}, "liquidation_price": None}
 
 
-def build_desk(settings: Settings, gateway: ExchangeGateway | None = None,
-               client: redis.Redis | None = None) -> RiskDesk:
+def build_desk(settings: Settings, client: redis.Redis | None = None) -> RiskDesk:
     client = client or make_redis(settings)
     sessions = make_sessionmaker(settings)
-    return RiskDesk(settings, gateway or ExchangeGateway(settings, name="risk"),
+    return RiskDesk(settings, SymbolRulesReader(client),
                     StateStore(sessions, client),
                     ReservationBook(client, settings.risk.reservation_ttl_s),
                     Ledger(sessions), WarningLatch(client), StateReader(client, settings))

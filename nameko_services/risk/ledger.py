@@ -1,8 +1,11 @@
 """Daily realised PnL and the equity peak, tracked durably in SQL.
 
-The exchange is the source of truth: realised PnL of the UTC day is the change of the
-wallet balance since the day's first observation (it includes fees, stops and
-liquidations that happened on the exchange while no service watched), and the drawdown
+**Daily PnL, the one definition** (risk's daily loss limit, ``risk.status()["daily_pnl"]``,
+Telegram's /pnl, /status and daily summary, the dashboard): realised PnL net of fees
+since 00:00 UTC, i.e. the exchange wallet's change since the day's first observation. The
+exchange is the source of truth: it includes trading fees, funding, stops and liquidations
+that happened on the exchange while no service watched; unrealised PnL is not in it
+(surfaces show it apart, labelled). The drawdown
 is the margin balance (wallet + unrealised) below the highest one seen. Deposits or
 transfers would show as PnL; a manual resume (:meth:`Ledger.rebase`) accepts the current
 numbers as the new baseline.

@@ -19,11 +19,12 @@ from __future__ import annotations
 
 import logging
 import time
+import uuid
 from decimal import Decimal
 from typing import Any
 
 import eventlet
-from nameko.events import EventDispatcher, event_handler
+from nameko.events import event_handler
 from nameko.rpc import RpcProxy, rpc
 from nameko.timer import timer
 from nameko.web.handlers import http
@@ -37,13 +38,11 @@ from nameko_services.risk.engine import breaches
 from nameko_services.risk.stores import STATES
 from nameko_services.risk.watch import missing_stop_alert
 from shared.health import ReadinessChecks, ReadinessProbe
-from shared.market import ExchangeUnavailable
 from shared.models import RiskAlert, TradeIntent
 from shared.money import liquidation_price as liq_price
 from shared.nameko_deps import Bus, BusError, Config, MessageBus, Telemetry
 from shared.names import (
     EVT_POSITION_CLOSED,
-    EVT_RISK_STATE_CHANGED,
     EVT_TRADE_FAILED,
     EVT_TRADE_OPENED,
     EXECUTE,
@@ -101,7 +100,6 @@ class RiskService:
     desk: RiskDesk = Desk()
     bus: MessageBus = Bus()
     telemetry: TelemetryWriter = Telemetry()
-    dispatch = EventDispatcher()
     execute = RpcProxy(EXECUTE)
 
     # --- RPC ---
@@ -161,7 +159,7 @@ class RiskService:
         side = side.upper()
         if side not in ("LONG", "SHORT"):
             raise ValueError("side must be LONG or SHORT")
-        brackets = self.desk.gateway.brackets(symbol.upper())
+        brackets = self.desk.rules.brackets(symbol.upper())
         price = liq_price(side, Decimal(str(entry_price)), Decimal(str(quantity)),  # type: ignore[arg-type]
                           int(leverage), brackets,
                           Decimal(str(wallet_balance)) if wallet_balance is not None else None)
@@ -198,8 +196,8 @@ class RiskService:
             return
         try:
             result = self.desk.on_tick(symbol, mark)
-        except ExchangeUnavailable as exc:
-            log.warning("live watch %s: exchange unavailable: %s", symbol, exc)
+        except StaleState as exc:
+            log.warning("live watch %s: %s", symbol, exc)
             return
         self._fan_out_tick(result)
 
@@ -292,15 +290,14 @@ class RiskService:
         previous, state = self.desk.set_state(state, reason)
         _export_state(state)
         if previous != state:
+            # one message per change, on the durable risk_alerts queue, with an id notify
+            # de-duplicates on: a redelivery or a second notify instance sends nothing more
+            change_id = uuid.uuid4().hex
             payload = {"type": "risk_state_changed", "previous": previous, "state": state,
-                       "reason": reason}
-            try:
-                self.dispatch(EVT_RISK_STATE_CHANGED, payload)
-            except Exception:
-                log.exception("could not dispatch %s", EVT_RISK_STATE_CHANGED)
+                       "reason": reason, "change_id": change_id}
             self.telemetry.emit(RISK_STREAM, Record("state_changed", payload))
             self._alert(RiskAlert(level="info" if state == "ACTIVE" else "critical",
-                                  code="STATE_CHANGED",
+                                  code="STATE_CHANGED", alert_id=f"state:{change_id}",
                                   text=f"Trading state {previous} -> {state}: {reason}"))
         return {"state": state, "previous": previous, "reason": reason}
 

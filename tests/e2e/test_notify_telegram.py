@@ -28,7 +28,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from nameko_services.notify.telegram_worker import parse_chat_ids
+from nameko_services.notify.telegram_format import parse_chat_ids
 from shared.records import Record
 from shared.settings import Settings
 from tests.support.telegram_standin import TelegramStandin

@@ -24,6 +24,7 @@ from werkzeug.serving import make_server
 from werkzeug.wrappers import Request
 
 from nameko_services.notify.engine import AlertPolicy
+from tests.support.notify_fakes import MemoryLatch
 
 pytestmark = pytest.mark.integration
 
@@ -69,12 +70,13 @@ class FakeOutbox:
 @pytest.fixture
 def notify(secrets_env: dict[str, str]) -> Iterator[tuple[str, FakeOutbox, list[int]]]:
     """notify's handler behind a real HTTP server; yields its base URL, outbox, statuses."""
-    from nameko_services.notify.service import Alerts, NotifyService
+    from nameko_services.notify.alerts import Alerts
+    from nameko_services.notify.service import NotifyService
     from shared.settings import get_settings
 
     outbox = FakeOutbox()
     svc = worker_factory(NotifyService, config=get_settings(),
-                         alerts=Alerts(outbox, AlertPolicy("normal")))  # type: ignore[arg-type]
+                         alerts=Alerts(outbox, AlertPolicy("normal"), MemoryLatch()))  # type: ignore[arg-type]
     statuses: list[int] = []
 
     def app(environ: Any, start_response: Any) -> Any:

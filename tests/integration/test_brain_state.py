@@ -1,6 +1,7 @@
 """Brain's analysis on the feed's state: candles, price and equity written with the real
-StateWriter into Redis (db 13) and read with the real StateReader; the symbol filters from
-the real in-process paper exchange. A warm analysis sends the exchange nothing."""
+StateWriter into Redis (db 13) and read with the real StateReader; the symbol rules are the
+real in-process paper exchange's markets, stored as the feed stores them. Brain has no
+exchange client: an analysis sends the exchange nothing."""
 
 from __future__ import annotations
 
@@ -20,13 +21,14 @@ from nameko_services.brain.track_record import TrackRecord
 from nameko_services.brain.training import synthetic_market
 from nameko_services.paper_exchange.server import PaperExchange
 from shared.exchange import make_exchange
-from shared.market import ExchangeGateway
 from shared.models import Signal
+from shared.names import STATE_SYMBOLS_KEY
 from shared.settings import Settings, load_settings
 from shared.state import Account, Balance, Price, StateReader, StateWriter, now_ms
+from shared.symbol_rules import SymbolRules, SymbolRulesReader, store_rules
 from tests.integration.conftest import paper_admin, pin_price
 from tests.support.brain_fakes import constant_model, rows
-from tests.support.state_feed import clear_state, count_requests
+from tests.support.state_feed import clear_state
 
 pytestmark = pytest.mark.integration
 
@@ -69,12 +71,16 @@ def write_state(writer: StateWriter, *, market_age_ms: int = 0,
     writer.heartbeat(market=True, account=True, at_ms=now - account_age_ms)
 
 
-def make_engine(settings: Settings, paper: PaperExchange, client: redis.Redis,
-                ) -> tuple[BrainEngine, ExchangeGateway]:
-    gateway = ExchangeGateway(settings, make_exchange(settings, base_url=paper.base_url))
-    view = StateMarketView(StateReader(client, settings), gateway)
-    return BrainEngine(settings, view, constant_model(0.9), TrackRecord.from_settings(settings),
-                       ), gateway
+def publish_rules(settings: Settings, paper: PaperExchange, client: redis.Redis) -> None:
+    """What the feed does after loading the markets: the fed symbol's rules into Redis."""
+    exchange = make_exchange(settings, base_url=paper.base_url)
+    exchange.load_markets()
+    store_rules(client, [SymbolRules.from_ccxt_market(exchange.market("BTC/USDT:USDT"))])
+
+
+def make_engine(settings: Settings, client: redis.Redis) -> BrainEngine:
+    view = StateMarketView(StateReader(client, settings), SymbolRulesReader(client))
+    return BrainEngine(settings, view, constant_model(0.9), TrackRecord.from_settings(settings))
 
 
 def signal() -> Signal:
@@ -84,32 +90,43 @@ def signal() -> Signal:
 
 
 @pytest.fixture
-def engine(settings: Settings, exec_paper: PaperExchange, client: redis.Redis
-           ) -> tuple[BrainEngine, ExchangeGateway]:
+def engine(settings: Settings, exec_paper: PaperExchange, client: redis.Redis) -> BrainEngine:
     paper_admin(exec_paper, "/paper/reset")
     pin_price(exec_paper, 60000)
-    return make_engine(settings, exec_paper, client)
+    publish_rules(settings, exec_paper, client)
+    return make_engine(settings, client)
 
 
-def test_warm_analysis_sizes_from_the_state_and_sends_the_exchange_nothing(
-        engine: tuple[BrainEngine, ExchangeGateway], client: redis.Redis) -> None:
-    brain, gateway = engine
+def test_warm_analysis_sizes_from_the_state_with_the_exchanges_rules(
+        engine: BrainEngine, client: redis.Redis) -> None:
     write_state(StateWriter(client))
-    gateway.ensure_markets()  # the service loads them once at start
-    sent = count_requests(gateway.client)
 
-    decisions = [brain.analyze(signal()) for _ in range(3)]
+    decisions = [engine.analyze(signal()) for _ in range(3)]
 
     assert all(d.approved for d in decisions), [d.analysis.reasons for d in decisions]
     sizing = decisions[0].analysis.sizing
     assert Decimal(sizing["equity"]) == Decimal(10000) and Decimal(sizing["price"]) == 60000
+    assert Decimal(sizing["min_quantity"]) == Decimal("0.001")
+    intent = decisions[0].intent
+    assert intent is not None and intent.quantity == intent.quantity.quantize(Decimal("0.001"))
+    assert intent.stop_loss == intent.stop_loss.quantize(Decimal("0.1"))
     assert "trend_fast" in decisions[0].analysis.features
-    assert sent == []
+
+
+def test_a_symbol_without_published_rules_is_refused_as_stale_market(
+        engine: BrainEngine, client: redis.Redis) -> None:
+    write_state(StateWriter(client))
+    client.delete(STATE_SYMBOLS_KEY)
+
+    decision = engine.analyze(signal())
+
+    assert decision.analysis.reasons == ("market_data_stale",)
+    assert decision.intent is None
 
 
 def test_stale_market_data_rejects_the_signal(
-        engine: tuple[BrainEngine, ExchangeGateway], client: redis.Redis) -> None:
-    brain, _ = engine
+        engine: BrainEngine, client: redis.Redis) -> None:
+    brain = engine
     write_state(StateWriter(client), market_age_ms=STALE_MS)
 
     decision = brain.analyze(signal())
@@ -119,8 +136,8 @@ def test_stale_market_data_rejects_the_signal(
 
 
 def test_stale_account_state_rejects_the_signal(
-        engine: tuple[BrainEngine, ExchangeGateway], client: redis.Redis) -> None:
-    brain, _ = engine
+        engine: BrainEngine, client: redis.Redis) -> None:
+    brain = engine
     write_state(StateWriter(client), account_age_ms=STALE_MS)
 
     decision = brain.analyze(signal())
@@ -129,8 +146,8 @@ def test_stale_account_state_rejects_the_signal(
 
 
 def test_no_state_at_all_rejects_as_stale_market(
-        engine: tuple[BrainEngine, ExchangeGateway]) -> None:
-    brain, _ = engine
+        engine: BrainEngine) -> None:
+    brain = engine
 
     decision = brain.analyze(signal())
 

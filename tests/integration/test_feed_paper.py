@@ -25,6 +25,7 @@ from shared.names import REC_EXCHANGE_ORDER, REC_EXCHANGE_POSITION, REC_KLINE, R
 from shared.records import Record
 from shared.settings import Settings, load_settings
 from shared.state import StaleState, StateReader
+from shared.symbol_rules import SymbolRulesReader
 from tests.unit.feed.harness import FeedThread, wait_for
 
 pytestmark = pytest.mark.integration
@@ -128,6 +129,9 @@ def test_prices_candles_ticks_and_closed_klines_flow_from_the_paper_exchange(
     assert {t["symbol"] for t in ticks} <= {SYMBOL, "ETHUSDT"}
     assert Decimal(ticks[0]["mark_price"]) > 0 and status
     assert kline[0]["interval"] == "1m" and Decimal(kline[0]["close"]) > 0
+    rules = SymbolRulesReader(rds).get(SYMBOL)
+    assert rules.tick_size > 0 and rules.step_size > 0 and rules.min_notional > 0
+    assert rules.brackets and rules.brackets[0].notional_floor == 0  # the exchange's table
 
 
 def test_a_position_with_stop_loss_and_take_profit_shows_in_the_account_state(
@@ -200,6 +204,7 @@ def test_after_redis_loses_its_data_the_feed_resynchronises_instead_of_reporting
     assert btc is not None and btc.quantity == held
     # candles reseeded too (candle_limit closed ones + the forming one)
     wait_for(lambda: len(reader.candles(SYMBOL, "5m", 50)) == 21, what="candles reseeded")
+    assert SymbolRulesReader(rds).get(SYMBOL).step_size > 0  # and the symbols' rules
     rest.create_order(CCXT_SYMBOL, "market", "sell", float(held), None, {"reduceOnly": True})
     rest.create_order("ETH/USDT:USDT", "market", "sell", 0.01, None, {"reduceOnly": True})
 

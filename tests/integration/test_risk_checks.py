@@ -9,6 +9,7 @@ the real StateWriter (Redis db 13, whose ``phoenix95:state:*`` keys belong to th
 
 from __future__ import annotations
 
+import datetime as dtm
 import threading
 import uuid
 from collections.abc import Callable, Iterator
@@ -20,19 +21,21 @@ from typing import Any
 import pytest
 import redis
 
+from nameko_services.notify.commands import fmt_money, format_pnl, format_status, pnl_summary
+from nameko_services.notify.engine import format_daily_summary
 from nameko_services.paper_exchange.server import PaperExchange
 from nameko_services.risk.desk import RiskDesk
 from nameko_services.risk.ledger import Ledger
 from nameko_services.risk.reservations import ReservationBook
 from nameko_services.risk.stores import StateStore, WarningLatch
 from shared.db import make_sessionmaker
-from shared.exchange import make_exchange
-from shared.market import ExchangeGateway
 from shared.models import TradeIntent
+from shared.names import STATE_SYMBOLS_KEY
 from shared.settings import load_settings
 from shared.state import Position, Price, StateReader, now_ms
+from shared.symbol_rules import SymbolRulesReader
 from tests.integration.conftest import paper_admin, pin_price
-from tests.support.state_feed import PaperFeed, clear_state, count_requests
+from tests.support.state_feed import PaperFeed, clear_state
 
 pytestmark = pytest.mark.integration
 
@@ -70,14 +73,13 @@ def make_desk(paper: PaperExchange, feed: PaperFeed, tmp_path: Path) -> Iterator
             "state": f"test:risk:{tag}:state"}
     db = f"sqlite:///{tmp_path / 'risk.db'}"
 
-    def build(base_url: str | None = None, **sections: Any) -> RiskDesk:
+    def build(**sections: Any) -> RiskDesk:
         settings = load_settings(redis_streams={"url": REDIS_URL}, database={"url": db},
                                  **sections)
         sessions = make_sessionmaker(settings)
         own = redis.Redis.from_url(REDIS_URL, decode_responses=True)
-        gateway = ExchangeGateway(settings, make_exchange(settings,
-                                                          base_url=base_url or paper.base_url))
-        return RiskDesk(settings, gateway, StateStore(sessions, own, keys["state"]),
+        return RiskDesk(settings, SymbolRulesReader(own),
+                        StateStore(sessions, own, keys["state"]),
                         ReservationBook(own, settings.risk.reservation_ttl_s,
                                         keys["res"], keys["rate"]),
                         Ledger(sessions), WarningLatch(own, keys["warn"], keys["throttle"]),
@@ -195,12 +197,14 @@ def test_state_denies_and_is_mirrored_to_redis(make_desk: DeskFactory) -> None:
     assert desk.state._redis is not None and desk.state._redis.get(desk.state.key) == "REDUCING"
 
 
-def test_markets_not_loadable_is_a_denial_not_an_error(make_desk: DeskFactory) -> None:
-    desk = make_desk(base_url="http://127.0.0.1:9")
+def test_a_symbol_without_published_rules_is_refused_as_stale_market(
+        make_desk: DeskFactory, feed: PaperFeed) -> None:
+    desk = make_desk()
+    feed.writer.redis.hdel(STATE_SYMBOLS_KEY, SYMBOL)
 
     decision = desk.check(intent())
 
-    assert decision["reasons"] == ["exchange_unavailable"]
+    assert decision["reasons"] == ["market_data_stale"]
 
 
 def test_realised_daily_loss_past_the_limit_halts_and_denies(
@@ -259,8 +263,6 @@ def test_fifty_concurrent_checks_against_a_cap_for_three_approve_exactly_three(
     sections = {"risk": {"max_total_exposure": 0.21},
                 "trading": {"allow_same_symbol_position": True, "max_open_positions": 100}}
     desks = [make_desk(**sections) for _ in range(2)]  # two risk instances
-    for d in desks:
-        d.gateway.ensure_markets()
     start = threading.Barrier(50)
 
     def one(i: int) -> dict[str, Any]:
@@ -467,12 +469,13 @@ def test_supervision_skips_while_the_account_state_is_stale(
     assert raised.value.reason == "account_state_stale"
 
 
-def test_warm_risk_makes_no_exchange_request(make_desk: DeskFactory, feed: PaperFeed) -> None:
+def test_warm_risk_makes_no_exchange_request(make_desk: DeskFactory, feed: PaperFeed,
+                                            paper: PaperExchange) -> None:
     desk = make_desk(risk={"stop_grace_s": 0.0, "stop_check_interval_s": 0.001},
                      trading={"allow_same_symbol_position": True})
     open_position(feed)
-    assert desk.check(intent())["approved"]  # warm: markets and brackets loaded once
-    sent = count_requests(desk.gateway.client)
+    assert desk.check(intent())["approved"]
+    before = paper_requests(paper)
 
     decisions = [desk.check(intent()) for _ in range(3)]
     desk.supervise()
@@ -481,5 +484,43 @@ def test_warm_risk_makes_no_exchange_request(make_desk: DeskFactory, feed: Paper
 
     assert all(d["approved"] for d in decisions), [d["reasons"] for d in decisions]
     assert status["open_positions"][0]["symbol"] == SYMBOL
-    assert sent == []
+    assert paper_requests(paper) == before  # risk holds no exchange client at all
 
+
+def paper_requests(paper: PaperExchange) -> float:
+    """Every HTTP request the paper exchange has answered so far."""
+    return sum(sample.value for metric in paper.metrics.requests.collect()
+               for sample in metric.samples if sample.name.endswith("_total"))
+
+
+# --------------------------------------------------------------------------- daily PnL
+# One definition (issue 10 item 10, issue 15 item 1): risk's ledger owns daily PnL —
+# realised, net of fees, since 00:00 UTC (nameko_services/risk/ledger.py) — and /pnl,
+# /status and the daily summary show risk's figure, not a sum of their own.
+
+
+def test_one_realised_trade_with_fees_is_the_same_daily_pnl_on_every_surface(
+        make_desk: DeskFactory, paper: PaperExchange, feed: PaperFeed) -> None:
+    desk = make_desk()
+    desk.supervise()  # the day's first observation: its starting wallet
+    open_position(feed, amount=0.05)
+    pin_price(paper, 60300)
+    feed.client.create_order(CCXT, "market", "sell", 0.05, None, {"reduceOnly": True})
+    feed.sync()
+    desk.supervise()
+
+    fills = feed.client.fetch_my_trades(CCXT)
+    realised = sum((Decimal(str(f["info"]["realizedPnl"])) for f in fills), Decimal(0))
+    fees = sum((Decimal(str(f["fee"]["cost"])) for f in fills), Decimal(0))
+    assert realised == Decimal("15") and fees > 0  # 0.05 x 300, both legs paid a fee
+    status = desk.status()
+    assert Decimal(status["daily_pnl"]) == realised - fees
+
+    today = dtm.datetime.now(dtm.UTC).date()
+    shown = f"{fmt_money(realised - fees)} USDT"
+    # execute's book says +15 gross for the day: /pnl must not show it as the daily PnL
+    trades = [{"realized_pnl": "15", "closed_at": today.isoformat() + "T01:00:00+00:00"}]
+    pnl = format_pnl(pnl_summary(trades, [], today, status["daily_pnl"]), today)
+    assert f"Daily PnL (realised, net of fees, since 00:00 UTC): {shown}" in pnl
+    assert shown in format_status(status)
+    assert f"realised {shown} (net of fees)" in format_daily_summary(today, status, trades, [])

@@ -13,10 +13,15 @@ from typing import Any
 import pytest
 import redis
 import redis.asyncio as aioredis
-import telegram
 
 from nameko_services.notify.commands import CommandEngine, RedisConfirmStore
-from nameko_services.notify.telegram_worker import CommandPoller, TelegramWorker
+from nameko_services.notify.telegram_delivery import OutboxDelivery, Sender
+from nameko_services.notify.telegram_worker import (
+    Commands,
+    build_application,
+    install,
+    serve,
+)
 from tests.support.telegram_standin import TelegramStandin
 
 pytestmark = pytest.mark.integration
@@ -79,20 +84,21 @@ def tg() -> Iterator[TelegramStandin]:
 
 
 def run_commands(tg: TelegramStandin, keys: dict[str, str], control: FakeControl,
-                 until: Callable[[], bool], timeout: float = 20.0) -> CommandPoller:
-    async def scenario() -> CommandPoller:
+                 until: Callable[[], bool], timeout: float = 20.0) -> Commands:
+    """The worker's Application, commands polling on, until ``until()`` (or ``timeout``)."""
+    async def scenario() -> Commands:
         client = aioredis.Redis.from_url(REDIS_URL)
-        bot = telegram.Bot(TOKEN, base_url=tg.base_url)
         stop = asyncio.Event()
-        worker = TelegramWorker(client, bot, [str(ALLOWED)], stream=keys["stream"],
-                                consumer="cmd-test", stop=stop, min_interval=0.01,
-                                backoff_initial=0.05, backoff_max=0.2)
+        app = build_application(TOKEN, tg.base_url, min_interval=0.01)
+        sender = Sender(app.bot, stop, backoff_initial=0.05, backoff_max=0.2)
+        delivery = OutboxDelivery(client, sender, [str(ALLOWED)], stream=keys["stream"],
+                                  consumer="cmd-test")
         engine = CommandEngine(control, [str(ALLOWED)],
                                RedisConfirmStore(client, prefix=keys["confirm"]),
                                confirm_key=b"integration-test-confirm-key")  # as settings give
-        poller = CommandPoller(worker, engine, poll_timeout=1, offset_key=keys["offset"])
-        await bot.initialize()
-        task = asyncio.create_task(poller.run())
+        commands = Commands(engine, sender, client, offset_key=keys["offset"])
+        install(app, delivery, commands)
+        task = asyncio.create_task(serve(app, stop, poll_timeout=1))
         try:
             deadline = time.monotonic() + timeout
             while not until() and time.monotonic() < deadline and not task.done():
@@ -100,9 +106,8 @@ def run_commands(tg: TelegramStandin, keys: dict[str, str], control: FakeControl
         finally:
             stop.set()
             await asyncio.wait_for(task, timeout=10)
-            await bot.shutdown()
             await client.aclose()
-        return poller
+        return commands
 
     return asyncio.run(scenario())
 
@@ -117,13 +122,13 @@ def test_status_is_answered_in_the_allowed_chat_and_ignored_elsewhere(
     tg.queue_message("/status", chat_id=STRANGER, user_id=STRANGER)
     last = tg.queue_message("/status", chat_id=ALLOWED, user_id=ALLOWED)
 
-    poller = run_commands(tg, keys, control, until=lambda: bool(sent_to(tg, ALLOWED)))
+    commands = run_commands(tg, keys, control, until=lambda: bool(sent_to(tg, ALLOWED)))
 
     (answer,) = sent_to(tg, ALLOWED)
     assert answer.startswith("State: ACTIVE")
     assert sent_to(tg, STRANGER) == []
     assert control.calls == [("status",)]  # the stranger's /status called nothing
-    assert poller.handled == 2
+    assert commands.handled == 2
     assert int(redis.Redis.from_url(REDIS_URL).get(keys["offset"]) or 0) == \
         last["update_id"] + 1
 
@@ -160,3 +165,18 @@ def test_a_restarted_worker_does_not_repeat_handled_commands(
     texts = sent_to(tg, ALLOWED)
     assert len(texts) == 2 and texts[1].startswith("Phoenix 95 commands")
     assert control.calls == [("status",)]
+
+
+def test_an_update_telegram_serves_again_after_a_crash_is_not_handled_twice(
+        tg: TelegramStandin, keys: dict[str, str]) -> None:
+    # a worker handled /status (offset saved) and died before Telegram heard of it
+    control = FakeControl()
+    handled = tg.queue_message("/status", chat_id=ALLOWED, user_id=ALLOWED)
+    redis.Redis.from_url(REDIS_URL).set(keys["offset"], handled["update_id"] + 1)
+    tg.queue_message("/help", chat_id=ALLOWED, user_id=ALLOWED)
+
+    commands = run_commands(tg, keys, control, until=lambda: bool(sent_to(tg, ALLOWED)))
+
+    (answer,) = sent_to(tg, ALLOWED)
+    assert answer.startswith("Phoenix 95 commands")
+    assert control.calls == [] and commands.handled == 1

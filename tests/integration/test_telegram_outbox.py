@@ -1,6 +1,7 @@
 """Durable Telegram delivery: real Redis (DB 9) + the local Telegram stand-in + the worker.
 
-The worker's coroutines run in-process, each run bounded by a deadline.
+The worker's PTB Application runs in-process (outbox job only), each run bounded by a
+deadline.
 """
 
 from __future__ import annotations
@@ -21,13 +22,18 @@ import telegram
 from prometheus_client import REGISTRY
 
 from nameko_services.notify.outbox import AlertOutbox
-from nameko_services.notify.telegram_worker import (
+from nameko_services.notify.telegram_delivery import OutboxDelivery, Sender
+from nameko_services.notify.telegram_format import (
     Alert,
-    TelegramWorker,
     format_alert,
     parse_chat_ids,
     plan_messages,
     split_text,
+)
+from nameko_services.notify.telegram_worker import (
+    build_application,
+    install,
+    serve,
 )
 from shared import names
 from shared.records import Record
@@ -85,35 +91,28 @@ async def run_worker(
     timeout: float = 15.0,
     consumer: str = "test-worker",
     chats: tuple[str, ...] = (CHAT,),
-    **options: float,
-) -> TelegramWorker:
+    min_interval: float = 0.05,
+) -> OutboxDelivery:
     """Run one worker until ``until()`` holds (or ``timeout``), then stop it cleanly."""
     client = aioredis.Redis.from_url(REDIS_URL)
-    bot = telegram.Bot(TOKEN, base_url=tg.base_url)
     stop = asyncio.Event()
-    settings: dict[str, float] = {"block_ms": 100, "min_interval": 0.05,
-                                  "backoff_initial": 0.05, "backoff_max": 0.5}
-    settings.update(options)
-    worker = TelegramWorker(
-        client, bot, list(chats), consumer=consumer, stop=stop,
-        block_ms=int(settings.pop("block_ms")), **settings,  # type: ignore[arg-type]
-    )
-    await bot.initialize()
-    task = asyncio.create_task(worker.run())
+    app = build_application(TOKEN, tg.base_url, min_interval=min_interval)
+    sender = Sender(app.bot, stop, backoff_initial=0.05, backoff_max=0.5)
+    worker = OutboxDelivery(client, sender, list(chats), consumer=consumer)
+    install(app, worker, drain_interval=0.05)
+    task = asyncio.create_task(serve(app, stop, commands=False))
     try:
         deadline = time.monotonic() + timeout
         while not until() and time.monotonic() < deadline and not task.done():
             await asyncio.sleep(0.02)
-        await asyncio.sleep(0.2)  # let an in-flight ack land
     finally:
-        stop.set()
+        stop.set()  # a send already accepted is still acked before the job returns
         await asyncio.wait_for(task, timeout=10)
-        await bot.shutdown()
         await client.aclose()
     return worker
 
 
-def run(coro: Awaitable[TelegramWorker]) -> TelegramWorker:
+def run(coro: Awaitable[OutboxDelivery]) -> OutboxDelivery:
     return asyncio.run(coro)  # type: ignore[arg-type]
 
 
@@ -143,11 +142,10 @@ def test_alert_survives_two_failures_and_is_delivered_once(
     outbox.append("critical", "risk halted: daily drawdown 5.1%")
 
     worker = run(run_worker(tg, until=lambda: len(tg.sent) >= 1))
-    time.sleep(0.3)
 
     assert [m.text for m in tg.sent] == ["🚨 CRITICAL\nrisk halted: daily drawdown 5.1%"]
     assert [c.status for c in tg.calls_of("sendMessage")] == [500, 500, 200]
-    assert worker.sent_messages == 1 and worker.acked == 1
+    assert worker.sender.sent_messages == 1 and worker.acked == 1
     assert pending(rds) == 0
 
 
@@ -223,6 +221,26 @@ def test_every_chat_gets_it_before_the_ack(
     worker = run(run_worker(tg, until=lambda: len(tg.sent) >= 2, chats=("111", "-100222")))
     assert sorted(str(m.chat_id) for m in tg.sent) == ["-100222", "111"]
     assert worker.acked == 1 and pending(rds) == 0
+
+
+def test_a_deleted_outbox_stream_is_recreated_and_delivery_goes_on(
+    rds: redis.Redis, outbox: AlertOutbox, tg: TelegramStandin
+) -> None:
+    outbox.append("info", "before")
+
+    def deleted_then_refilled() -> bool:
+        if len(tg.sent) == 1 and rds.exists(STREAM) and not rds.get("t:refilled"):
+            rds.delete(STREAM)  # a Redis that lost its data, or an operator's DEL
+            rds.set("t:refilled", 1, ex=60)
+            rds.xadd(STREAM, Record("alert", {"level": "info", "text": "after"})
+                     .stream_fields())  # type: ignore[arg-type]
+        return len(tg.sent) >= 2
+
+    worker = run(run_worker(tg, until=deleted_then_refilled))
+    rds.delete("t:refilled")
+
+    assert [m.text for m in tg.sent] == ["ℹ️ INFO\nbefore", "ℹ️ INFO\nafter"]
+    assert worker.acked == 2 and pending(rds) == 0
 
 
 def test_outbox_validates_and_trims(rds: redis.Redis) -> None:

@@ -11,8 +11,10 @@ import redis
 
 from nameko_services.paper_exchange.server import PaperExchange
 from shared.exchange import make_exchange
+from shared.money import parse_brackets
 from shared.settings import Settings
 from shared.state import Account, Balance, Order, Position, Price, StateWriter, now_ms
+from shared.symbol_rules import SymbolRules, store_rules
 
 SYMBOLS = {"BTCUSDT": "BTC/USDT:USDT", "ETHUSDT": "ETH/USDT:USDT"}
 
@@ -27,6 +29,11 @@ class PaperFeed:
 
     def sync(self, *, market_age_ms: int = 0, account_age_ms: int = 0) -> None:
         now = now_ms()
+        self.client.load_markets()
+        store_rules(self.writer.redis, [
+            SymbolRules.from_ccxt_market(self.client.market(sym), parse_brackets(
+                self.client.fapiPrivateGetLeverageBracket({"symbol": symbol})))
+            for symbol, sym in SYMBOLS.items()])
         positions = [p for p in map(Position.from_ccxt, self.client.fetch_positions()) if p]
         orders = [Order.from_ccxt(o) for sym in SYMBOLS.values()
                   for params in ({"trigger": True}, {})

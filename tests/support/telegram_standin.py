@@ -14,6 +14,7 @@ next N calls with HTTP 500 or 429 + ``retry_after``.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 import time
@@ -255,7 +256,9 @@ class TelegramStandin:
         handler.send_header("Content-Type", "application/json")
         handler.send_header("Content-Length", str(len(body)))
         handler.end_headers()
-        handler.wfile.write(body)
+        # a long poll the bot gave up on (it stopped) has nobody left to answer
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+            handler.wfile.write(body)
 
     def _take_failure(self, method: str) -> _Failure | None:
         for failure in self._state.failures:

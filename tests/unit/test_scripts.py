@@ -21,6 +21,14 @@ from shared.settings import Settings, load_settings
 # --------------------------------------------------------------------------- .env
 
 
+@pytest.fixture
+def no_phoenix_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Only the .env file under test configures the settings."""
+    for key in list(os.environ):
+        if key.startswith("PHOENIX__"):
+            monkeypatch.delenv(key)
+
+
 def test_new_env_file_is_private_and_holds_every_secret(tmp_path: Path) -> None:
     path = tmp_path / "sub" / ".env"
 
@@ -67,6 +75,34 @@ def test_existing_values_are_never_overwritten(tmp_path: Path) -> None:
     assert set(lib.SECRET_GENERATORS) <= set(values)
 
 
+def test_env_is_read_as_pydantic_settings_reads_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, no_phoenix_env: None
+) -> None:
+    # inline comments, escapes and export: the script and the settings must see one value
+    path = tmp_path / ".env"
+    path.write_text(
+        "PHOENIX__SECURITY__WEBHOOK_SECRET=abc123  # rotated monthly\n"
+        'export PHOENIX__MESSAGE_QUEUE__PASSWORD="p\\"w#1"\n'
+        "PHOENIX__TELEGRAM__CONFIRM_SECRET='lit $HOME # not a comment'\n"
+        "JUST_A_KEY\n")
+    lib.ensure_env_file(path)  # adds the other secrets the settings require
+    monkeypatch.setenv("PHOENIX_DOTENV", str(path))
+
+    values = lib.parse_env(path.read_text())
+    settings = load_settings()
+
+    assert values["PHOENIX__SECURITY__WEBHOOK_SECRET"] == "abc123"
+    assert values["PHOENIX__MESSAGE_QUEUE__PASSWORD"] == 'p"w#1'
+    assert values["PHOENIX__TELEGRAM__CONFIRM_SECRET"] == "lit $HOME # not a comment"
+    assert "JUST_A_KEY" not in values
+    assert settings.security.webhook_secret.get_secret_value() == values[
+        "PHOENIX__SECURITY__WEBHOOK_SECRET"]
+    assert settings.message_queue.password.get_secret_value() == values[
+        "PHOENIX__MESSAGE_QUEUE__PASSWORD"]
+    assert settings.telegram.confirm_secret.get_secret_value() == values[
+        "PHOENIX__TELEGRAM__CONFIRM_SECRET"]
+
+
 def test_complete_env_file_is_left_byte_for_byte(tmp_path: Path) -> None:
     path = tmp_path / ".env"
     lib.ensure_env_file(path)
@@ -79,11 +115,8 @@ def test_complete_env_file_is_left_byte_for_byte(tmp_path: Path) -> None:
 
 
 def test_generated_env_file_validates_as_settings(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, no_phoenix_env: None
 ) -> None:
-    for key in list(os.environ):
-        if key.startswith("PHOENIX__"):
-            monkeypatch.delenv(key)
     path = tmp_path / ".env"
     lib.ensure_env_file(path)
     monkeypatch.setenv("PHOENIX_DOTENV", str(path))

@@ -58,14 +58,26 @@ def test_strong_probability_passes_all_gates_and_is_sized_by_fractional_kelly(se
 
 
 def test_each_gate_fails_with_its_own_reason_in_order(settings):
-    weak = _engine(settings, 0.3).analyze(_signal(0.2))
+    weak = _engine(settings, 0.3).analyze(_signal(0.3))
     middling = _engine(settings, 0.55).analyze(_signal(0.9))
 
-    assert weak.analysis.reasons[:3] == ("confidence_below_min",
-                                         "phoenix_score_below_threshold",
+    assert weak.analysis.reasons[:2] == ("phoenix_score_below_threshold",
                                          "final_confidence_below_execute_threshold")
     assert middling.analysis.reasons == ("final_confidence_below_execute_threshold",)
     assert weak.intent is None and middling.intent is None
+
+
+def test_alert_below_min_confidence_is_refused_before_any_market_read(settings):
+    market = FakeMarket()
+    engine = _engine(settings, 0.9, market)
+
+    decision = engine.analyze(_signal(0.2))
+
+    assert decision.analysis.reasons == ("confidence_below_min",)
+    assert decision.analysis.gates["min_confidence"] == {"value": 0.2, "threshold": 0.25,
+                                                         "passed": False}
+    assert decision.intent is None
+    assert market.kline_calls == []
 
 
 def test_final_confidence_blends_model_and_alert_then_boosts(settings):

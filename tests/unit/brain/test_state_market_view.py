@@ -1,4 +1,4 @@
-"""Brain's market view on the feed's state: a fake StateReader and a fake gateway at the
+"""Brain's market view on the feed's state: a fake StateReader and fake symbol rules at the
 boundary (the real reader on Redis is in tests/integration/test_brain_state.py)."""
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from shared.state import (
     StaleState,
     now_ms,
 )
+from shared.symbol_rules import SymbolRules
 
 FIVE_MIN = 300_000
 
@@ -46,13 +47,16 @@ class FakeState:
         return self.acct
 
 
-class FakeGateway:
+class FakeRules:
+    """What :class:`shared.symbol_rules.SymbolRulesReader` answers."""
+
     def __init__(self) -> None:
         self.asked: list[str] = []
 
-    def tick_size(self, symbol: str) -> Decimal:
-        self.asked.append("tick_size")
-        return Decimal("0.1")
+    def get(self, symbol: str) -> SymbolRules:
+        self.asked.append(symbol)
+        return SymbolRules(symbol=symbol, tick_size=Decimal("0.1"), step_size=Decimal("0.001"),
+                           min_quantity=Decimal("0.001"), min_notional=Decimal(100))
 
 
 def _candles(forming_open_ms: int, n: int = 5) -> list[list[float]]:
@@ -66,8 +70,8 @@ def _now_bar() -> int:
 
 
 def _view(candles: list[list[float]] | None = None, price: Price | None = None,
-          account: Account | None = None) -> tuple[StateMarketView, FakeGateway]:
-    gateway = FakeGateway()
+          account: Account | None = None) -> tuple[StateMarketView, FakeRules]:
+    gateway = FakeRules()
     state = FakeState(candles if candles is not None else _candles(_now_bar()),
                       price if price is not None else Price(symbol="BTCUSDT",
                                                             mark=Decimal(60010),
@@ -116,11 +120,13 @@ def test_equity_marks_open_positions_to_the_mark_price() -> None:
     assert view.equity() == Decimal(1009)
 
 
-def test_symbol_filters_come_from_the_gateway() -> None:
-    view, gateway = _view()
+def test_symbol_filters_are_the_rules_the_feed_published() -> None:
+    view, rules = _view()
 
     assert view.tick_size("BTCUSDT") == Decimal("0.1")
-    assert gateway.asked == ["tick_size"]
+    assert view.min_notional("BTCUSDT") == Decimal(100)
+    assert view.amount_to_precision("BTCUSDT", Decimal("0.26666")) == Decimal("0.266")
+    assert rules.asked == ["BTCUSDT"] * 3
 
 
 @pytest.mark.parametrize("feed,message", [

@@ -161,3 +161,41 @@ def test_dashboard_switches_symbol(seeded: redis.Redis) -> None:
                 if s["data"] and s["data"][0]["type"] == "candlestick")
     assert "ETHUSDT" in spec["layout"]["title"]["text"]
     assert "shapes" not in spec["layout"] or not spec["layout"]["shapes"]
+
+
+@pytest.mark.parametrize("risk_answers", [True, False])
+def test_trades_tab_shows_risks_daily_pnl_not_a_sum_of_its_own(
+        seeded: redis.Redis, monkeypatch: pytest.MonkeyPatch, risk_answers: bool) -> None:
+    from dashboard import data
+
+    today = time.strftime("%Y-%m-%dT01:00:00+00:00", time.gmtime())
+    status = {"state": "ACTIVE", "equity": "10000", "daily_pnl": "-3.25",
+              "daily_loss_limit": "500"}
+    snapshot = data.RpcSnapshot(
+        positions=[], risk_status=status if risk_answers else None,
+        risk_error=None if risk_answers else "TimeoutError", fetched_at=time.time(),
+        trades=[{"signal_id": "s1", "symbol": "BTCUSDT", "side": "LONG", "quantity": "0.01",
+                 "entry_price": "60000", "exit_price": "60600", "realized_pnl": "6",
+                 "status": "closed", "close_reason": "take_profit",
+                 "opened_at": today, "closed_at": today}])
+
+    class Poller:  # the RPC answers, without a broker
+        def __init__(self, *args: object, **kwargs: object) -> None:
+            pass
+
+        def latest(self, wait: float = 0.0) -> data.RpcSnapshot:
+            return snapshot
+
+    monkeypatch.setattr(data, "RpcPoller", Poller)
+    at = AppTest.from_file(str(APP), default_timeout=60)
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+
+    specs = [json.loads(c.proto.spec) for c in at.get("plotly_chart")]
+    daily = [s for s in specs if "Daily PnL" in s["layout"]["title"]["text"]]
+    if risk_answers:
+        # risk's figure (realised, net of fees, since 00:00 UTC), not today's trades (+6)
+        assert [d["data"][0]["y"] for d in daily] == [[-3.25]]
+    else:  # no figure of the dashboard's own making
+        assert daily == []
+        assert "Daily PnL unavailable" in " ".join(str(i.value) for i in at.info)

@@ -54,10 +54,7 @@ def test_drawdown_is_never_positive(pnls: list[float]) -> None:
     assert curve["equity"].iloc[-1] == pytest.approx(50_000.0)
 
 
-def test_daily_pnl_counts_only_that_day() -> None:
-    closed = data.closed_trades_frame(TRADES)
-    assert data.daily_pnl(closed, pd.Timestamp("2026-11-23", tz="UTC")) == 6.0
-    assert data.daily_pnl(closed, pd.Timestamp("2026-11-24", tz="UTC")) == 0.0
+def test_daily_pnl_chart_draws_the_loss_limit() -> None:
     fig = charts.daily_pnl_chart(6.0, 500.0)
     assert fig.layout.shapes[0].y0 == -500.0
 

@@ -12,6 +12,7 @@ from werkzeug.test import EnvironBuilder
 from werkzeug.wrappers import Request
 
 from nameko_services.notify.engine import AlertPolicy
+from tests.support.notify_fakes import MemoryLatch
 
 # Alertmanager's documented webhook body (prometheus.io/docs/alerting/latest/configuration/
 # #webhook_config), as Alertmanager 0.25 sends it for one firing and one resolved alert.
@@ -54,12 +55,13 @@ class FakeOutbox:
 
 @pytest.fixture()
 def service(secrets_env: dict[str, str]) -> Any:
-    from nameko_services.notify.service import Alerts, NotifyService
+    from nameko_services.notify.alerts import Alerts
+    from nameko_services.notify.service import NotifyService
     from shared.settings import get_settings
 
     outbox = FakeOutbox()
     svc = worker_factory(NotifyService, config=get_settings(),
-                         alerts=Alerts(outbox, AlertPolicy("normal")))  # type: ignore[arg-type]
+                         alerts=Alerts(outbox, AlertPolicy("normal"), MemoryLatch()))  # type: ignore[arg-type]
     svc.outbox = outbox
     return svc
 

@@ -42,6 +42,7 @@ class FakeControl:
     def risk_status(self) -> dict[str, Any]:
         self.calls.append(("status",))
         return {"state": self.state, "reason": "", "equity": "10006.5", "available": "9970",
+                "daily_pnl": "7.40",
                 "margin_used": "30", "margin_usage": "0.0030", "exposure": "606",
                 "open_positions": [{"symbol": "BTCUSDT"}]}
 
@@ -186,9 +187,11 @@ def test_positions_show_upnl_and_liquidation_distance(engine: CommandEngine) -> 
     assert "uPnL 6.00" in reply.text and "liq 57228.9 (5.56% away)" in reply.text
 
 
-def test_pnl_sums_today_and_overall(engine: CommandEngine) -> None:
+def test_pnl_shows_risks_daily_pnl_and_counts_todays_trades(engine: CommandEngine) -> None:
     (reply,) = handle(engine, "/pnl")
-    assert "Realised today: 8.00 USDT (2 closed: 1 won, 1 lost)" in reply.text
+    # risk's figure (net of fees), not the sum of today's closed trades (8.00 gross)
+    assert "Daily PnL (realised, net of fees, since 00:00 UTC): 7.40 USDT" in reply.text
+    assert "Closed today: 2 (1 won, 1 lost)" in reply.text
     assert "Unrealised now: 6.00" in reply.text
     assert "overall: 108.00" in reply.text
 

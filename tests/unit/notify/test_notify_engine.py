@@ -16,19 +16,10 @@ from nameko_services.notify.engine import (
     LagGauges,
     broker_health,
     format_daily_summary,
-    state_key,
-    state_key_from_text,
     summary_due,
 )
 from shared.lag import Lag
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.t = 0.0
-
-    def __call__(self) -> float:
-        return self.t
+from tests.support.notify_fakes import MemoryLatch
 
 
 @pytest.mark.parametrize(("verbosity", "rejected", "accepted"), [
@@ -44,27 +35,6 @@ def test_verbosity_decides_which_signal_alerts_go_out(
 def test_unknown_verbosity_is_refused() -> None:
     with pytest.raises(ValueError):
         AlertPolicy("chatty")
-
-
-def test_the_same_state_change_by_two_paths_is_sent_once() -> None:
-    clock = Clock()
-    policy = AlertPolicy(dedupe_s=60, clock=clock)
-    event_key = state_key("active", "HALTED", "telegram /halt by t")
-    queue_key = state_key_from_text("Trading state ACTIVE -> HALTED: telegram /halt by t")
-    assert event_key == queue_key == "state:ACTIVE->HALTED:telegram /halt by t"
-    assert policy.first_time(event_key) and not policy.first_time(queue_key)
-    clock.t = 61
-    assert policy.first_time(queue_key)  # a later, real repeat is sent again
-    assert state_key_from_text("no arrow here") == ""
-
-
-def test_a_new_halt_for_another_reason_within_the_window_is_sent() -> None:
-    policy = AlertPolicy(dedupe_s=60, clock=Clock())
-
-    first = policy.first_time(state_key("ACTIVE", "HALTED", "telegram /halt"))
-    second = policy.first_time(state_key("ACTIVE", "HALTED", "daily loss limit"))
-
-    assert first and second
 
 
 def test_health_watch_reports_down_after_two_misses_and_back_once() -> None:
@@ -120,12 +90,13 @@ def test_lag_gauges_publish_and_forget_series() -> None:
 def test_daily_summary_text_and_schedule() -> None:
     day = dtm.date(2026, 11, 23)
     text = format_daily_summary(
-        day, {"equity": "10010", "state": "ACTIVE", "margin_usage": "0.05"},
+        day, {"equity": "10010", "state": "ACTIVE", "margin_usage": "0.05",
+              "daily_pnl": "9.60"},
         [{"realized_pnl": "10", "closed_at": "2026-11-23T01:00:00"}],
         [{"unrealized_pnl": "-2"}], ["nothing"])
     assert text.splitlines() == [
         "DAILY SUMMARY 2026-11-23 (UTC)",
-        "Closed today: 1 (1 won, 0 lost), realised 10.00 USDT",
+        "Closed today: 1 (1 won, 0 lost), realised 9.60 USDT (net of fees)",
         "Open now: 1, unrealised -2.00 USDT",
         "Equity 10,010.00 USDT · state ACTIVE",
         "Margin usage 5.0%",
@@ -149,10 +120,11 @@ class FakeOutbox:
 
 @pytest.fixture()
 def service(secrets_env: dict[str, str]) -> Any:
-    from nameko_services.notify.service import Alerts, NotifyService
+    from nameko_services.notify.alerts import Alerts
+    from nameko_services.notify.service import NotifyService
 
     outbox = FakeOutbox()
-    svc = worker_factory(NotifyService, alerts=Alerts(outbox, AlertPolicy("normal")))  # type: ignore[arg-type]
+    svc = worker_factory(NotifyService, alerts=Alerts(outbox, AlertPolicy("normal"), MemoryLatch()))  # type: ignore[arg-type]
     svc.outbox = outbox
     return svc
 
@@ -169,17 +141,41 @@ def test_fill_event_becomes_an_alert_with_every_level(service: Any) -> None:
                     "USDT)\nSL 58800.0 | TP 61200.0 | liq 57228.91\nsignal sig-1")
 
 
-def test_state_change_by_event_and_queue_is_one_alert(service: Any) -> None:
-    service.on_state_changed({"type": "risk_state_changed", "previous": "ACTIVE",
-                              "state": "HALTED", "reason": "manual"})
-    service.on_risk_alert({"type": "risk_alert", "level": "critical", "code": "STATE_CHANGED",
-                           "text": "Trading state ACTIVE -> HALTED: manual"})
+def test_a_state_change_redelivered_is_one_alert(service: Any) -> None:
+    change = {"type": "risk_alert", "level": "critical", "code": "STATE_CHANGED",
+              "text": "Trading state ACTIVE -> HALTED: manual", "alert_id": "state:c1"}
+    service.on_risk_alert(change)
+    service.on_risk_alert(change)  # RabbitMQ redelivered it (or a second instance got it)
+    service.on_risk_alert({**change, "alert_id": "state:c2"})  # a new change, same words
     service.on_risk_alert({"type": "risk_alert", "level": "warning", "code": "LIQUIDATION_NEAR",
                            "text": "ETHUSDT mark within 1.0% of liquidation", "symbol": "ETHUSDT"})
     assert [(lvl, txt) for lvl, txt, _ in service.outbox.items] == [
-        ("critical", "TRADING STATE ACTIVE -> HALTED: manual"),
+        ("critical", "[STATE_CHANGED] Trading state ACTIVE -> HALTED: manual"),
+        ("critical", "[STATE_CHANGED] Trading state ACTIVE -> HALTED: manual"),
         ("warning", "[LIQUIDATION_NEAR] ETHUSDT mark within 1.0% of liquidation"),
     ]
+
+
+def test_an_alert_whose_queueing_failed_is_not_taken_for_a_duplicate(
+        secrets_env: dict[str, str]) -> None:
+    from nameko_services.notify.alerts import Alerts
+
+    class FlakyOutbox(FakeOutbox):
+        fail = True
+
+        def append(self, level: str, text: str, signal_id: str = "") -> str:
+            if self.fail:
+                self.fail = False
+                raise ConnectionError("redis down")
+            return super().append(level, text, signal_id)
+
+    outbox = FlakyOutbox()
+    alerts = Alerts(outbox, AlertPolicy("normal"), MemoryLatch())  # type: ignore[arg-type]
+    with pytest.raises(ConnectionError):
+        alerts.send("critical", "halted", "risk", dedupe_key="risk:state:c1")
+
+    assert alerts.send("critical", "halted", "risk", dedupe_key="risk:state:c1") == "1-0"
+    assert alerts.send("critical", "halted", "risk", dedupe_key="risk:state:c1") is None
 
 
 def test_accepted_signals_are_quiet_at_normal_verbosity(service: Any) -> None:

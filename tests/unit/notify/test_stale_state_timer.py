@@ -10,6 +10,7 @@ import pytest
 from nameko.testing.services import worker_factory
 
 from nameko_services.notify.engine import AlertPolicy, StateAlert
+from tests.support.notify_fakes import MemoryLatch
 
 STALE = StateAlert("market", "warning", "market_data_stale",
                    "[market_data_stale] Market data is stale (9.0 s old, max 5 s)")
@@ -45,9 +46,10 @@ class FakeMonitor:
 
 
 def _service(outbox: FakeOutbox, monitor: FakeMonitor) -> Any:
-    from nameko_services.notify.service import Alerts, NotifyService
+    from nameko_services.notify.alerts import Alerts
+    from nameko_services.notify.service import NotifyService
 
-    return worker_factory(NotifyService, alerts=Alerts(outbox, AlertPolicy("quiet")),  # type: ignore[arg-type]
+    return worker_factory(NotifyService, alerts=Alerts(outbox, AlertPolicy("quiet"), MemoryLatch()),  # type: ignore[arg-type]
                           monitor=monitor)
 
 

@@ -115,14 +115,6 @@ class FakeExecute:
         return {"status": "rearmed"}
 
 
-class Events:
-    def __init__(self) -> None:
-        self.sent: list[tuple[str, dict[str, Any]]] = []
-
-    def __call__(self, name: str, payload: dict[str, Any]) -> None:
-        self.sent.append((name, payload))
-
-
 INTENT = {"signal_id": "sig-1", "idempotency_key": "k", "symbol": "BTCUSDT", "side": "LONG",
           "quantity": "0.01", "reference_price": "60000", "leverage": 20,
           "stop_loss": "58800", "take_profit": "61200", "margin": "30"}
@@ -137,7 +129,7 @@ def make_service(secrets_env: dict[str, str]) -> Any:
 
     def build(desk: FakeDesk, execute: FakeExecute | None = None) -> Any:
         return worker_factory(RiskService, desk=desk, bus=FakeBus(), telemetry=FakeTelemetry(),
-                              dispatch=Events(), execute=execute or FakeExecute(),
+                              execute=execute or FakeExecute(),
                               config=get_settings())
 
     return build
@@ -167,22 +159,27 @@ def test_denial_for_a_breached_daily_loss_halts_trading_once(make_service: Any) 
     svc.check(INTENT)
 
     assert desk.state_now == "HALTED"
-    assert [name for name, _ in svc.dispatch.sent] == ["risk_state_changed"]
-    assert [a.code for a in svc.bus.alerts] == ["STATE_CHANGED"]
-    assert "state_changed" in [r.type for _, r in svc.telemetry.records]
+    [alert] = svc.bus.alerts
+    assert alert.code == "STATE_CHANGED" and alert.alert_id.startswith("state:")
+    [change] = [r for _, r in svc.telemetry.records if r.type == "state_changed"]
+    assert alert.alert_id == f"state:{change.data['change_id']}"
 
 
-def test_set_state_announces_a_change_by_event_alert_and_record(make_service: Any) -> None:
+def test_set_state_announces_a_change_by_one_alert_with_an_id_and_a_record(
+        make_service: Any) -> None:
     svc = make_service(FakeDesk())
 
     reply = svc.set_state("reducing", "exchange pre-flight failed")
+    svc.set_state("active", "recovered")
 
     assert reply == {"state": "REDUCING", "previous": "ACTIVE",
                      "reason": "exchange pre-flight failed"}
-    [(name, payload)] = svc.dispatch.sent
-    assert name == "risk_state_changed" and payload["state"] == "REDUCING"
-    [alert] = svc.bus.alerts
-    assert alert.level == "critical" and "ACTIVE -> REDUCING" in alert.text
+    first, second = svc.bus.alerts  # one message per change, nothing else announces it
+    assert first.level == "critical" and "ACTIVE -> REDUCING" in first.text
+    assert second.level == "info" and "REDUCING -> ACTIVE" in second.text
+    assert first.alert_id and second.alert_id and first.alert_id != second.alert_id
+    changes = [r.data for _, r in svc.telemetry.records if r.type == "state_changed"]
+    assert [c["state"] for c in changes] == ["REDUCING", "ACTIVE"]
 
 
 def test_supervision_breach_halts_and_a_missing_stop_is_alerted_once_and_rearmed(
@@ -198,8 +195,8 @@ def test_supervision_breach_halts_and_a_missing_stop_is_alerted_once_and_rearmed
     svc.supervise()
 
     assert desk.state_now == "HALTED"
-    assert [name for name, _ in svc.dispatch.sent] == ["risk_state_changed"]
     codes = [a.code for a in svc.bus.alerts]
+    assert codes.count("STATE_CHANGED") == 1
     assert codes.count("STOP_LOSS_MISSING") == 1
     assert execute.rearmed == ["ETHUSDT", "ETHUSDT"]
 
