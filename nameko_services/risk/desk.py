@@ -179,6 +179,8 @@ class RiskDesk:
             snap, as_of = self.snapshot(intent)
         except StaleRefusal as exc:
             return _denied(intent, exc.reasons, str(exc))
+        except StaleState as exc:  # e.g. a fresh price without a value, just after a feed restart
+            return _denied(intent, [exc.reason], str(exc))
         decision = self.engine.check(intent, snap)
         if not decision.approved:
             return decision.wire()

@@ -326,6 +326,19 @@ def test_filled_reservation_holds_its_symbol_until_the_state_shows_the_position(
     assert "position_already_open" in second["reasons"]
 
 
+def test_a_price_without_a_value_is_a_refusal_not_an_exception(
+        make_desk: DeskFactory, feed: PaperFeed) -> None:
+    # chaos kill-feed: the restarted feed had stored DOGEUSDT's price without a value yet;
+    # the check raised StaleState, and brain dead-lettered the signal without an outcome
+    desk = make_desk()
+    feed.writer.prices([Price(symbol=SYMBOL, updated_ms=now_ms())])
+
+    decision = desk.check(intent())
+
+    assert not decision["approved"]
+    assert decision["reasons"] == ["market_data_stale"]
+
+
 def test_price_walk_toward_liquidation_warns_once_per_escalation(
         make_desk: DeskFactory, feed: PaperFeed) -> None:
     desk = make_desk()
