@@ -2,10 +2,11 @@
 
 For each scenario and run: flatten, start a burst of alerts over the five symbols, inject
 the fault at a random moment of the burst (kill -9 of a service, the exchange failing 30 %
-of requests for 20 s, AMQP connections closed, Kafka down for 30 s; with ``--destructive``
-also a RabbitMQ app restart and a Redis restart, which hit everything on this machine),
-then check the invariants (scripts/chaos_checks.py) and print a table. Exits 1 if any
-invariant failed. The environment selects the stack exactly as for ``scripts/status``.
+of requests for 20 s, AMQP connections closed, Kafka down for 30 s, a RabbitMQ app restart
+and a Redis restart of the stack's private brokers; the last two restart the machine's shared
+brokers only with ``--destructive``), then check the invariants (scripts/chaos_checks.py)
+and print a table. Exits 1 if any invariant failed. The environment selects the stack
+exactly as for ``scripts/status``.
 
     scripts/chaos [--runs N] [--scenarios a,b] [--size small|full] [--destructive]
                   [--json PATH] [--seed N]
@@ -42,7 +43,6 @@ from scripts.chaos_checks import (
     watch_protection,
 )
 from scripts.chaos_faults import (
-    DESTRUCTIVE,
     EXTRA,
     SCENARIOS,
     ChaosError,
@@ -57,7 +57,7 @@ SIZES = {"small": {"alerts": 10, "seconds": 4.0, "fault": 0.25},
          "full": {"alerts": 25, "seconds": 10.0, "fault": 1.0}}
 OUTCOME_TIMEOUT_S = 60.0  # retries are 3 x 5 s; an outcome later than this is lost
 LOW_WALLET = 6000.0
-DEFAULT_SCENARIOS = [s for s in SCENARIOS if s not in DESTRUCTIVE | EXTRA]
+DEFAULT_SCENARIOS = [s for s in SCENARIOS if s not in EXTRA]  # less those on shared brokers
 
 
 @dataclass
@@ -145,7 +145,7 @@ def run_once(stack: Stack, rpc: Any, scenario: str, run: int, size: str,
                                     f"{s.confidence}, alert {s.alert_id}): no outcome")
             elif len(found) > 1:
                 verdict.multi.append(f"signal {s.signal_id} ({s.symbol}): {found}")
-        check_orders(stack, burst.sent, outcomes, verdict)
+        check_orders(stack, burst.sent, outcomes, verdict, burst.strategy)
         check_book(stack, rpc, verdict)
         check_orphans(stack, verdict)
         risk_state = str(rpc.risk.status().get("state"))
@@ -194,14 +194,43 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def choose_scenarios(stack: Stack, asked: str | None, destructive: bool) -> list[str] | None:
+    """The scenarios to run; None (after saying why) when one is unknown or would restart a
+    broker shared with the rest of the machine without --destructive."""
+    if asked is None:  # the default: skip what would hit shared brokers, and say so
+        skipped = [] if destructive else stack.shared_brokers(DEFAULT_SCENARIOS)
+        if skipped:
+            print(f"skipping {', '.join(skipped)}: {SHARED_HINT}")
+        return [s for s in DEFAULT_SCENARIOS if s not in skipped]
+    scenarios = [s.strip() for s in asked.split(",") if s.strip()]
+    unknown = [s for s in scenarios if s not in SCENARIOS]
+    if unknown:
+        print(f"unknown scenarios: {unknown}; known: {', '.join(SCENARIOS)}")
+        return None
+    refused = [] if destructive else stack.shared_brokers(scenarios)
+    if refused:
+        print(f"refusing {', '.join(refused)}: {SHARED_HINT}")
+        return None
+    return scenarios
+
+
+SHARED_HINT = ("the stack uses the machine's broker, which other stacks share; point it at a "
+               "free local port (e.g. PHOENIX__REDIS_STREAMS__URL=redis://127.0.0.1:27379/0, "
+               "PHOENIX__MESSAGE_QUEUE__PORT=27672) so that scripts/up starts a private one, "
+               "or pass --destructive to restart the machine's")
+
+
 def parse(argv: Sequence[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     ap.add_argument("--runs", type=int, default=1)
-    ap.add_argument("--scenarios", default=",".join(DEFAULT_SCENARIOS),
-                    help=f"comma list of {', '.join(SCENARIOS)}")
+    ap.add_argument("--scenarios", default=None,
+                    help=f"comma list of {', '.join(SCENARIOS)} (default: all but "
+                         f"{', '.join(sorted(EXTRA))}, and the broker restarts only where "
+                         "the stack's broker is private)")
     ap.add_argument("--size", choices=tuple(SIZES), default="full")
     ap.add_argument("--destructive", action="store_true",
-                    help="allow rabbit-restart and redis-restart (machine-wide brokers)")
+                    help="allow rabbit-restart and redis-restart on brokers the stack shares "
+                         "with the machine (not needed for the private ones up starts)")
     ap.add_argument("--json", type=Path, default=None, help="result file (default in run dir)")
     ap.add_argument("--seed", type=int, default=None)
     ap.add_argument("--stop-on-failure", action="store_true")
@@ -216,18 +245,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(markdown_table([row for path in args.markdown
                               for row in json.loads(path.read_text())]))
         return 0
-    scenarios = [s.strip() for s in args.scenarios.split(",") if s.strip()]
-    unknown = [s for s in scenarios if s not in SCENARIOS]
-    if unknown:
-        print(f"unknown scenarios: {unknown}; known: {', '.join(SCENARIOS)}")
-        return 2
-    refused = [s for s in scenarios if s in DESTRUCTIVE and not args.destructive]
-    if refused:
-        print(f"{refused} stop brokers shared by this whole machine: pass --destructive")
-        return 2
     settings = settings_or_exit()
     origin = rest_origin(settings)
     stack = Stack(settings, settings.services.run_path(), origin or "")
+    scenarios = choose_scenarios(stack, args.scenarios, args.destructive)
+    if scenarios is None:
+        return 2
     if not origin or not paper_reachable(stack):
         print("the stack does not trade on a reachable paper exchange (its /paper/faults "
               "and /paper/orders are needed)")

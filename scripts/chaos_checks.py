@@ -20,9 +20,9 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
+from nameko_services.execute.engine import bracket_ids
 from scripts.chaos_faults import Stack
 from scripts.chaos_load import Sent
-from shared.exchange import client_order_id
 from shared.records import Record
 
 PROTECT_LIMIT_S = 10.0
@@ -63,7 +63,12 @@ def outcome_of(rec: Record) -> str | None:
 def terminal(records: list[tuple[str, Record]]) -> list[str]:
     """The distinct outcomes (a redelivered message repeating one is not a second one)."""
     found = [outcome_of(r) for _, r in records]
-    return list(dict.fromkeys(o for o in found if o is not None and o != DUPLICATE_REPLAY))
+    distinct = list(dict.fromkeys(o for o in found if o is not None and o != DUPLICATE_REPLAY))
+    if not distinct and DUPLICATE_REPLAY in found:
+        # "already executed" alone: the worker that traded it was killed before reporting,
+        # reconciliation booked its filled entry under this signal, the redelivery said so
+        return [TRADED]
+    return distinct
 
 
 def wait_outcomes(of: Callable[[set[str]], dict[str, list[tuple[str, Record]]]],
@@ -137,8 +142,13 @@ def watch_protection(stack: Stack, fault_end: float, settled: Callable[[], bool]
                                        f"after {waited:.1f}s (open algos: {legs})")
 
 
+def sent_ids(s: Sent, strategy: str) -> dict[str, str]:
+    """The client ids execute derives for an alert (scoped by strategy and symbol)."""
+    return bracket_ids(f"{strategy}|{s.symbol}|id:{s.alert_id}")
+
+
 def check_orders(stack: Stack, sent: list[Sent], outcomes: dict[str, list[str]],
-                 verdict: Verdict) -> None:
+                 verdict: Verdict, strategy: str) -> None:
     listed = stack.paper("GET", "/paper/orders")
     ids = [o["clientOrderId"] for o in listed["orders"]] + \
         [a["clientAlgoId"] for a in listed["algoOrders"]]
@@ -152,10 +162,11 @@ def check_orders(stack: Stack, sent: list[Sent], outcomes: dict[str, list[str]],
     for s in sent:
         if not s.signal_id:
             continue
-        entry = by_cid.get(client_order_id("p95e", f"id:{s.alert_id}"))
+        cids = sent_ids(s, strategy)
+        entry = by_cid.get(cids["entry"])
         filled = entry is not None and Decimal(entry["executedQty"]) > 0
         traded = TRADED in outcomes.get(s.signal_id, [])
-        flattened = by_cid.get(client_order_id("p95x", f"id:{s.alert_id}"))
+        flattened = by_cid.get(cids["emergency"])
         if filled and not traded and flattened is not None and \
                 Decimal(flattened["executedQty"]) == Decimal(entry["executedQty"]):  # type: ignore[index]
             continue  # failed after the fill and closed at once by execute's emergency order

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from scripts import infra, lib, supervise
+from scripts import infra, lib, local_brokers, supervise
 from shared import names
 from shared.settings import Settings
 
@@ -57,6 +57,24 @@ class Stack:
 
     def healthy(self, service: str) -> bool:
         return lib.http_ok(self.settings.services.url_of(service) + "/health")[0]
+
+    @property
+    def rabbit_node(self) -> str | None:
+        """The stack's private RabbitMQ node (None: it uses the machine's)."""
+        return local_brokers.rabbit_node(self.run_dir)
+
+    @property
+    def private_redis(self) -> tuple[str, int] | None:
+        """Host and port of the stack's private Redis (None: it uses the machine's)."""
+        data = local_brokers.started(self.run_dir, "redis")
+        return (str(data["host"]), int(str(data["port"]))) if data else None
+
+    def shared_brokers(self, scenarios: list[str]) -> list[str]:
+        """The broker restarts among ``scenarios`` that would hit a broker this stack shares
+        with the rest of the machine (up did not start a private one for it)."""
+        private = {"rabbit-restart": self.rabbit_node is not None,
+                   "redis-restart": self.private_redis is not None}
+        return [s for s in scenarios if s in private and not private[s]]
 
 
 Fault = Callable[[Stack, random.Random, float], float]  # (stack, rng, size) -> fault end
@@ -102,12 +120,12 @@ def exchange_faults(stack: Stack, rng: random.Random, size: float,
     return time.monotonic()
 
 
-def _ctl(*args: str) -> str:
-    proc = subprocess.run(["rabbitmqctl", *args], capture_output=True, text=True, timeout=60,
-                          check=False)
-    if proc.returncode != 0:
-        raise ChaosError(f"rabbitmqctl {' '.join(args)}: {proc.stderr.strip()[:300]}")
-    return proc.stdout
+def _ctl(stack: Stack, *args: str) -> str:
+    """rabbitmqctl on the stack's own node (its private one, else the machine's)."""
+    code, out = local_brokers.ctl(stack.rabbit_node, *args)
+    if code != 0:
+        raise ChaosError(f"rabbitmqctl {' '.join(args)}: {out.strip()[:300]}")
+    return out
 
 
 def _all_healthy(stack: Stack) -> bool:
@@ -116,32 +134,39 @@ def _all_healthy(stack: Stack) -> bool:
 
 def rabbit_connections(stack: Stack, rng: random.Random, size: float) -> float:
     """Close every AMQP connection of this stack's vhost (others' vhosts are untouched)."""
-    _ctl("close_all_connections", "-p", stack.settings.message_queue.virtual_host, "chaos")
+    _ctl(stack, "close_all_connections", "-p", stack.settings.message_queue.virtual_host, "chaos")
     time.sleep(2.0)
     wait_until(lambda: _all_healthy(stack), BACK_TIMEOUT_S, "services healthy")
     return time.monotonic()
 
 
 def rabbit_app_restart(stack: Stack, rng: random.Random, size: float) -> float:
-    """DESTRUCTIVE: stop_app/start_app stops RabbitMQ for everyone on this machine."""
-    _ctl("stop_app")
+    """stop_app, 5 s, start_app of the stack's private node (of the machine's node, for
+    everyone on it, when the stack has none: only with --destructive)."""
+    _ctl(stack, "stop_app")
     try:
         time.sleep(5.0 * size)
     finally:
-        _ctl("start_app")
+        _ctl(stack, "start_app")
     wait_until(lambda: _all_healthy(stack), BACK_TIMEOUT_S, "services healthy")
     return time.monotonic()
 
 
 def redis_restart(stack: Stack, rng: random.Random, size: float) -> float:
-    """DESTRUCTIVE: Redis is shared by everything on this machine."""
-    subprocess.run(["redis-cli", "shutdown", "nosave"], capture_output=True, timeout=30,
-                   check=False)
-    time.sleep(1.0)
-    subprocess.run(REDIS_START, capture_output=True, timeout=30, check=False)
-    wait_until(lambda: subprocess.run(["redis-cli", "ping"], capture_output=True, text=True,
-                                      check=False).stdout.strip() == "PONG",
-               60, "redis answering")
+    """Shut down the stack's private Redis without saving and start it again with the same
+    command (the machine's Redis, for everyone, when the stack has none: --destructive)."""
+    private = stack.private_redis
+    if private:
+        host, port = private
+        local_brokers.stop_redis(host, port)
+        wait_until(lambda: not lib.tcp_open(host, port), 30, "redis stopped")
+        local_brokers.start_redis(host, port, stack.run_dir)
+    else:
+        subprocess.run(["redis-cli", "shutdown", "nosave"], capture_output=True, timeout=30,
+                       check=False)
+        time.sleep(1.0)
+        subprocess.run(REDIS_START, capture_output=True, timeout=30, check=False)
+    wait_until(lambda: infra.redis_reachable(stack.settings)[0], 60, "redis answering")
     # consumer groups live in Redis: a restart without persistence loses them
     infra.create_consumer_groups(stack.settings.redis_streams)
     wait_until(lambda: _all_healthy(stack), BACK_TIMEOUT_S, "services healthy")
@@ -171,6 +196,7 @@ SCENARIOS: dict[str, Fault] = {
     "rabbit-restart": rabbit_app_restart,
     "redis-restart": redis_restart,
 }
+# broker restarts: run on a stack's private broker; on the machine's only with --destructive
 DESTRUCTIVE = frozenset({"rabbit-restart", "redis-restart"})
 EXTRA = frozenset({"exchange-lost-answers"})  # run only when named
 

@@ -117,6 +117,12 @@ class Burst:
         return [s for s in self.sent if s.signal_id]
 
 
+def _newer(last: str, entry_id: str) -> bool:
+    """Stream ids compare as (ms, seq), not as strings."""
+    a, b = last.split("-"), entry_id.split("-")
+    return (int(b[0]), int(b[1])) > (int(a[0]), int(a[1] if len(a) > 1 else 0))
+
+
 class Recorder:
     """Reads signal/risk/trade stream records while the run lasts, so a Redis restart that
     loses the streams does not lose what was already written."""
@@ -149,19 +155,35 @@ class Recorder:
         self.client.close()
 
     def _run(self) -> None:
-        while not self._stop.wait(0.3):
-            self.poll()
+        # a blocking XREAD is answered as the record is written: Redis keeps no data over a
+        # restart, so a record written 100 ms before the shutdown exists only this long (a
+        # 0.3 s poll missed risk's rejection of a signal that way in redis-restart)
+        reader = redis.Redis(connection_pool=self.client.connection_pool)
+        while not self._stop.is_set():
+            try:
+                with self._lock:
+                    last: dict[Any, Any] = dict(self._last)
+                reply: Any = reader.xread(last, count=5000, block=200) or []
+            except redis.RedisError:
+                self._stop.wait(0.1)  # Redis down (restarting): try again at once after
+                continue
+            self._keep(list(reply.items()) if isinstance(reply, dict) else reply)
 
     def poll(self) -> None:
+        for stream in self.STREAMS:
+            try:
+                entries: list[Any] = self.client.xrange(
+                    stream, min=f"({self._last[stream]}", count=5000) or []
+            except redis.RedisError:
+                continue
+            self._keep([(stream, entries)])
+
+    def _keep(self, reply: list[Any]) -> None:
         with self._lock:
-            for stream in self.STREAMS:
-                try:
-                    entries: list[Any] = self.client.xrange(
-                        stream, min=f"({self._last[stream]}", count=5000) or []
-                except redis.RedisError:
-                    continue
+            for stream, entries in reply:
                 for entry_id, fields in entries:
-                    self._last[stream] = str(entry_id)
+                    if _newer(self._last[stream], str(entry_id)):
+                        self._last[stream] = str(entry_id)
                     try:
                         self.records[(stream, str(entry_id))] = Record.from_stream_fields(fields)
                     except (ValueError, KeyError):

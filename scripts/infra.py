@@ -11,13 +11,14 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from scripts import lib
+from scripts import lib, local_brokers
 from shared import names
 from shared.settings import RedisStreamsSettings, Settings
 
@@ -79,6 +80,20 @@ def _ensure_server(
     lib.info(f"{broker}: started by up at {host}:{port}")
 
 
+def _start_private(broker: str, host: str, port: int, run_dir: Path) -> None:
+    """A server of this stack alone on a non-standard local port (scripts/local_brokers.py)."""
+    binary = {"redis": "redis-server", "rabbitmq": "rabbitmq-server"}[broker]
+    if shutil.which(binary) is None and not _apt_install(binary):
+        raise InfraError(f"{broker} is not running on {host}:{port} and {binary} is not "
+                         f"installed. Start it with:\n  {DOCKER_HINTS[broker]}")
+    lib.info(f"{broker}: not reachable at {host}:{port}; starting a private one in {run_dir}")
+    try:
+        what = local_brokers.start_private(broker, host, port, run_dir)
+    except (RuntimeError, OSError, subprocess.TimeoutExpired) as exc:
+        raise InfraError(f"{broker}: {exc}") from None
+    lib.info(f"{broker}: {what} started by up at {host}:{port} (down stops it)")
+
+
 # --------------------------------------------------------------------------- RabbitMQ
 
 
@@ -89,10 +104,14 @@ def load_definitions(path: Path = DEFINITIONS) -> dict[str, Any]:
 
 def ensure_rabbitmq(settings: Settings, run_dir: Path) -> None:
     mq = settings.message_queue
-    _ensure_server("rabbitmq", mq.host, mq.port, "rabbitmq-server",
-                   ["rabbitmq-server", "-detached"], "rabbitmq-server", run_dir)
+    if not lib.tcp_open(mq.host, mq.port) and \
+            local_brokers.is_private_port("rabbitmq", mq.host, mq.port):
+        _start_private("rabbitmq", mq.host, mq.port, run_dir)
+    else:
+        _ensure_server("rabbitmq", mq.host, mq.port, "rabbitmq-server",
+                       ["rabbitmq-server", "-detached"], "rabbitmq-server", run_dir)
     if lib.is_local_host(mq.host) and shutil.which("rabbitmqctl"):
-        ensure_rabbit_account(settings)
+        ensure_rabbit_account(settings, local_brokers.rabbit_node(run_dir))
     else:
         lib.info("rabbitmq: rabbitmqctl not available locally; vhost/user must already exist")
     declare_topology(settings)
@@ -121,7 +140,8 @@ def _set_password(action: str, username: str, password: str, node: str | None = 
 
 def ensure_rabbit_account(settings: Settings, node: str | None = None) -> None:
     """Create the vhost (default queue type from the settings) and user (or reset its
-    password) and grant full permissions."""
+    password) and grant full permissions (on ``node``: the stack's private RabbitMQ node
+    or a lab node, when it has one)."""
     mq = settings.message_queue
     password = mq.password.get_secret_value()
     # The node may still be booting right after rabbitmq-server -detached.
@@ -201,7 +221,7 @@ def stop_rabbitmq(run_dir: Path) -> None:
     marker = started_marker(run_dir, "rabbitmq")
     if not marker.exists():
         return
-    code, out = lib.run_quiet(["rabbitmqctl", "stop"], timeout=60)
+    code, out = local_brokers.stop_rabbit(local_brokers.rabbit_node(run_dir))
     lib.info("rabbitmq: stopped (started by up)" if code == 0 else
              f"rabbitmq: rabbitmqctl stop failed: {out.strip()}")
     marker.unlink(missing_ok=True)
@@ -219,12 +239,15 @@ def _redis_host_port(url: str) -> tuple[str, int]:
 
 def ensure_redis(settings: Settings, run_dir: Path) -> None:
     host, port = _redis_host_port(settings.redis_streams.url)
-    _ensure_server(
-        "redis", host, port, "redis-server",
-        ["redis-server", "--daemonize", "yes", "--bind", "127.0.0.1", "--port", str(port),
-         "--save", "", "--appendonly", "no"],
-        "redis-server", run_dir,
-    )
+    if not lib.tcp_open(host, port) and local_brokers.is_private_port("redis", host, port):
+        _start_private("redis", host, port, run_dir)
+    else:
+        _ensure_server(
+            "redis", host, port, "redis-server",
+            ["redis-server", "--daemonize", "yes", "--bind", "127.0.0.1", "--port", str(port),
+             "--save", "", "--appendonly", "no"],
+            "redis-server", run_dir,
+        )
     create_consumer_groups(settings.redis_streams)
 
 

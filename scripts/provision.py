@@ -115,16 +115,20 @@ def provision_users(settings: Settings, env_file: Path,
     return envs
 
 
-def provision_local(settings: Settings, env_file: Path) -> dict[str, dict[str, str]]:
-    """``provision_users`` where up can: RabbitMQ users need a local ``rabbitmqctl``, Redis
-    ACLs an admin connection; without them the processes keep the shared identity."""
+def provision_local(settings: Settings, env_file: Path,
+                    node: str | None = None) -> dict[str, dict[str, str]]:
+    """``provision_users`` where up can: RabbitMQ users need a local ``rabbitmqctl``
+    (``node``: the stack's private node), Redis ACLs an admin connection; without them
+    the processes keep the shared identity."""
     import shutil
 
     import redis
 
     rabbit = lib.is_local_host(settings.message_queue.host) and bool(shutil.which("rabbitmqctl"))
     try:
-        envs = provision_users(settings, env_file, rabbit=rabbit, redis_acl=False)
+        envs = provision_users(settings, env_file, rabbit=False, redis_acl=False)
+        if rabbit:
+            grants.apply_rabbit(settings, envs, node=node)
         grants.apply_redis(settings, envs)
         redis_ok = True
     except redis.RedisError as exc:

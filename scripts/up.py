@@ -23,7 +23,7 @@ import os
 import time
 from collections.abc import Sequence
 
-from scripts import infra, lab, lib, provision, supervise
+from scripts import infra, lab, lib, local_brokers, provision, supervise
 from shared import names
 from shared.settings import DOTENV_ENV, Settings, get_settings, settings_or_exit
 
@@ -218,7 +218,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         infra.ensure_redis(settings, run_dir)
         kafka = infra.embedded_kafka_spec(settings, run_dir)
         specs = provision.with_identities(process_specs(settings, dashboard=not args.no_dashboard),
-                                          provision.provision_local(settings, env_file))
+                                          provision.provision_local(
+                                              settings, env_file,
+                                              local_brokers.rabbit_node(run_dir)))
         lib.info(supervise.start_daemon(run_dir, ([kafka] if kafka else []) + specs))
         infra.ensure_kafka(settings, run_dir,
                            start=lambda name: supervise.start_programs(run_dir, [name]))

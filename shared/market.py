@@ -41,6 +41,12 @@ PROTECTIVE_ATTEMPTS = 5
 PROTECTIVE_WAIT_S = (0.2, 2.0)
 
 
+# Not an answer about the request: network errors, 5xx, and Binance's -1001 "internal error,
+# try again" (ccxt's OperationFailed, the parent of NetworkError). Raw, -1001 escaped every
+# `except ExchangeUnavailable` (risk's check dead-lettered the signal in chaos exchange-faults).
+UNAVAILABLE = (ccxt.OperationFailed, ccxt.ExchangeNotAvailable)
+
+
 class ExchangeUnavailable(RuntimeError):
     """The exchange could not be reached (network, outage, or circuit open)."""
 
@@ -105,7 +111,7 @@ class ExchangeGateway:
         except Exception as exc:
             with contextlib.suppress(Exception):  # counts the failure (may open the circuit)
                 self.breaker.call(_reraise, exc)
-            if isinstance(exc, (ccxt.NetworkError, ccxt.ExchangeNotAvailable)):
+            if isinstance(exc, UNAVAILABLE):
                 raise ExchangeUnavailable(str(exc)) from exc
             raise
         with contextlib.suppress(Exception):  # a success resets the failure count
@@ -140,7 +146,7 @@ class ExchangeGateway:
             return self.breaker.call(fn, *args, **kwargs)
         except pybreaker.CircuitBreakerError as exc:
             raise ExchangeUnavailable(f"circuit open: {exc}") from exc
-        except (ccxt.NetworkError, ccxt.ExchangeNotAvailable) as exc:
+        except UNAVAILABLE as exc:
             raise ExchangeUnavailable(str(exc)) from exc
 
     def _cached(self, key: str, ttl: float, load: Callable[[], T]) -> T:

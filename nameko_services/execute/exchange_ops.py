@@ -61,6 +61,8 @@ def concurrently(*calls: Callable[[], T]) -> list[T | BaseException]:
         except BaseException as exc:  # noqa: BLE001 - handed to the caller, who decides
             return exc
 
+    if not calls:  # e.g. a redelivery that found every leg already on the exchange
+        return []
     if len(calls) == 1:
         return [capture(calls[0])]
     if eventlet.patcher.is_monkey_patched("socket"):

@@ -156,10 +156,12 @@ class RiskDesk:
         prices = {**self.feed.prices(), intent.symbol: price}
         equity = account.equity_at(prices)
         positions = self.open_positions(account, prices)
-        # a reservation filled before the account's heartbeat is in the positions by now:
-        # execute reports the fill after its stop and take-profit, the feed sees it at once
+        # a reservation filled before the account's heartbeat is counted by the positions
+        # once they show its symbol; until then (the fill's event can come after the
+        # heartbeat, e.g. while the exchange fails requests) the reservation still counts
         as_of = account.as_of_ms
-        reserved = self.reservations.totals(intent.signal_id, as_of)
+        reserved = self.reservations.totals(intent.signal_id, as_of,
+                                            frozenset(p.symbol for p in positions))
         view = self.ledger.view()
         drawdown = Decimal(0)
         if view is not None and view.peak_equity > 0:
@@ -181,6 +183,8 @@ class RiskDesk:
             snap, as_of = self.snapshot(intent)
         except StaleRefusal as exc:
             return _denied(intent, exc.reasons, str(exc))
+        except StaleState as exc:  # e.g. a fresh price without a value, just after a feed restart
+            return _denied(intent, [exc.reason], str(exc))
         decision = self.engine.check(intent, snap)
         if not decision.approved:
             return decision.wire()

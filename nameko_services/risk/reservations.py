@@ -40,7 +40,7 @@ local count, margin, notional, same = 0, 0, 0, false
 local all = redis.call('HGETALL', KEYS[1])
 for i = 1, #all, 2 do
   local id, r = all[i], cjson.decode(all[i + 1])
-  local filled = r.filled and r.filled > 0 and r.filled <= as_of
+  local filled = r.filled and r.filled > 0 and r.filled <= as_of and open[r.symbol]
   if r.exp <= now or filled or (one_per_symbol and open[r.symbol]) then
     redis.call('HDEL', KEYS[1], id)
   elseif id ~= me then
@@ -80,8 +80,9 @@ for _, r in ipairs(reasons) do table.insert(out, r) end
 return out
 """
 
-# mark a reservation filled at ARGV[2] (ms): dropped once the exchange shows positions
-# fetched after that moment
+# mark a reservation filled at ARGV[2] (ms): dropped once positions fetched after that
+# moment show its symbol (a heartbeat after the fill is not enough: the fill's own
+# user-data event can come later, and until then only the reservation holds the symbol)
 _MARK_FILLED = """
 local raw = redis.call('HGET', KEYS[1], ARGV[1])
 if not raw then return 0 end
@@ -154,16 +155,18 @@ class ReservationBook:
         reasons = tuple(values[3:])
         return Reservation(not reasons, reasons, others)
 
-    def totals(self, exclude: str = "", positions_as_of_ms: int = 0) -> Totals:
+    def totals(self, exclude: str = "", positions_as_of_ms: int = 0,
+               open_symbols: frozenset[str] = frozenset()) -> Totals:
         """Live reservations without ``exclude``'s own: unexpired, and not filled before
-        positions fetched at ``positions_as_of_ms`` (those positions include them)."""
+        positions fetched at ``positions_as_of_ms`` that show them (in ``open_symbols``)."""
         now = _now_ms()
         count, margin, notional, symbols = 0, Decimal(0), Decimal(0), set()
         for sid, raw in self.client.hgetall(self.key).items():
             sid = sid.decode() if isinstance(sid, bytes) else sid
             r = json.loads(raw)
             filled = int(r.get("filled") or 0)
-            if sid == exclude or r["exp"] <= now or 0 < filled <= positions_as_of_ms:
+            shown = 0 < filled <= positions_as_of_ms and r["symbol"] in open_symbols
+            if sid == exclude or r["exp"] <= now or shown:
                 continue
             count += 1
             margin += Decimal(str(r["margin"]))

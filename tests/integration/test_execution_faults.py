@@ -171,6 +171,45 @@ def test_late_redelivery_of_an_intent_already_sent_is_completed_not_expired(engi
     assert len(_algo(engine)) == 2 and _buys(engine) == 1
 
 
+def test_a_killed_lock_holder_blocks_its_symbol_for_at_most_ten_seconds():
+    # nothing releases the lease of a kill -9'd worker: its TTL is how long the position it
+    # may have just opened waits for reconciliation (the protection bar is 10 s)
+    from shared.names import SYMBOL_LOCK_PREFIX
+
+    client = redis.Redis.from_url(EXEC_REDIS_URL)
+    symbol = f"T{uuid.uuid4().hex[:8]}"
+    with SymbolLock(client).hold(symbol):
+        ttl_ms = client.pttl(SYMBOL_LOCK_PREFIX + symbol)
+
+    assert 0 < ttl_ms <= 10_000
+
+
+class _Killed(BaseException):
+    """kill -9 between the exchange's answers and the book's write."""
+
+
+def test_redelivery_after_a_kill_that_left_entry_and_both_brackets_is_completed(
+        engine, make_engine, monkeypatch):
+    # chaos kill-execute: the dying worker had sent the entry and both legs; the redelivered
+    # intent found both legs open, had nothing left to send and died on an empty batch
+    # (IndexError), so the intent was dead-lettered without an outcome
+    it = intent()
+
+    def killed(*args: Any, **kwargs: Any) -> None:
+        raise _Killed
+
+    monkeypatch.setattr(engine.store, "book", killed)
+    with pytest.raises(_Killed):
+        engine.open(it)
+    assert len(_algo(engine)) == 2 and _buys(engine) == 1
+
+    outcome = make_engine().open(it)
+
+    assert outcome.status == "opened"
+    assert outcome.details["stop_loss_armed"] and outcome.details["take_profit_armed"]
+    assert len(_algo(engine)) == 2 and _buys(engine) == 1  # nothing sent twice
+
+
 # --- 5. the lock is a lease kept while working; refusals that are not failures ---
 
 def test_symbol_lock_is_extended_while_the_work_goes_on():

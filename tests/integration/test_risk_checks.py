@@ -309,6 +309,36 @@ def test_filled_reservation_is_not_counted_twice_once_the_state_shows_it(
     assert desk.reservations.totals(exclude=second["signal_id"]).count == 0
 
 
+def test_filled_reservation_holds_its_symbol_until_the_state_shows_the_position(
+        make_desk: DeskFactory, feed: PaperFeed) -> None:
+    # chaos exchange-faults: execute reported the fill, the feed's heartbeat moved on, but
+    # the fill's own user-data event came 0.7 s later; in between risk saw neither the
+    # reservation nor the position and approved a second entry on the symbol
+    desk = make_desk()
+    first = intent()
+    assert desk.check(first)["approved"]
+    desk.reservations.mark_filled(first.signal_id)  # execute.trade_opened
+    feed.sync()  # a heartbeat after the fill, without the position (its event is late)
+
+    second = desk.check(intent())
+
+    assert not second["approved"]
+    assert "position_already_open" in second["reasons"]
+
+
+def test_a_price_without_a_value_is_a_refusal_not_an_exception(
+        make_desk: DeskFactory, feed: PaperFeed) -> None:
+    # chaos kill-feed: the restarted feed had stored DOGEUSDT's price without a value yet;
+    # the check raised StaleState, and brain dead-lettered the signal without an outcome
+    desk = make_desk()
+    feed.writer.prices([Price(symbol=SYMBOL, updated_ms=now_ms())])
+
+    decision = desk.check(intent())
+
+    assert not decision["approved"]
+    assert decision["reasons"] == ["market_data_stale"]
+
+
 def test_price_walk_toward_liquidation_warns_once_per_escalation(
         make_desk: DeskFactory, feed: PaperFeed) -> None:
     desk = make_desk()

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 from decimal import Decimal
 
+from nameko_services.brain.intake import TradingViewAlert, idempotency_key
+from nameko_services.execute.engine import intent_ids
 from scripts.chaos import markdown_table
-from scripts.chaos_checks import Verdict, outcome_of, protected, terminal
+from scripts.chaos_checks import Verdict, outcome_of, protected, sent_ids, terminal
+from scripts.chaos_load import Sent
+from shared.models import TradeIntent
 from shared.records import Record
 
 
@@ -34,6 +38,27 @@ def test_a_redelivery_repeating_an_outcome_is_not_a_second_one() -> None:
             rec("entry_filled", status="opened")]
     assert terminal(same) == ["traded"]
     assert terminal([*same, rec("trade_failed", reason="x")]) == ["traded", "failed:x"]
+
+
+def test_already_executed_alone_is_the_traded_outcome_of_a_killed_worker() -> None:
+    # kill-execute: the entry filled, execute died before reporting it, reconciliation
+    # adopted it under this signal, and the redelivery reported "duplicate"
+    assert terminal([rec("entry_filled", status="duplicate")]) == ["traded"]
+    assert terminal([rec("trade_failed", reason="x"), rec("entry_filled", status="duplicate")]
+                    ) == ["failed:x"]
+
+
+def test_the_checks_find_entries_by_the_client_ids_execute_sends() -> None:
+    # the second-entry and filled-but-not-traded checks look the exchange's orders up by
+    # these ids: a derivation that drifts from execute's finds nothing and cannot fail
+    sent = Sent("chaos-abc", "ETHUSDT", "buy", 0.8)
+    alert = TradingViewAlert.model_validate(
+        {"ticker": "BINANCE:ETHUSDT.P", "action": "buy", "strategy": "chaos-1", "interval": "15",
+         "id": sent.alert_id})
+    it = TradeIntent.model_construct(strategy="chaos-1", symbol="ETHUSDT",
+                                     idempotency_key=idempotency_key(alert, "ETHUSDT"))
+
+    assert sent_ids(sent, "chaos-1") == intent_ids(it)
 
 
 def test_protection_needs_both_legs_on_the_closing_side_for_the_whole_quantity() -> None:

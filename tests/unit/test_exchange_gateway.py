@@ -50,6 +50,22 @@ def test_network_failures_open_the_circuit_and_then_nothing_is_sent(gateway):
     assert len(sent) == gateway.settings.high_availability.circuit_breaker_failures
 
 
+class _InternalError:
+    def fapiPrivateGetLeverageBracket(self, params):
+        raise ccxt.OperationFailed('binanceusdm {"code": -1001, "msg": "Internal error; '
+                                   'unable to process your request."}')
+
+
+def test_binance_internal_error_is_unavailability_not_a_crash(secrets_env):
+    # chaos exchange-faults: a -1001 on risk's leverage-bracket request escaped as a raw
+    # OperationFailed, the check raised and brain dead-lettered the signal (no outcome)
+    gateway = ExchangeGateway(load_settings(), client=_InternalError(), name="t")  # type: ignore[arg-type]
+
+    with pytest.raises(ExchangeUnavailable, match="-1001"):
+        gateway.call(gateway.client.fapiPrivateGetLeverageBracket, {"symbol": "ADAUSDT"})
+    assert gateway.brackets("ADAUSDT")  # the built-in table while the exchange fails
+
+
 def test_refused_orders_do_not_trip_the_circuit(gateway):
     def refused() -> None:
         raise ccxt.InsufficientFunds("Margin is insufficient.")
