@@ -32,6 +32,11 @@ from shared.symbol_rules import SymbolRulesReader
 log = logging.getLogger(__name__)
 
 IDEMPOTENCY_TTL_S = IDEMPOTENCY_WINDOW_S  # one window for brain's dedup and execute's ids
+# A claim is "pending" until its signal is on the queue: a brain killed between the claim
+# and the publish must not turn the sender's retry into a "duplicate" of a signal nobody
+# queued. A pending claim answers the retry 503 (in flight) and lapses after this long.
+PENDING_TTL_S = 30
+PENDING = "pending:"
 RATE_WINDOW_TTL_S = 61
 
 # The webhook's whole admission in one Redis round trip, atomically: the per-minute
@@ -51,13 +56,14 @@ if redis.call('SET', KEYS[3], ARGV[4], 'NX', 'EX', ARGV[5]) then return {'ok', '
 return {'duplicate', redis.call('GET', KEYS[3]) or ''}
 """
 
-Verdict = Literal["ok", "rate_limited", "halted", "duplicate"]
+Verdict = Literal["ok", "rate_limited", "halted", "duplicate", "in_flight"]
 
 
 @dataclass(frozen=True, slots=True)
 class Admission:
-    """``ok`` (claimed), ``rate_limited`` (``wait`` s), ``halted`` (``detail`` = the
-    trading state) or ``duplicate`` (``detail`` = the earlier signal id)."""
+    """``ok`` (claimed, pending until :meth:`IntakeGate.confirm`), ``rate_limited``
+    (``wait`` s), ``halted`` (``detail`` = the trading state), ``duplicate`` (``detail`` =
+    the earlier signal id, queued) or ``in_flight`` (the earlier one is not queued yet)."""
 
     verdict: Verdict
     detail: str = ""
@@ -79,12 +85,26 @@ class IntakeGate:
         keys = [self._rate_key(client_id, now), TRADING_STATE_KEY,
                 IDEMPOTENCY_KEY_PREFIX + idempotency_key]
         verdict, detail = self._admit(keys=keys, args=[
-            self._rate, RATE_WINDOW_TTL_S, 1 if entry else 0, signal_id, IDEMPOTENCY_TTL_S])
+            self._rate, RATE_WINDOW_TTL_S, 1 if entry else 0, PENDING + signal_id,
+            PENDING_TTL_S])
         if verdict == "rate_limited":
             return Admission("rate_limited", wait=self._wait(now))
-        if verdict in ("halted", "duplicate"):
+        if verdict == "duplicate":
+            return self._earlier(str(detail))
+        if verdict == "halted":
             return Admission(verdict, str(detail))
         return Admission("ok")
+
+    @staticmethod
+    def _earlier(value: str) -> Admission:
+        if value.startswith(PENDING):
+            return Admission("in_flight", value[len(PENDING):], wait=PENDING_TTL_S)
+        return Admission("duplicate", value)
+
+    def confirm(self, idempotency_key: str, signal_id: str) -> None:
+        """The signal is on the queue: its claim now holds for the whole window."""
+        self._redis.set(IDEMPOTENCY_KEY_PREFIX + idempotency_key, signal_id,
+                        ex=IDEMPOTENCY_TTL_S)
 
     @staticmethod
     def _rate_key(client_id: str, now: float) -> str:
@@ -102,18 +122,19 @@ class IntakeGate:
         state = self._redis.get(TRADING_STATE_KEY)
         return str(state).upper() if state else "ACTIVE"
 
-    def claim(self, idempotency_key: str, signal_id: str) -> str | None:
-        """Claim the key for ``signal_id``; return the earlier signal id if already claimed."""
+    def claim(self, idempotency_key: str, signal_id: str) -> Admission:
+        """Claim the key for ``signal_id`` (pending); ``duplicate``/``in_flight`` with the
+        earlier signal id if already claimed."""
         key = IDEMPOTENCY_KEY_PREFIX + idempotency_key
-        if self._redis.set(key, signal_id, nx=True, ex=IDEMPOTENCY_TTL_S):
-            return None
+        if self._redis.set(key, PENDING + signal_id, nx=True, ex=PENDING_TTL_S):
+            return Admission("ok")
         earlier = self._redis.get(key)
-        return str(earlier) if earlier is not None else None
+        return self._earlier(str(earlier)) if earlier is not None else Admission("ok")
 
     def release(self, idempotency_key: str, signal_id: str) -> None:
         """Undo a claim whose signal could not be queued, so TradingView's retry goes through."""
         key = IDEMPOTENCY_KEY_PREFIX + idempotency_key
-        if self._redis.get(key) == signal_id:
+        if self._redis.get(key) in (signal_id, PENDING + signal_id):
             self._redis.delete(key)
 
     def allow(self, client_id: str, now: float | None = None) -> int:

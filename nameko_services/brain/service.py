@@ -15,7 +15,7 @@ from nameko.web.handlers import http
 from werkzeug.wrappers import Request, Response
 
 from nameko_services.brain import metrics
-from nameko_services.brain.dependencies import BrainEngineProvider, Gate, IntakeGate
+from nameko_services.brain.dependencies import Admission, BrainEngineProvider, Gate, IntakeGate
 from nameko_services.brain.engine import BrainEngine, Decision
 from nameko_services.brain.intake import (
     check_secret,
@@ -130,8 +130,12 @@ class BrainService:
             message = f"trading is {admission.detail}: new entries are refused"
             self._rejected(reason, message, client)
             raise HttpError(423, message, reason=reason)
-        if admission.verdict == "duplicate":
-            return self._duplicate(admission.detail)
+        if admission.verdict in ("duplicate", "in_flight"):
+            status, payload = self._duplicate(admission)
+            if status == 503:
+                return json_response(status, payload,
+                                     headers={"Retry-After": str(admission.wait)})
+            return status, payload
         return self._queue(signal, started)
 
     @http("POST", "/analyze")
@@ -244,16 +248,24 @@ class BrainService:
                              headers={"Retry-After": str(wait)})
 
     def _enqueue(self, signal: Signal, started: float) -> tuple[int, dict[str, Any]]:
-        earlier = self.gate.claim(signal.scoped_key, signal.signal_id)
-        if earlier is not None:
-            return self._duplicate(earlier)
+        admission = self.gate.claim(signal.scoped_key, signal.signal_id)
+        if admission.verdict != "ok":
+            return self._duplicate(admission)
         return self._queue(signal, started)
 
     @staticmethod
-    def _duplicate(earlier: str) -> tuple[int, dict[str, Any]]:
-        """200, not an error: TradingView retries an alert it thinks was lost."""
+    def _duplicate(admission: Admission) -> tuple[int, dict[str, Any]]:
+        """200, not an error: TradingView retries an alert it thinks was lost. While the
+        earlier one is not queued yet (``in_flight``), 503 + Retry-After: if the brain that
+        claimed it died before queueing it, a later retry is accepted."""
+        if admission.verdict == "in_flight":
+            metrics.WEBHOOKS.labels("retry", "in_flight").inc()
+            return 503, {"error": "this alert id is being queued by another request, retry "
+                                  "later", "reason": "in_flight",
+                         "signal_id": admission.detail, "retry_after": admission.wait}
         metrics.WEBHOOKS.labels("duplicate", "duplicate").inc()
-        return 200, {"status": "duplicate", "signal_id": earlier, "reason": "duplicate",
+        return 200, {"status": "duplicate", "signal_id": admission.detail,
+                     "reason": "duplicate",
                      "detail": "this alert id was already received for this strategy and "
                                f"symbol within {IDEMPOTENCY_WINDOW_S // 3600} h"}
 
@@ -270,6 +282,10 @@ class BrainService:
             self._rejected("queue_unavailable", str(exc))
             raise HttpError(503, "signal queue unavailable, retry later",
                             reason="queue_unavailable") from exc
+        try:
+            self.gate.confirm(signal.scoped_key, signal.signal_id)
+        except redis.RedisError as exc:  # queued: the pending claim lapses, a retry re-queues
+            log.warning("claim of %s not confirmed: %s", signal.signal_id, exc)
         metrics.WEBHOOKS.labels("accepted", "").inc()
         metrics.INTAKE_SECONDS.observe(time.perf_counter() - started)
         self.telemetry.emit_nowait(SIGNAL_STREAM, Record("signal_accepted", {

@@ -41,10 +41,27 @@ def test_admit_claims_once_and_names_the_earlier_signal(client):
     gate, key = IntakeGate(client, 100), _uid()
 
     first = gate.admit(_uid(), key, "sig-1", entry=True)
+    gate.confirm(key, "sig-1")  # sig-1 is on the queue
     again = gate.admit(_uid(), key, "sig-2", entry=True)
 
     assert first.verdict == "ok"
     assert (again.verdict, again.detail) == ("duplicate", "sig-1")
+    assert client.ttl("phoenix95:idem:" + key) > 3600  # the whole window once queued
+
+
+def test_a_claim_whose_signal_was_never_queued_answers_in_flight_then_lapses(client):
+    # the brain that claimed it was killed before publishing: a retry must not be told
+    # "duplicate" (nothing would ever process the alert), and later it must go through
+    gate, key = IntakeGate(client, 100), _uid()
+    gate.admit(_uid(), key, "sig-1", entry=True)
+
+    retry = gate.admit(_uid(), key, "sig-2", entry=True)
+    client.delete("phoenix95:idem:" + key)  # the pending claim's short TTL has run out
+    later = gate.admit(_uid(), key, "sig-3", entry=True)
+
+    assert (retry.verdict, retry.detail) == ("in_flight", "sig-1") and retry.wait > 0
+    assert 0 < client.ttl("phoenix95:idem:" + key) <= 30
+    assert later.verdict == "ok"
 
 
 def test_admit_over_the_limit_is_rate_limited_and_claims_nothing(client):

@@ -39,17 +39,22 @@ class FakeGate:
             return Admission("rate_limited", wait=self.wait)
         if entry and self.state != "ACTIVE":
             return Admission("halted", self.state)
-        earlier = self.claim(key, signal_id)
-        return Admission("duplicate", earlier) if earlier else Admission("ok")
+        return self.claim(key, signal_id)
 
     def claim(self, key, signal_id):
         if key in self.claims:
-            return self.claims[key]
+            earlier = self.claims[key]
+            if earlier.startswith("pending:"):
+                return Admission("in_flight", earlier[8:], wait=30)
+            return Admission("duplicate", earlier)
+        self.claims[key] = "pending:" + signal_id
+        return Admission("ok")
+
+    def confirm(self, key, signal_id):
         self.claims[key] = signal_id
-        return None
 
     def release(self, key, signal_id):
-        if self.claims.get(key) == signal_id:
+        if self.claims.get(key) in (signal_id, "pending:" + signal_id):
             del self.claims[key]
 
 
@@ -423,3 +428,26 @@ def test_brain_dedups_on_the_scope_execute_derives_its_client_ids_from(brain, se
 
     assert claimed == "trend|BTCUSDT|id:alert-123"
     assert intent_ids(intent)["entry"] == client_order_id("p95e", claimed)
+
+
+def test_a_retry_while_the_first_is_not_queued_yet_is_503_in_flight_not_duplicate(brain,
+                                                                                  settings):
+    first = brain.webhook(_request(_alert(settings, id="in-flight-1")))
+    # as if the brain that claimed the alert had died before publishing it
+    [scoped] = list(brain.gate.claims)
+    brain.gate.claims[scoped] = "pending:sig-dead"
+
+    retry = brain.webhook(_request(_alert(settings, id="in-flight-1")))
+
+    assert first.status_code == 202
+    assert retry.status_code == 503 and retry.headers["Retry-After"] == "30"
+    assert json.loads(retry.get_data())["reason"] == "in_flight"
+    assert len(brain.bus.wired) == 1  # nothing queued twice
+
+
+def test_a_queued_signal_confirms_its_claim_for_the_whole_window(brain, settings):
+    response = brain.webhook(_request(_alert(settings, id="confirmed-1")))
+
+    [(scoped, value)] = list(brain.gate.claims.items())
+    assert response.status_code == 202
+    assert value == json.loads(response.get_data())["signal_id"]  # no longer pending
