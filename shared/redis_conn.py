@@ -42,10 +42,7 @@ def connection_options(settings: RedisStreamsSettings, **options: Any) -> dict[s
     """redis-py keyword arguments for ``settings`` (credentials, TLS, db), ``options`` on top."""
     parsed = parse_url(settings.url)
     opts: dict[str, Any] = {k: v for k, v in parsed.items() if k not in ("connection_class",)}
-    if settings.username:
-        opts["username"] = settings.username
-    if settings.password.get_secret_value():
-        opts["password"] = settings.password.get_secret_value()
+    opts.update(_credentials(settings))
     tls = settings.tls or settings.url.startswith("rediss://")
     if tls:
         opts["ssl"] = True

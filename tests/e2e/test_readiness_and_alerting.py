@@ -11,9 +11,7 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import socket
 import subprocess
 import urllib.error
 import urllib.request
@@ -27,6 +25,7 @@ import yaml
 
 from shared.settings import Settings
 from tests.e2e.test_notify_telegram import Telegram, telegram  # noqa: F401 - the fixture
+from tests.support.ports import free_port, installed
 from tests.support.trading import wait_for
 
 pytestmark = pytest.mark.e2e
@@ -65,21 +64,7 @@ def test_the_feed_is_ready(settings: Settings) -> None:
 # ------------------------------------------------------------------ alert end to end
 
 
-def binary(*names: str) -> str:
-    for name in names:
-        found = shutil.which(name)
-        if found:
-            return found
-    message = f"{names[0]} is not installed (sh compose/validators.sh)"
-    if os.environ.get("CI", "").lower() in {"1", "true", "yes"}:
-        pytest.fail(message)
-    pytest.skip(message)
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def ready(url: str) -> bool:
@@ -93,8 +78,8 @@ def ready(url: str) -> bool:
 @pytest.fixture
 def monitoring(settings: Settings, api_key: str, tmp_path: Path) -> Iterator[None]:
     """Prometheus (1 s scrapes of risk) -> Alertmanager -> notify, with the shipped files."""
-    prometheus = binary("prometheus")
-    alertmanager = binary("prometheus-alertmanager", "alertmanager")
+    prometheus = installed("prometheus")
+    alertmanager = installed("prometheus-alertmanager", "alertmanager")
     am_port, prom_port = free_port(), free_port()
     key_file = tmp_path / "api_key"
     key_file.write_text(api_key)

@@ -6,9 +6,6 @@ parses it and queues it in the outbox (the Telegram stand-in here)."""
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import socket
 import subprocess
 import threading
 import urllib.request
@@ -24,6 +21,7 @@ from werkzeug.wrappers import Request
 
 from nameko_services.notify.engine import AlertPolicy
 from tests.support.notify_fakes import FakeOutbox, MemoryLatch
+from tests.support.ports import free_port, installed
 from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.integration
@@ -33,19 +31,8 @@ SHIPPED = ROOT / "compose" / "alertmanager" / "alertmanager.yml"
 
 
 def alertmanager_binary() -> str:
-    found = shutil.which("prometheus-alertmanager") or shutil.which("alertmanager")
-    if found:
-        return found
-    message = "alertmanager is not installed (sh compose/validators.sh)"
-    if os.environ.get("CI", "").lower() in {"1", "true", "yes"}:
-        pytest.fail(message)
-    pytest.skip(message)
+    return installed("prometheus-alertmanager", "alertmanager")
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture

@@ -24,16 +24,12 @@ from shared.names import SIGNAL_STREAM, SIGNALS_TOPIC, TOPIC_PARTITIONS
 from shared.records import Record
 from shared.settings import Settings, load_settings
 from shared.telemetry import TelemetryWriter
+from tests.support.ports import free_port
 
 pytestmark = pytest.mark.integration
 
 REDIS_URL = "redis://127.0.0.1:6379/9"
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class Tansu:
@@ -71,7 +67,7 @@ def _wait_for(condition: Callable[[], bool], timeout: float) -> None:
 
 @pytest.fixture
 def tansu() -> Iterator[Tansu]:
-    broker = Tansu(_free_port())
+    broker = Tansu(free_port())
     broker.start()
     yield broker
     broker.stop()

@@ -19,16 +19,12 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.ports import free_port
 from tests.support.waiting import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 CONF = ROOT / "compose" / "nginx" / "nginx.conf"
 
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 # The stand-in brain runs in a process of its own: threads of this test process may be
@@ -68,8 +64,8 @@ def edge(tmp_path: Path) -> Iterator[dict[str, int]]:
                                       else None)
     if nginx is None or shutil.which("openssl") is None:
         pytest.skip("nginx or openssl is not installed")
-    ports = {"http": _free_port(), "https": _free_port(), "gateway": _free_port(),
-             "upstream": _free_port()}
+    ports = {"http": free_port(), "https": free_port(), "gateway": free_port(),
+             "upstream": free_port()}
     upstream = subprocess.Popen([sys.executable, "-c", UPSTREAM, str(ports["upstream"])],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     _wait_port(ports["upstream"], upstream)

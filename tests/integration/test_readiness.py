@@ -7,7 +7,6 @@ from __future__ import annotations
 import base64
 import json
 import os
-import socket
 import subprocess
 import sys
 import urllib.error
@@ -27,6 +26,7 @@ import yaml
 from shared.settings import load_settings
 from shared.state import Price, StateWriter, now_ms
 from tests.conftest import TEST_SECRETS
+from tests.support.ports import free_port
 from tests.support.rabbit import temporary_vhost
 from tests.support.state_feed import clear_state
 from tests.support.waiting import wait_for
@@ -49,11 +49,6 @@ def mgmt(method: str, path: str, body: dict[str, Any] | None = None) -> Any:
         raw = resp.read()
     return json.loads(raw) if raw else None
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass

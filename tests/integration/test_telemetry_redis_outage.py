@@ -8,7 +8,6 @@ only a full backlog drops, counted and logged critical once."""
 from __future__ import annotations
 
 import logging
-import socket
 import subprocess
 import time
 import uuid
@@ -23,14 +22,10 @@ from shared.names import RISK_STREAM, TRADE_STREAM
 from shared.records import Record
 from shared.settings import Settings, load_settings
 from shared.telemetry import TelemetryWriter, make_telemetry_redis
+from tests.support.ports import free_port
 
 pytestmark = pytest.mark.integration
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _wait_for(condition: Callable[[], bool], timeout: float = 30.0) -> None:
@@ -67,7 +62,7 @@ class PrivateRedis:
 
 @pytest.fixture
 def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
-    server = PrivateRedis(_free_port(), tmp_path)
+    server = PrivateRedis(free_port(), tmp_path)
     server.start()
     yield server
     server.stop()

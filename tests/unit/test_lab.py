@@ -53,8 +53,11 @@ def test_lab_settings_reach_the_cluster_sentinel_and_own_vhost(lab_settings: Set
 
 def test_apply_env_never_overrides_what_the_operator_set(
         monkeypatch: pytest.MonkeyPatch) -> None:
+    # every key apply_env may set is registered with monkeypatch, so the lab's settings
+    # (AMQP port 5681, Sentinels ...) do not leak into the tests that run after this one
+    for key in lab.lab_env():
+        monkeypatch.delenv(key, raising=False)
     monkeypatch.setenv("PHOENIX__MESSAGE_QUEUE__VIRTUAL_HOST", "/mine")
-    monkeypatch.delenv("PHOENIX__SERVICES__RUN_DIR", raising=False)
 
     lab.apply_env()
 
